@@ -1,0 +1,326 @@
+//! Hybrid logical clock (HLC) and the versions it stamps.
+//!
+//! Owns: [`Timestamp`], [`Version`], [`NodeId`], the [`Hlc`] state machine and the
+//! [`WallClock`] seam through which physical time enters the process.
+//! Knows nothing of: the store, the network, tokio.
+//!
+//! # The algorithm (Kulkarni et al., 2014)
+//! A timestamp is `(wall_ms, logical)`. When the node stamps a local event it takes
+//! `max(last.wall_ms, now)`; if that did not move forward it bumps `logical`. When it
+//! observes a remote timestamp it folds it in the same way, so every stamp it issues
+//! afterwards is larger than anything it has seen. Two properties follow:
+//! * stamps issued by one node strictly increase, even if the wall clock jumps back;
+//! * a write that causally follows another (the writer saw the first version, e.g.
+//!   through replication) gets a larger stamp, whatever the wall clocks say.
+//!
+//! The node id is appended as a tie-break to make a [`Version`], so versions are unique
+//! per write across the cluster and totally ordered: the basis of last-writer-wins.
+//!
+//! A remote stamp far in our future (a peer with a runaway clock) would drag our clock
+//! with it and make every later local write lose to it. [`Hlc::observe`] therefore
+//! refuses stamps more than `max_skew_ms` ahead of our wall clock; the caller counts and
+//! logs the refusal and leaves the data to anti-entropy, which offers it again later and
+//! succeeds once our wall clock has caught up. Refusal delays convergence, never
+//! prevents it.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// The identity of a node as written in the cluster file: `[a-z0-9_-]{1,32}`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl TryFrom<String> for NodeId {
+    type Error = InvalidNodeId;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        Self::new(id)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> Self {
+        id.0
+    }
+}
+
+/// Why a string is not a valid [`NodeId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node id {0:?} is invalid: use 1 to 32 characters from a-z, 0-9, '_' and '-'")]
+pub struct InvalidNodeId(pub String);
+
+impl NodeId {
+    /// The longest id the cluster file accepts.
+    pub const MAX_LEN: usize = 32;
+
+    /// Validates and wraps an id.
+    pub fn new(id: impl Into<String>) -> Result<Self, InvalidNodeId> {
+        let id = id.into();
+        let valid = !id.is_empty()
+            && id.len() <= Self::MAX_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if valid {
+            Ok(Self(id))
+        } else {
+            Err(InvalidNodeId(id))
+        }
+    }
+
+    /// The id as written in the cluster file.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A hybrid logical clock reading. Ordered by `wall_ms`, then `logical`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Milliseconds since the Unix epoch, never behind the largest stamp seen.
+    pub wall_ms: u64,
+    /// Counter that orders stamps within one `wall_ms`.
+    pub logical: u32,
+}
+
+/// The version of one write: an HLC timestamp with the writing node as tie-break.
+/// Unique per write in the cluster, totally ordered; the larger version wins.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Version {
+    /// When the write happened, in HLC time.
+    pub timestamp: Timestamp,
+    /// The node that accepted the write.
+    pub node: NodeId,
+}
+
+/// Why a version string from a client (e.g. an ETag) does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("version {0:?} is not of the form <wall_ms>-<logical>-<node>")]
+pub struct InvalidVersion(pub String);
+
+impl fmt::Display for Version {
+    /// Zero-padded so that the strings sort like the versions they print:
+    /// `1764127282000-0000000003-n1`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:013}-{:010}-{}",
+            self.timestamp.wall_ms, self.timestamp.logical, self.node
+        )
+    }
+}
+
+impl FromStr for Version {
+    type Err = InvalidVersion;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || InvalidVersion(text.to_owned());
+        let mut parts = text.splitn(3, '-');
+        let wall_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
+        let logical = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
+        let node = parts.next().and_then(|p| NodeId::new(p).ok()).ok_or_else(invalid)?;
+        Ok(Version {
+            timestamp: Timestamp { wall_ms, logical },
+            node,
+        })
+    }
+}
+
+/// The source of physical time. Injected so that tests and the planned deterministic
+/// simulator can drive time by hand.
+pub trait WallClock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch. May jump in either direction.
+    fn now_ms(&self) -> u64;
+}
+
+/// The operating system's real-time clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A remote timestamp was too far in the future to be folded in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("remote timestamp is {ahead_ms} ms ahead of the local clock (limit {max_skew_ms} ms)")]
+pub struct SkewError {
+    /// How far ahead of our wall clock the remote stamp was.
+    pub ahead_ms: u64,
+    /// The configured limit.
+    pub max_skew_ms: u64,
+}
+
+/// The hybrid logical clock of one node. Pure state: wall time is passed in.
+#[derive(Debug, Clone)]
+pub struct Hlc {
+    last: Timestamp,
+    max_skew_ms: u64,
+}
+
+impl Hlc {
+    /// A clock that refuses remote stamps more than `max_skew_ms` ahead of wall time.
+    pub fn new(max_skew_ms: u64) -> Self {
+        Self {
+            last: Timestamp::default(),
+            max_skew_ms,
+        }
+    }
+
+    /// The largest timestamp issued or observed so far.
+    pub fn last(&self) -> Timestamp {
+        self.last
+    }
+
+    /// Stamps a local event at wall time `now_ms`. Strictly larger than every stamp
+    /// issued or observed before.
+    pub fn tick(&mut self, now_ms: u64) -> Timestamp {
+        self.last = if now_ms > self.last.wall_ms {
+            Timestamp {
+                wall_ms: now_ms,
+                logical: 0,
+            }
+        } else {
+            self.successor(self.last)
+        };
+        self.last
+    }
+
+    /// Folds a remote timestamp in, so later local stamps are larger than it.
+    /// Refuses (and changes nothing) if it is more than the allowed skew ahead of
+    /// `now_ms`.
+    pub fn observe(&mut self, remote: Timestamp, now_ms: u64) -> Result<(), SkewError> {
+        let ahead_ms = remote.wall_ms.saturating_sub(now_ms);
+        if ahead_ms > self.max_skew_ms {
+            return Err(SkewError {
+                ahead_ms,
+                max_skew_ms: self.max_skew_ms,
+            });
+        }
+        if remote > self.last {
+            self.last = remote;
+        }
+        Ok(())
+    }
+
+    /// The next stamp after `ts` within the same millisecond, or the next millisecond
+    /// if the logical counter is exhausted (it never is in practice: 2^32 events/ms).
+    fn successor(&self, ts: Timestamp) -> Timestamp {
+        match ts.logical.checked_add(1) {
+            Some(logical) => Timestamp {
+                wall_ms: ts.wall_ms,
+                logical,
+            },
+            None => Timestamp {
+                wall_ms: ts.wall_ms + 1,
+                logical: 0,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(wall_ms: u64, logical: u32) -> Timestamp {
+        Timestamp { wall_ms, logical }
+    }
+
+    #[test]
+    fn tick_follows_wall_clock_when_it_advances() {
+        let mut hlc = Hlc::new(1000);
+        assert_eq!(hlc.tick(100), ts(100, 0));
+        assert_eq!(hlc.tick(105), ts(105, 0));
+    }
+
+    #[test]
+    fn tick_is_strictly_monotonic_when_wall_clock_stalls_or_jumps_back() {
+        let mut hlc = Hlc::new(1000);
+        assert_eq!(hlc.tick(100), ts(100, 0));
+        assert_eq!(hlc.tick(100), ts(100, 1));
+        // The wall clock jumps back by 50 ms: stamps keep increasing.
+        assert_eq!(hlc.tick(50), ts(100, 2));
+        assert_eq!(hlc.tick(99), ts(100, 3));
+        // Once the wall clock passes the last stamp, it takes over again.
+        assert_eq!(hlc.tick(101), ts(101, 0));
+    }
+
+    #[test]
+    fn observe_folds_remote_stamps_in() {
+        let mut hlc = Hlc::new(1000);
+        hlc.tick(100);
+        hlc.observe(ts(500, 7), 100).unwrap();
+        assert_eq!(hlc.tick(100), ts(500, 8));
+        // An older remote stamp changes nothing.
+        hlc.observe(ts(10, 0), 100).unwrap();
+        assert_eq!(hlc.tick(100), ts(500, 9));
+    }
+
+    #[test]
+    fn observe_refuses_stamps_beyond_the_skew_limit_until_wall_clock_catches_up() {
+        let mut hlc = Hlc::new(1000);
+        hlc.tick(100);
+        let far = ts(5000, 0);
+        let refused = hlc.observe(far, 100).unwrap_err();
+        assert_eq!(refused.ahead_ms, 4900);
+        assert_eq!(hlc.last(), ts(100, 0), "a refused stamp must not move the clock");
+        // Exactly at the limit is accepted.
+        hlc.observe(far, 4000).unwrap();
+        assert_eq!(hlc.tick(4000), ts(5000, 1));
+    }
+
+    #[test]
+    fn logical_overflow_carries_into_wall_time() {
+        let mut hlc = Hlc::new(1000);
+        hlc.observe(ts(100, u32::MAX), 100).unwrap();
+        assert_eq!(hlc.tick(100), ts(101, 0));
+    }
+
+    #[test]
+    fn versions_order_by_time_then_node_and_print_sortably() {
+        let a = Version {
+            timestamp: ts(1_764_127_282_000, 3),
+            node: NodeId::new("n1").unwrap(),
+        };
+        let b = Version {
+            timestamp: ts(1_764_127_282_000, 3),
+            node: NodeId::new("n2").unwrap(),
+        };
+        let c = Version {
+            timestamp: ts(1_764_127_282_001, 0),
+            node: NodeId::new("n1").unwrap(),
+        };
+        assert!(a < b && b < c);
+        assert!(a.to_string() < b.to_string() && b.to_string() < c.to_string());
+        assert_eq!(a.to_string(), "1764127282000-0000000003-n1");
+        assert_eq!(a.to_string().parse::<Version>().unwrap(), a);
+        assert!("12-x-n1".parse::<Version>().is_err());
+        assert!("12-3-N1".parse::<Version>().is_err());
+    }
+
+    #[test]
+    fn node_ids_are_validated() {
+        assert!(NodeId::new("n1").is_ok());
+        assert!(NodeId::new("node_a-7").is_ok());
+        assert!(NodeId::new("").is_err());
+        assert!(NodeId::new("N1").is_err());
+        assert!(NodeId::new("a b").is_err());
+        assert!(NodeId::new("x".repeat(33)).is_err());
+    }
+}

@@ -1,0 +1,390 @@
+//! The cluster file (API.md §1): one typed, validated struct with named defaults.
+//!
+//! Owns: [`ClusterConfig`] (what the TOML says), [`NodeSpec`] (one `[[nodes]]` entry)
+//! and [`Tuning`] (every optional top-level key, each with its default).
+//! Knows nothing of: sockets, the store, HTTP. Subsystems receive the values they need;
+//! only this module reads the file.
+//!
+//! ```toml
+//! # optional keys, shown with their defaults
+//! cluster = "meshkv"            # name both sides of a peer link must share
+//! # secret_file = "secret.key"  # path (relative to this file); enables frame HMACs
+//! max_key_bytes = 1024
+//! max_value_bytes = 1048576
+//! max_clock_skew_ms = 1000
+//! live_timeout_ms = 500         # how long a `live` write waits for peers' acks
+//!
+//! [[nodes]]
+//! id   = "n1"
+//! http = "127.0.0.11:7001"
+//! peer = "127.0.0.11:7101"
+//! ```
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clock::NodeId;
+use crate::store::Limits;
+
+/// Why a cluster file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML of the expected shape.
+    #[error("{path} is not a valid cluster file: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation.
+        message: String,
+    },
+    /// The file parses but describes an unusable cluster.
+    #[error("invalid cluster file: {0}")]
+    Invalid(String),
+    /// `--node` names no node of the file.
+    #[error("node {0:?} is not in the cluster file")]
+    UnknownNode(String),
+}
+
+/// One `[[nodes]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Unique id, `[a-z0-9_-]{1,32}`.
+    pub id: NodeId,
+    /// Client HTTP address.
+    pub http: SocketAddr,
+    /// Node-to-node address; outbound peer connections also originate from its IP.
+    pub peer: SocketAddr,
+}
+
+/// Every optional top-level key of the cluster file, with its default.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tuning {
+    /// Cluster name exchanged in the handshake; nodes of other clusters are refused.
+    pub cluster: String,
+    /// File holding the shared secret that authenticates every frame (none: frames are
+    /// not authenticated, and the peer port must stay on a private network).
+    pub secret_file: Option<PathBuf>,
+    /// Longest key in bytes.
+    pub max_key_bytes: usize,
+    /// Longest value in bytes.
+    pub max_value_bytes: usize,
+    /// Remote versions further ahead of the local wall clock are refused for now.
+    pub max_clock_skew_ms: u64,
+    /// How long a `live` write waits for the acks of live peers.
+    pub live_timeout_ms: u64,
+    /// How long a `quorum` or `all` request waits before answering 503.
+    pub strong_timeout_ms: u64,
+    /// Interval between anti-entropy rounds with each peer.
+    pub anti_entropy_interval_ms: u64,
+    /// A link idle this long sends a ping.
+    pub heartbeat_interval_ms: u64,
+    /// A peer that has not answered for this long is `suspect`.
+    pub suspect_after_ms: u64,
+    /// Deadline for connecting to a peer.
+    pub connect_timeout_ms: u64,
+    /// Deadline for a peer's reply to one request; past it the link is dropped.
+    pub request_timeout_ms: u64,
+    /// An inbound peer connection silent this long is closed.
+    pub peer_idle_timeout_ms: u64,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff_ms: u64,
+    /// Largest frame accepted or sent, in bytes.
+    pub max_frame_bytes: usize,
+    /// Target size of one push batch or anti-entropy reply, in bytes.
+    pub batch_bytes: usize,
+    /// Distinct keys queued for one peer before further writes are left to anti-entropy.
+    pub outbox_max_keys: usize,
+    /// Concurrent inbound peer connections.
+    pub max_peer_connections: usize,
+    /// Concurrent client HTTP requests.
+    pub max_http_requests: usize,
+    /// Deadline for one client HTTP request, body included.
+    pub http_timeout_ms: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let limits = Limits::default();
+        Self {
+            cluster: "meshkv".to_owned(),
+            secret_file: None,
+            max_key_bytes: limits.max_key_bytes,
+            max_value_bytes: limits.max_value_bytes,
+            max_clock_skew_ms: 1000,
+            live_timeout_ms: 500,
+            strong_timeout_ms: 1000,
+            anti_entropy_interval_ms: 1000,
+            heartbeat_interval_ms: 200,
+            suspect_after_ms: 600,
+            connect_timeout_ms: 500,
+            request_timeout_ms: 1500,
+            peer_idle_timeout_ms: 10_000,
+            max_backoff_ms: 1000,
+            max_frame_bytes: 16 * 1024 * 1024,
+            batch_bytes: 1024 * 1024,
+            outbox_max_keys: 100_000,
+            max_peer_connections: 64,
+            max_http_requests: 1024,
+            http_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Tuning {
+    /// Key and value limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_key_bytes: self.max_key_bytes,
+            max_value_bytes: self.max_value_bytes,
+        }
+    }
+
+    /// A duration from one of the `_ms` keys.
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}
+
+/// A parsed and validated cluster file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Every node of the cluster.
+    pub nodes: Vec<NodeSpec>,
+    /// Optional keys.
+    pub tuning: Tuning,
+    /// The directory the file was read from, to resolve relative paths.
+    pub base_dir: PathBuf,
+}
+
+impl ClusterConfig {
+    /// Reads, parses and validates a cluster file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|error| match error {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        config.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Parses and validates cluster-file text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message,
+        };
+        // `nodes` and the optional keys are split by hand: serde cannot combine
+        // `flatten` with `deny_unknown_fields`, and unknown keys (typos) must be refused.
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(e.message().to_owned()))?;
+        let nodes = match table.remove("nodes") {
+            Some(nodes) => nodes.try_into().map_err(|e: toml::de::Error| parse_error(e.message().to_owned()))?,
+            None => Vec::new(),
+        };
+        let tuning = table.try_into().map_err(|e: toml::de::Error| parse_error(e.message().to_owned()))?;
+        let config = Self {
+            nodes,
+            tuning,
+            base_dir: PathBuf::new(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The one-node cluster that `meshkv serve` runs with no `--cluster`.
+    pub fn single_node() -> Self {
+        Self {
+            nodes: vec![NodeSpec {
+                id: NodeId::new("n1").expect("valid id"),
+                http: "127.0.0.1:7001".parse().expect("valid address"),
+                peer: "127.0.0.1:7101".parse().expect("valid address"),
+            }],
+            tuning: Tuning::default(),
+            base_dir: PathBuf::new(),
+        }
+    }
+
+    /// Checks what the types cannot: uniqueness and consistent limits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if self.nodes.is_empty() {
+            return invalid("it lists no [[nodes]]".into());
+        }
+        let mut ids = HashSet::new();
+        let mut addresses = HashSet::new();
+        for node in &self.nodes {
+            if !ids.insert(&node.id) {
+                return invalid(format!("node id {} appears twice", node.id));
+            }
+            for address in [node.http, node.peer] {
+                if !addresses.insert(address) {
+                    return invalid(format!("address {address} is used twice"));
+                }
+            }
+        }
+        let tuning = &self.tuning;
+        if tuning.max_key_bytes == 0 || tuning.max_value_bytes == 0 {
+            return invalid("max_key_bytes and max_value_bytes must be positive".into());
+        }
+        // One entry with the largest key and value must fit in a frame, with room for
+        // the version, the tag and the encoding overhead.
+        if tuning.max_frame_bytes < tuning.max_key_bytes + tuning.max_value_bytes + 4096 {
+            return invalid("max_frame_bytes must exceed max_key_bytes + max_value_bytes + 4096".into());
+        }
+        let positive = [
+            ("live_timeout_ms", tuning.live_timeout_ms),
+            ("strong_timeout_ms", tuning.strong_timeout_ms),
+            ("anti_entropy_interval_ms", tuning.anti_entropy_interval_ms),
+            ("heartbeat_interval_ms", tuning.heartbeat_interval_ms),
+            ("suspect_after_ms", tuning.suspect_after_ms),
+            ("connect_timeout_ms", tuning.connect_timeout_ms),
+            ("request_timeout_ms", tuning.request_timeout_ms),
+            ("peer_idle_timeout_ms", tuning.peer_idle_timeout_ms),
+            ("max_backoff_ms", tuning.max_backoff_ms),
+            ("http_timeout_ms", tuning.http_timeout_ms),
+            ("batch_bytes", tuning.batch_bytes as u64),
+            ("outbox_max_keys", tuning.outbox_max_keys as u64),
+            ("max_peer_connections", tuning.max_peer_connections as u64),
+            ("max_http_requests", tuning.max_http_requests as u64),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return invalid(format!("{name} must be positive"));
+        }
+        if tuning.peer_idle_timeout_ms <= tuning.heartbeat_interval_ms {
+            return invalid("peer_idle_timeout_ms must exceed heartbeat_interval_ms".into());
+        }
+        Ok(())
+    }
+
+    /// The entry of node `id`.
+    pub fn node(&self, id: &str) -> Result<&NodeSpec, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|node| node.id.as_str() == id)
+            .ok_or_else(|| ConfigError::UnknownNode(id.to_owned()))
+    }
+
+    /// Every node but `id`.
+    pub fn peers_of<'a>(&'a self, id: &'a NodeId) -> impl Iterator<Item = &'a NodeSpec> + 'a {
+        self.nodes.iter().filter(move |node| &node.id != id)
+    }
+
+    /// The cluster secret, read from `secret_file` (trailing whitespace trimmed).
+    pub fn secret(&self) -> Result<Option<Arc<[u8]>>, ConfigError> {
+        let Some(file) = &self.tuning.secret_file else {
+            return Ok(None);
+        };
+        let path = self.base_dir.join(file);
+        let text = std::fs::read(&path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let trimmed = text.trim_ascii_end();
+        if trimmed.len() < 16 {
+            return Err(ConfigError::Invalid(format!(
+                "the secret in {} is shorter than 16 bytes",
+                path.display()
+            )));
+        }
+        Ok(Some(Arc::from(trimmed)))
+    }
+
+    /// Renders a cluster file for `count` nodes on 127.0.0.11.., as used by `demo`.
+    pub fn local_file(count: usize, http_base_port: u16, peer_base_port: u16) -> String {
+        let mut text = String::new();
+        for index in 0..count {
+            let ip = format!("127.0.0.{}", 11 + index);
+            text.push_str(&format!(
+                "[[nodes]]\nid = \"n{n}\"\nhttp = \"{ip}:{http}\"\npeer = \"{ip}:{peer}\"\n\n",
+                n = index + 1,
+                http = http_base_port as usize + index,
+                peer = peer_base_port as usize + index,
+            ));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TWO_NODES: &str = r#"
+        [[nodes]]
+        id   = "n1"
+        http = "127.0.0.11:7001"
+        peer = "127.0.0.11:7101"
+
+        [[nodes]]
+        id   = "n2"
+        http = "127.0.0.12:7002"
+        peer = "127.0.0.12:7102"
+    "#;
+
+    #[test]
+    fn parses_the_api_example_with_defaults() {
+        let config = ClusterConfig::parse(TWO_NODES).unwrap();
+        assert_eq!(config.nodes.len(), 2);
+        assert_eq!(config.tuning, Tuning::default());
+        assert_eq!(config.node("n2").unwrap().peer, "127.0.0.12:7102".parse().unwrap());
+        let me = NodeId::new("n1").unwrap();
+        assert_eq!(config.peers_of(&me).map(|n| n.id.as_str()).collect::<Vec<_>>(), ["n2"]);
+    }
+
+    #[test]
+    fn optional_keys_override_defaults() {
+        let text = format!("max_clock_skew_ms = 50\ncluster = \"test\"\n{TWO_NODES}");
+        let config = ClusterConfig::parse(&text).unwrap();
+        assert_eq!(config.tuning.max_clock_skew_ms, 50);
+        assert_eq!(config.tuning.cluster, "test");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_a_reason() {
+        let cases = [
+            ("", "no [[nodes]]"),
+            ("[[nodes]]\nid=\"N1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "invalid"),
+            ("typo_key = 1\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "unknown field"),
+            (
+                "[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:3\"\npeer=\"127.0.0.1:4\"",
+                "appears twice",
+            ),
+            ("[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:1\"", "used twice"),
+            ("max_frame_bytes = 10\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "max_frame_bytes"),
+            ("live_timeout_ms = 0\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "live_timeout_ms"),
+        ];
+        for (text, expected) in cases {
+            let error = ClusterConfig::parse(text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text:?} gave {error:?}, expected {expected:?}");
+        }
+    }
+
+    #[test]
+    fn local_file_describes_a_valid_cluster() {
+        let config = ClusterConfig::parse(&ClusterConfig::local_file(4, 7001, 7101)).unwrap();
+        assert_eq!(config.nodes.len(), 4);
+        assert_eq!(config.nodes[3].http, "127.0.0.14:7004".parse().unwrap());
+        assert!(ClusterConfig::single_node().validate().is_ok());
+    }
+}

@@ -1,0 +1,28 @@
+//! meshkv: a multi-master, eventually consistent key-value store.
+//!
+//! Every node accepts reads and writes; a write is stamped by the node's hybrid logical
+//! clock and kept in a map of last-writer-wins registers. Nodes push writes to their
+//! peers at once and repair whatever was missed with digest-driven anti-entropy.
+//!
+//! Modules, bottom-up (a module uses only modules above it in this list, and
+//! `metrics` from anywhere):
+//!
+//! | layer | module | owns |
+//! | --- | --- | --- |
+//! | 0 core | [`clock`] | hybrid logical clock, versions, node ids |
+//! | 0 core | [`store`] | LWW registers, the map, its digest, input limits |
+//! | 1 mechanism | [`membership`] | failure detector (pure state machine) |
+//! | 1 mechanism | [`wire`] | protocol messages and authenticated frames |
+//! | 1 mechanism | [`metrics`] | counters and the Prometheus registry |
+//! | 2 transport | [`peer`] | TCP links from the node's own IP, handshakes, request/reply |
+//! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
+//! | 4 edge | [`api`] | the client HTTP API |
+//! | 5 assembly | [`config`], [`node`] | the cluster file; spawning and shutdown of a node |
+//! | 6 tools | [`client`] | HTTP client used by the CLI |
+//! | 7 entry | [`cli`] | the `meshkv` command line |
+
+pub mod clock;
+pub mod config;
+pub mod metrics;
+pub mod store;
+pub mod wire;

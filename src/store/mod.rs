@@ -1,0 +1,430 @@
+//! The replicated state: a map from key to last-writer-wins register.
+//!
+//! Owns: [`Store`] (registers, tombstones, the incremental [`Digest`] and the bucket
+//! index that anti-entropy reads), [`Entry`] (one register as it travels) and the
+//! input [`Limits`].
+//! Knows nothing of: clocks (versions arrive already stamped), the network, I/O.
+//!
+//! # Semantics
+//! Each key holds a [`Register`]: `crdts::LWWReg` over `Option<String>` (a value, or
+//! `None` for a tombstone) with a [`Version`] as its marker. Merging two registers keeps
+//! the one with the larger version, so merge is commutative, associative and idempotent,
+//! and a store is just the pointwise merge of its registers: any two stores that have
+//! merged the same entries, in any order and grouping, are equal. Versions are unique
+//! per write, so two different values never carry the same marker.
+//!
+//! Deletes write tombstones, which are kept (and replicated, and hashed into the digest)
+//! like values: a delete is never undone by a replica that missed it. Tombstones are not
+//! yet collected; see DESIGN.md.
+
+pub mod digest;
+pub mod limits;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use crdts::{CvRDT, LWWReg};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Version;
+pub use digest::{BucketId, Digest};
+pub use limits::{InputError, Limits};
+
+/// One key's register: the value (`None` = tombstone) and the version that wrote it.
+pub type Register = LWWReg<Option<String>, Version>;
+
+/// One register with its key: the unit of replication.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key.
+    pub key: String,
+    /// The version of the write that produced this state.
+    pub version: Version,
+    /// The value, or `None` for a tombstone.
+    pub value: Option<String>,
+}
+
+impl Entry {
+    /// An estimate of the entry's encoded size, for batching against byte budgets.
+    pub fn weight(&self) -> usize {
+        self.key.len() + self.value.as_ref().map_or(0, String::len) + 32
+    }
+}
+
+/// The result of merging an entry into the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Merged {
+    /// The entry was newer and replaced `previous` (`None`: the key was absent).
+    Applied {
+        /// The register the key held before, if any.
+        previous: Option<Register>,
+    },
+    /// The store already held this version or a newer one; nothing changed.
+    Stale,
+}
+
+/// Counts that describe the store, for `/v1/convergence` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Keys holding a value.
+    pub keys: usize,
+    /// Keys holding a tombstone.
+    pub tombstones: usize,
+    /// Root hash of the whole state.
+    pub digest: u64,
+    /// The largest version stored, if any.
+    pub max_version: Option<Version>,
+}
+
+/// The map of registers with its digest and bucket index, kept in step on every change.
+#[derive(Debug, Default, Clone)]
+pub struct Store {
+    registers: BTreeMap<Arc<str>, Register>,
+    /// Keys per digest bucket, so anti-entropy can list one bucket without a scan.
+    buckets: BTreeMap<BucketId, BTreeSet<Arc<str>>>,
+    digest: Digest,
+    tombstones: usize,
+    max_version: Option<Version>,
+}
+
+impl Store {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The register of `key`, tombstones included.
+    pub fn get(&self, key: &str) -> Option<&Register> {
+        self.registers.get(key)
+    }
+
+    /// The key's current entry, tombstones included.
+    pub fn entry(&self, key: &str) -> Option<Entry> {
+        self.registers.get(key).map(|register| Entry {
+            key: key.to_owned(),
+            version: register.marker.clone(),
+            value: register.val.clone(),
+        })
+    }
+
+    /// Merges one entry: it replaces the key's register if its version is larger.
+    pub fn merge(&mut self, entry: Entry) -> Merged {
+        let Entry {
+            key,
+            version,
+            value,
+        } = entry;
+        let incoming = Register {
+            val: value,
+            marker: version,
+        };
+        let bucket = digest::bucket_of(&key);
+        let previous = match self.registers.get_mut(key.as_str()) {
+            Some(current) if current.marker >= incoming.marker => return Merged::Stale,
+            Some(current) => {
+                let previous = current.clone();
+                current.merge(incoming.clone());
+                self.forget(bucket, &key, &previous);
+                Some(previous)
+            }
+            None => {
+                let shared: Arc<str> = Arc::from(key.as_str());
+                self.buckets.entry(bucket).or_default().insert(shared.clone());
+                self.registers.insert(shared, incoming.clone());
+                None
+            }
+        };
+        self.remember(bucket, &key, &incoming);
+        Merged::Applied { previous }
+    }
+
+    /// Counts a register into the digest and the counters.
+    fn remember(&mut self, bucket: BucketId, key: &str, register: &Register) {
+        let tombstone = register.val.is_none();
+        self.digest.toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
+        self.tombstones += tombstone as usize;
+        if self.max_version.as_ref() < Some(&register.marker) {
+            self.max_version = Some(register.marker.clone());
+        }
+    }
+
+    /// Counts a register out of the digest and the counters.
+    fn forget(&mut self, bucket: BucketId, key: &str, register: &Register) {
+        let tombstone = register.val.is_none();
+        self.digest.toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
+        self.tombstones -= tombstone as usize;
+    }
+
+    /// Merges every register of `other` into `self` (state-based merge of whole stores).
+    pub fn merge_store(&mut self, other: &Store) {
+        for entry in other.entries() {
+            self.merge(entry);
+        }
+    }
+
+    /// Every entry, in key order. Walks the map: for tests and tools, not request paths.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.registers.iter().map(|(key, register)| Entry {
+            key: key.to_string(),
+            version: register.marker.clone(),
+            value: register.val.clone(),
+        })
+    }
+
+    /// Live keys (tombstones skipped) starting with `prefix`, in key order, at most
+    /// `limit` of them; the flag says whether more matched.
+    pub fn scan(&self, prefix: &str, limit: usize) -> (Vec<Entry>, bool) {
+        let mut items = Vec::new();
+        let range = self
+            .registers
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(_, register)| register.val.is_some());
+        for (key, register) in range {
+            if items.len() == limit {
+                return (items, true);
+            }
+            items.push(Entry {
+                key: key.to_string(),
+                version: register.marker.clone(),
+                value: register.val.clone(),
+            });
+        }
+        (items, false)
+    }
+
+    /// The digest tree.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// `(key, version)` for every register in `bucket`.
+    pub fn bucket_versions(&self, bucket: BucketId) -> impl Iterator<Item = (&str, &Version)> + '_ {
+        self.buckets.get(&bucket).into_iter().flatten().map(|key| {
+            let register = &self.registers[key];
+            (&**key, &register.marker)
+        })
+    }
+
+    /// Counts and root hash.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            keys: self.registers.len() - self.tombstones,
+            tombstones: self.tombstones,
+            digest: self.digest.root(),
+            max_version: self.max_version.clone(),
+        }
+    }
+
+    /// The root hash, recomputed from scratch. For tests of the incremental digest.
+    pub fn recompute_root(&self) -> u64 {
+        self.registers.iter().fold(0, |root, (key, register)| {
+            root ^ digest::entry_hash(key, &register.marker, register.val.is_none())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{NodeId, Timestamp};
+    use proptest::prelude::*;
+
+    fn version(wall_ms: u64, node: &str) -> Version {
+        Version {
+            timestamp: Timestamp { wall_ms, logical: 0 },
+            node: NodeId::new(node).unwrap(),
+        }
+    }
+
+    fn put(key: &str, wall_ms: u64, node: &str, value: Option<&str>) -> Entry {
+        Entry {
+            key: key.into(),
+            version: version(wall_ms, node),
+            value: value.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn later_version_wins_regardless_of_arrival_order() {
+        let mut store = Store::new();
+        assert_eq!(store.merge(put("k", 2, "n1", Some("new"))), Merged::Applied { previous: None });
+        assert_eq!(store.merge(put("k", 1, "n2", Some("old"))), Merged::Stale);
+        assert_eq!(store.get("k").unwrap().val.as_deref(), Some("new"));
+        // Same timestamp: the node id breaks the tie.
+        let merged = store.merge(put("k", 2, "n2", Some("tie")));
+        assert!(matches!(merged, Merged::Applied { previous: Some(ref p) } if p.val.as_deref() == Some("new")));
+        assert_eq!(store.get("k").unwrap().val.as_deref(), Some("tie"));
+    }
+
+    #[test]
+    fn merging_the_same_entry_twice_is_a_no_op() {
+        let mut store = Store::new();
+        store.merge(put("k", 1, "n1", Some("v")));
+        let before = store.summary();
+        assert_eq!(store.merge(put("k", 1, "n1", Some("v"))), Merged::Stale);
+        assert_eq!(store.summary(), before);
+    }
+
+    #[test]
+    fn tombstones_hide_values_and_are_counted() {
+        let mut store = Store::new();
+        store.merge(put("a", 1, "n1", Some("1")));
+        store.merge(put("b", 1, "n1", Some("2")));
+        store.merge(put("a", 2, "n1", None));
+        let summary = store.summary();
+        assert_eq!((summary.keys, summary.tombstones), (1, 1));
+        assert_eq!(summary.max_version, Some(version(2, "n1")));
+        let (items, truncated) = store.scan("", 10);
+        assert_eq!(items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert!(!truncated);
+        // A stale value cannot resurrect the deleted key.
+        assert_eq!(store.merge(put("a", 1, "n2", Some("zombie"))), Merged::Stale);
+        // A newer write can.
+        store.merge(put("a", 3, "n2", Some("back")));
+        assert_eq!(store.summary().tombstones, 0);
+    }
+
+    #[test]
+    fn scan_honours_prefix_order_and_limit() {
+        let mut store = Store::new();
+        for key in ["user/2", "user/1", "users", "admin", "user/3"] {
+            store.merge(put(key, 1, "n1", Some("v")));
+        }
+        let (items, truncated) = store.scan("user/", 2);
+        assert_eq!(items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["user/1", "user/2"]);
+        assert!(truncated);
+        let (items, truncated) = store.scan("user/", 3);
+        assert_eq!(items.len(), 3);
+        assert!(!truncated);
+    }
+
+    #[test]
+    fn bucket_index_lists_exactly_the_bucket() {
+        let mut store = Store::new();
+        for i in 0..200 {
+            store.merge(put(&format!("k{i}"), 1, "n1", Some("v")));
+        }
+        let bucket = digest::bucket_of("k7");
+        let listed: Vec<&str> = store.bucket_versions(bucket).map(|(key, _)| key).collect();
+        assert!(listed.contains(&"k7"));
+        assert!(listed.iter().all(|key| digest::bucket_of(key) == bucket));
+    }
+
+    // ---- CRDT laws, property-tested -------------------------------------------------
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        // Few keys, timestamps and nodes, so that collisions and ties are frequent.
+        // A real node never reuses a version for another value, so the value (or
+        // tombstone) is a function of the version here too.
+        (0..6u8, 0..8u64, 0..3u32, 0..3u8).prop_map(|(key, wall_ms, logical, node)| {
+            let version = Version {
+                timestamp: Timestamp { wall_ms, logical },
+                node: NodeId::new(format!("n{node}")).unwrap(),
+            };
+            let value = (logical != 0).then(|| format!("v{version}"));
+            Entry {
+                key: format!("k{key}"),
+                version,
+                value,
+            }
+        })
+    }
+
+    fn register(entry: &Entry) -> Register {
+        Register {
+            val: entry.value.clone(),
+            marker: entry.version.clone(),
+        }
+    }
+
+    fn merged(mut a: Register, b: Register) -> Register {
+        a.merge(b);
+        a
+    }
+
+    fn store_of(entries: &[Entry]) -> Store {
+        let mut store = Store::new();
+        for entry in entries {
+            store.merge(entry.clone());
+        }
+        store
+    }
+
+    fn contents(store: &Store) -> Vec<Entry> {
+        store.entries().collect()
+    }
+
+    proptest! {
+        #[test]
+        fn register_merge_is_commutative(a in arb_entry(), b in arb_entry()) {
+            let (a, b) = (register(&a), register(&b));
+            prop_assert_eq!(merged(a.clone(), b.clone()), merged(b, a));
+        }
+
+        #[test]
+        fn register_merge_is_associative(a in arb_entry(), b in arb_entry(), c in arb_entry()) {
+            let (a, b, c) = (register(&a), register(&b), register(&c));
+            prop_assert_eq!(
+                merged(merged(a.clone(), b.clone()), c.clone()),
+                merged(a, merged(b, c))
+            );
+        }
+
+        #[test]
+        fn register_merge_is_idempotent(a in arb_entry()) {
+            let a = register(&a);
+            prop_assert_eq!(merged(a.clone(), a.clone()), a);
+        }
+
+        /// Random writes delivered to replicas in different orders and groupings
+        /// (some merged entry by entry, some as whole stores) end in equal states.
+        #[test]
+        fn stores_converge_whatever_the_order_and_grouping(
+            entries in proptest::collection::vec(arb_entry(), 0..40),
+            seed in any::<u64>(),
+            split in 0usize..40,
+        ) {
+                        // Replica 1: in order.
+            let one = store_of(&entries);
+            // Replica 2: reversed.
+            let mut reversed = entries.clone();
+            reversed.reverse();
+            let two = store_of(&reversed);
+            // Replica 3: shuffled, then split in two stores merged as wholes, one of
+            // them fed some entries twice.
+            let mut shuffled = entries.clone();
+            let mut state = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                shuffled.swap(i, (state % (i as u64 + 1)) as usize);
+            }
+            let split = split.min(shuffled.len());
+            let mut left = store_of(&shuffled[..split]);
+            let mut right = store_of(&shuffled[split..]);
+            right.merge_store(&store_of(&shuffled[..split / 2]));
+            left.merge_store(&right);
+            let three = left;
+
+            prop_assert_eq!(contents(&one), contents(&two));
+            prop_assert_eq!(contents(&one), contents(&three));
+            prop_assert_eq!(one.summary(), two.summary());
+            prop_assert_eq!(one.summary(), three.summary());
+            prop_assert_eq!(one.digest(), three.digest());
+        }
+
+        /// The incrementally maintained digest and counters equal a fresh computation.
+        #[test]
+        fn incremental_digest_matches_recomputation(
+            entries in proptest::collection::vec(arb_entry(), 0..60),
+        ) {
+            let store = store_of(&entries);
+            prop_assert_eq!(store.summary().digest, store.recompute_root());
+            let tombstones = store.entries().filter(|e| e.value.is_none()).count();
+            prop_assert_eq!(store.summary().tombstones, tombstones);
+            let fresh = store_of(&contents(&store));
+            prop_assert_eq!(fresh.digest(), store.digest());
+        }
+    }
+}

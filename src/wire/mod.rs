@@ -1,0 +1,130 @@
+//! The node-to-node protocol: every message two nodes exchange, and how it is framed.
+//!
+//! Owns: [`Message`] (one enum for the whole protocol), [`PROTOCOL_VERSION`] and the
+//! [`codec`] that turns messages into authenticated, length-prefixed MessagePack frames.
+//! Knows nothing of: sockets, the store's internals, HTTP.
+//!
+//! # Conversation
+//! Every connection is opened by the node that wants something (the *initiator*) and
+//! carries strict request → reply pairs, one at a time:
+//!
+//! | request | reply | purpose |
+//! | --- | --- | --- |
+//! | `Hello` | `Welcome` or `Refuse` | first frame: protocol version, cluster, both ids |
+//! | `Ping` | `Pong` | liveness when there is nothing else to say |
+//! | `Push` | `PushAck` | new writes (and anti-entropy repairs) for the replier |
+//! | `SyncRoot` | `InSync` or `SyncGroups` | anti-entropy, level 0: compare root hashes |
+//! | `SyncBuckets` | `BucketVersions` | level 2: compare bucket hashes, list differing buckets' `(key, version)` |
+//! | `Fetch` | `Entries` | pull the entries the initiator found newer on the replier |
+//!
+//! Each node dials every peer, so each pair of nodes has two connections, one per
+//! initiator; replies never travel unasked.
+
+pub mod codec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{NodeId, Version};
+use crate::store::{BucketId, Entry};
+
+/// Bumped on every incompatible change of [`Message`] or the framing.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Every frame of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// First frame from the initiator.
+    Hello {
+        /// The sender's [`PROTOCOL_VERSION`].
+        protocol: u16,
+        /// The cluster name both sides must share.
+        cluster: String,
+        /// The initiator's id.
+        from: NodeId,
+        /// The id the initiator expects to be talking to.
+        to: NodeId,
+    },
+    /// The handshake succeeded.
+    Welcome,
+    /// The handshake failed; the connection closes after this frame.
+    Refuse {
+        /// One sentence, logged by the initiator.
+        reason: String,
+    },
+    /// Liveness probe.
+    Ping,
+    /// Answer to `Ping`.
+    Pong,
+    /// Entries for the replier to merge.
+    Push {
+        /// The entries, each the sender's current register for its key.
+        entries: Vec<Entry>,
+    },
+    /// The entries of a `Push` were handled.
+    PushAck {
+        /// Keys whose versions were refused as too far in the future (clock skew);
+        /// the rest were merged (or were already known).
+        refused: Vec<String>,
+    },
+    /// Anti-entropy: the initiator's root hash.
+    SyncRoot {
+        /// Root of the initiator's digest.
+        root: u64,
+    },
+    /// The roots are equal: nothing to do.
+    InSync,
+    /// The roots differ: the replier's group hashes, in group order.
+    SyncGroups {
+        /// One hash per group.
+        groups: Vec<u64>,
+    },
+    /// The initiator's hashes of the buckets it wants compared.
+    SyncBuckets {
+        /// `(bucket, initiator's hash)`.
+        buckets: Vec<(BucketId, u64)>,
+    },
+    /// The replier's `(key, version)` pairs of differing buckets.
+    BucketVersions {
+        /// The differing buckets covered by `versions`.
+        covered: Vec<BucketId>,
+        /// Every `(key, version)` the replier holds in the covered buckets.
+        versions: Vec<(String, Version)>,
+        /// Differing buckets left out to respect the reply budget.
+        remaining: Vec<BucketId>,
+    },
+    /// Keys whose entries the initiator wants.
+    Fetch {
+        /// The keys.
+        keys: Vec<String>,
+    },
+    /// Reply to `Fetch`.
+    Entries {
+        /// The replier's entries, for a prefix of the requested keys.
+        entries: Vec<Entry>,
+        /// How many of the requested keys this reply answers (absent keys included);
+        /// the initiator asks again for the rest.
+        served: u32,
+    },
+}
+
+impl Message {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Welcome => "welcome",
+            Message::Refuse { .. } => "refuse",
+            Message::Ping => "ping",
+            Message::Pong => "pong",
+            Message::Push { .. } => "push",
+            Message::PushAck { .. } => "push_ack",
+            Message::SyncRoot { .. } => "sync_root",
+            Message::InSync => "in_sync",
+            Message::SyncGroups { .. } => "sync_groups",
+            Message::SyncBuckets { .. } => "sync_buckets",
+            Message::BucketVersions { .. } => "bucket_versions",
+            Message::Fetch { .. } => "fetch",
+            Message::Entries { .. } => "entries",
+        }
+    }
+}
