@@ -85,7 +85,9 @@ impl fmt::Display for NodeId {
 }
 
 /// A hybrid logical clock reading. Ordered by `wall_ms`, then `logical`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp {
     /// Milliseconds since the Unix epoch, never behind the largest stamp seen.
     pub wall_ms: u64,
@@ -126,9 +128,18 @@ impl FromStr for Version {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let invalid = || InvalidVersion(text.to_owned());
         let mut parts = text.splitn(3, '-');
-        let wall_ms = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
-        let logical = parts.next().and_then(|p| p.parse().ok()).ok_or_else(invalid)?;
-        let node = parts.next().and_then(|p| NodeId::new(p).ok()).ok_or_else(invalid)?;
+        let wall_ms = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(invalid)?;
+        let logical = parts
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(invalid)?;
+        let node = parts
+            .next()
+            .and_then(|p| NodeId::new(p).ok())
+            .ok_or_else(invalid)?;
         Ok(Version {
             timestamp: Timestamp { wall_ms, logical },
             node,
@@ -279,7 +290,11 @@ mod tests {
         let far = ts(5000, 0);
         let refused = hlc.observe(far, 100).unwrap_err();
         assert_eq!(refused.ahead_ms, 4900);
-        assert_eq!(hlc.last(), ts(100, 0), "a refused stamp must not move the clock");
+        assert_eq!(
+            hlc.last(),
+            ts(100, 0),
+            "a refused stamp must not move the clock"
+        );
         // Exactly at the limit is accepted.
         hlc.observe(far, 4000).unwrap();
         assert_eq!(hlc.tick(4000), ts(5000, 1));

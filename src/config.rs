@@ -197,12 +197,17 @@ impl ClusterConfig {
         };
         // `nodes` and the optional keys are split by hand: serde cannot combine
         // `flatten` with `deny_unknown_fields`, and unknown keys (typos) must be refused.
-        let mut table: toml::Table = toml::from_str(text).map_err(|e| parse_error(e.message().to_owned()))?;
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| parse_error(e.message().to_owned()))?;
         let nodes = match table.remove("nodes") {
-            Some(nodes) => nodes.try_into().map_err(|e: toml::de::Error| parse_error(e.message().to_owned()))?,
+            Some(nodes) => nodes
+                .try_into()
+                .map_err(|e: toml::de::Error| parse_error(e.message().to_owned()))?,
             None => Vec::new(),
         };
-        let tuning = table.try_into().map_err(|e: toml::de::Error| parse_error(e.message().to_owned()))?;
+        let tuning = table
+            .try_into()
+            .map_err(|e: toml::de::Error| parse_error(e.message().to_owned()))?;
         let config = Self {
             nodes,
             tuning,
@@ -250,7 +255,9 @@ impl ClusterConfig {
         // One entry with the largest key and value must fit in a frame, with room for
         // the version, the tag and the encoding overhead.
         if tuning.max_frame_bytes < tuning.max_key_bytes + tuning.max_value_bytes + 4096 {
-            return invalid("max_frame_bytes must exceed max_key_bytes + max_value_bytes + 4096".into());
+            return invalid(
+                "max_frame_bytes must exceed max_key_bytes + max_value_bytes + 4096".into(),
+            );
         }
         let positive = [
             ("live_timeout_ms", tuning.live_timeout_ms),
@@ -347,9 +354,18 @@ mod tests {
         let config = ClusterConfig::parse(TWO_NODES).unwrap();
         assert_eq!(config.nodes.len(), 2);
         assert_eq!(config.tuning, Tuning::default());
-        assert_eq!(config.node("n2").unwrap().peer, "127.0.0.12:7102".parse().unwrap());
+        assert_eq!(
+            config.node("n2").unwrap().peer,
+            "127.0.0.12:7102".parse().unwrap()
+        );
         let me = NodeId::new("n1").unwrap();
-        assert_eq!(config.peers_of(&me).map(|n| n.id.as_str()).collect::<Vec<_>>(), ["n2"]);
+        assert_eq!(
+            config
+                .peers_of(&me)
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>(),
+            ["n2"]
+        );
     }
 
     #[test]
@@ -376,7 +392,10 @@ mod tests {
         ];
         for (text, expected) in cases {
             let error = ClusterConfig::parse(text).unwrap_err().to_string();
-            assert!(error.contains(expected), "{text:?} gave {error:?}, expected {expected:?}");
+            assert!(
+                error.contains(expected),
+                "{text:?} gave {error:?}, expected {expected:?}"
+            );
         }
     }
 

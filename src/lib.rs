@@ -21,8 +21,15 @@
 //! | 6 tools | [`client`] | HTTP client used by the CLI |
 //! | 7 entry | [`cli`] | the `meshkv` command line |
 
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod clock;
 pub mod config;
+pub mod membership;
 pub mod metrics;
+pub mod node;
+pub mod peer;
+pub mod replication;
 pub mod store;
 pub mod wire;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `meshkv` binary: everything lives in the library; see `meshkv::cli`.
+
+fn main() -> std::process::ExitCode {
+    meshkv::cli::main()
+}

@@ -122,7 +122,11 @@ impl Metrics {
             peer_state: Family::default(),
             registry: Registry::default(),
         };
-        registry.register("peer_frames", "Frames between nodes", metrics.frames.clone());
+        registry.register(
+            "peer_frames",
+            "Frames between nodes",
+            metrics.frames.clone(),
+        );
         registry.register(
             "peer_bytes",
             "Bytes between nodes, length prefix included",
@@ -148,7 +152,11 @@ impl Metrics {
             "Entries sent in push batches",
             metrics.pushed_entries.clone(),
         );
-        registry.register("push_batches", "Push batches sent", metrics.push_batches.clone());
+        registry.register(
+            "push_batches",
+            "Push batches sent",
+            metrics.push_batches.clone(),
+        );
         registry.register(
             "pushes_coalesced",
             "Writes folded into an already queued push of the same key",
@@ -175,7 +183,11 @@ impl Metrics {
             metrics.skew_refusals.clone(),
         );
         registry.register("keys", "Keys holding a value", metrics.keys.clone());
-        registry.register("tombstones", "Keys holding a tombstone", metrics.tombstones.clone());
+        registry.register(
+            "tombstones",
+            "Keys holding a tombstone",
+            metrics.tombstones.clone(),
+        );
         registry.register(
             "peer_state",
             "Failure detector view of each peer: 0 alive, 1 suspect, 2 down",
@@ -188,7 +200,13 @@ impl Metrics {
     }
 
     /// Counts one frame of `bytes` bytes.
-    pub fn record_frame(&self, peer: &str, kind: &'static str, direction: &'static str, bytes: usize) {
+    pub fn record_frame(
+        &self,
+        peer: &str,
+        kind: &'static str,
+        direction: &'static str,
+        bytes: usize,
+    ) {
         let labels = FrameLabels {
             peer: peer.to_owned(),
             kind,
@@ -200,7 +218,9 @@ impl Metrics {
 
     /// Counts one refused frame or connection.
     pub fn reject(&self, reason: &'static str) {
-        self.frames_rejected.get_or_create(&ReasonLabels { reason }).inc();
+        self.frames_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// The whole registry in the Prometheus text format.
@@ -223,7 +243,12 @@ mod tests {
         metrics.record_frame("n2", "push", "sent", 120);
         metrics.record_frame("n2", "push", "sent", 30);
         let text = metrics.render();
-        assert!(text.contains(r#"meshkv_peer_bytes_total{peer="n2",kind="push",direction="sent"} 150"#), "{text}");
-        assert!(text.contains(r#"meshkv_peer_frames_total{peer="n2",kind="push",direction="sent"} 2"#));
+        assert!(
+            text.contains(r#"meshkv_peer_bytes_total{peer="n2",kind="push",direction="sent"} 150"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"meshkv_peer_frames_total{peer="n2",kind="push",direction="sent"} 2"#)
+        );
     }
 }

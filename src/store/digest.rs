@@ -108,7 +108,10 @@ mod tests {
 
     fn version(wall_ms: u64) -> Version {
         Version {
-            timestamp: Timestamp { wall_ms, logical: 0 },
+            timestamp: Timestamp {
+                wall_ms,
+                logical: 0,
+            },
             node: NodeId::new("n1").unwrap(),
         }
     }

@@ -99,9 +99,18 @@ mod tests {
         assert_eq!(limits.check_key(""), Err(InputError::EmptyKey));
         assert!(limits.check_key("a/b").is_ok());
         assert!(limits.check_key("ü").is_ok());
-        assert!(matches!(limits.check_key("abcde"), Err(InputError::KeyTooLong { len: 5, max: 4 })));
-        assert_eq!(limits.check_key("a\nb"), Err(InputError::KeyControlCharacter));
-        assert_eq!(limits.check_key("\u{7f}"), Err(InputError::KeyControlCharacter));
+        assert!(matches!(
+            limits.check_key("abcde"),
+            Err(InputError::KeyTooLong { len: 5, max: 4 })
+        ));
+        assert_eq!(
+            limits.check_key("a\nb"),
+            Err(InputError::KeyControlCharacter)
+        );
+        assert_eq!(
+            limits.check_key("\u{7f}"),
+            Err(InputError::KeyControlCharacter)
+        );
     }
 
     #[test]
@@ -112,7 +121,13 @@ mod tests {
         };
         assert_eq!(limits.check_value(b"").unwrap(), "");
         assert_eq!(limits.check_value(b"abcd").unwrap(), "abcd");
-        assert!(matches!(limits.check_value(b"abcde"), Err(InputError::ValueTooLarge { .. })));
-        assert_eq!(limits.check_value(&[0xff]), Err(InputError::NotUtf8("value")));
+        assert!(matches!(
+            limits.check_value(b"abcde"),
+            Err(InputError::ValueTooLarge { .. })
+        ));
+        assert_eq!(
+            limits.check_value(&[0xff]),
+            Err(InputError::NotUtf8("value"))
+        );
     }
 }

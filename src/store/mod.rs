@@ -130,7 +130,10 @@ impl Store {
             }
             None => {
                 let shared: Arc<str> = Arc::from(key.as_str());
-                self.buckets.entry(bucket).or_default().insert(shared.clone());
+                self.buckets
+                    .entry(bucket)
+                    .or_default()
+                    .insert(shared.clone());
                 self.registers.insert(shared, incoming.clone());
                 None
             }
@@ -142,7 +145,8 @@ impl Store {
     /// Counts a register into the digest and the counters.
     fn remember(&mut self, bucket: BucketId, key: &str, register: &Register) {
         let tombstone = register.val.is_none();
-        self.digest.toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
+        self.digest
+            .toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
         self.tombstones += tombstone as usize;
         if self.max_version.as_ref() < Some(&register.marker) {
             self.max_version = Some(register.marker.clone());
@@ -152,7 +156,8 @@ impl Store {
     /// Counts a register out of the digest and the counters.
     fn forget(&mut self, bucket: BucketId, key: &str, register: &Register) {
         let tombstone = register.val.is_none();
-        self.digest.toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
+        self.digest
+            .toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
         self.tombstones -= tombstone as usize;
     }
 
@@ -233,7 +238,10 @@ mod tests {
 
     fn version(wall_ms: u64, node: &str) -> Version {
         Version {
-            timestamp: Timestamp { wall_ms, logical: 0 },
+            timestamp: Timestamp {
+                wall_ms,
+                logical: 0,
+            },
             node: NodeId::new(node).unwrap(),
         }
     }
@@ -249,12 +257,17 @@ mod tests {
     #[test]
     fn later_version_wins_regardless_of_arrival_order() {
         let mut store = Store::new();
-        assert_eq!(store.merge(put("k", 2, "n1", Some("new"))), Merged::Applied { previous: None });
+        assert_eq!(
+            store.merge(put("k", 2, "n1", Some("new"))),
+            Merged::Applied { previous: None }
+        );
         assert_eq!(store.merge(put("k", 1, "n2", Some("old"))), Merged::Stale);
         assert_eq!(store.get("k").unwrap().val.as_deref(), Some("new"));
         // Same timestamp: the node id breaks the tie.
         let merged = store.merge(put("k", 2, "n2", Some("tie")));
-        assert!(matches!(merged, Merged::Applied { previous: Some(ref p) } if p.val.as_deref() == Some("new")));
+        assert!(
+            matches!(merged, Merged::Applied { previous: Some(ref p) } if p.val.as_deref() == Some("new"))
+        );
         assert_eq!(store.get("k").unwrap().val.as_deref(), Some("tie"));
     }
 
@@ -277,10 +290,16 @@ mod tests {
         assert_eq!((summary.keys, summary.tombstones), (1, 1));
         assert_eq!(summary.max_version, Some(version(2, "n1")));
         let (items, truncated) = store.scan("", 10);
-        assert_eq!(items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert_eq!(
+            items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
         assert!(!truncated);
         // A stale value cannot resurrect the deleted key.
-        assert_eq!(store.merge(put("a", 1, "n2", Some("zombie"))), Merged::Stale);
+        assert_eq!(
+            store.merge(put("a", 1, "n2", Some("zombie"))),
+            Merged::Stale
+        );
         // A newer write can.
         store.merge(put("a", 3, "n2", Some("back")));
         assert_eq!(store.summary().tombstones, 0);
@@ -293,7 +312,10 @@ mod tests {
             store.merge(put(key, 1, "n1", Some("v")));
         }
         let (items, truncated) = store.scan("user/", 2);
-        assert_eq!(items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["user/1", "user/2"]);
+        assert_eq!(
+            items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
+            ["user/1", "user/2"]
+        );
         assert!(truncated);
         let (items, truncated) = store.scan("user/", 3);
         assert_eq!(items.len(), 3);

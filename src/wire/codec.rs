@@ -91,7 +91,8 @@ impl Encoder<&Message> for FrameCodec {
         };
         let bytes = frame.len() + PREFIX_BYTES;
         self.frames.encode(Bytes::from(frame), dst)?;
-        self.metrics.record_frame(&self.peer, message.kind(), "sent", bytes);
+        self.metrics
+            .record_frame(&self.peer, message.kind(), "sent", bytes);
         Ok(())
     }
 }
@@ -110,14 +111,20 @@ impl Decoder for FrameCodec {
                     return Err(WireError::BadTag);
                 }
                 let (tag, payload) = frame.split_at(TAG_BYTES);
-                Self::tag(key, payload).verify_slice(tag).map_err(|_| WireError::BadTag)?;
+                Self::tag(key, payload)
+                    .verify_slice(tag)
+                    .map_err(|_| WireError::BadTag)?;
                 payload
             }
             None => &frame[..],
         };
         let message: Message = rmp_serde::from_slice(payload)?;
-        self.metrics
-            .record_frame(&self.peer, message.kind(), "received", frame.len() + PREFIX_BYTES);
+        self.metrics.record_frame(
+            &self.peer,
+            message.kind(),
+            "received",
+            frame.len() + PREFIX_BYTES,
+        );
         Ok(Some(message))
     }
 }
@@ -148,7 +155,11 @@ mod tests {
         }
     }
 
-    fn roundtrip(sender: &mut FrameCodec, receiver: &mut FrameCodec, message: &Message) -> Result<Option<Message>, WireError> {
+    fn roundtrip(
+        sender: &mut FrameCodec,
+        receiver: &mut FrameCodec,
+        message: &Message,
+    ) -> Result<Option<Message>, WireError> {
         let mut buffer = BytesMut::new();
         sender.encode(message, &mut buffer)?;
         receiver.decode(&mut buffer)
@@ -174,13 +185,19 @@ mod tests {
     #[test]
     fn oversized_length_prefix_is_refused_before_allocation() {
         let mut buffer = BytesMut::from(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3][..]);
-        assert!(matches!(codec(None).decode(&mut buffer), Err(WireError::Io(_))));
+        assert!(matches!(
+            codec(None).decode(&mut buffer),
+            Err(WireError::Io(_))
+        ));
     }
 
     #[test]
     fn garbage_and_truncation_are_errors_or_pending_never_panics() {
         let mut garbage = BytesMut::from(&[0, 0, 0, 3, 0xc1, 0xc1, 0xc1][..]);
-        assert!(matches!(codec(None).decode(&mut garbage), Err(WireError::Decode(_))));
+        assert!(matches!(
+            codec(None).decode(&mut garbage),
+            Err(WireError::Decode(_))
+        ));
         let mut truncated = BytesMut::from(&[0, 0, 0, 10, 1][..]);
         assert!(matches!(codec(None).decode(&mut truncated), Ok(None)));
     }
@@ -193,7 +210,10 @@ mod tests {
         let mut buffer = BytesMut::new();
         sender.encode(&Message::Ping, &mut buffer).unwrap();
         let text = metrics.render();
-        let expected = format!(r#"meshkv_peer_bytes_total{{peer="n2",kind="ping",direction="sent"}} {}"#, buffer.len());
+        let expected = format!(
+            r#"meshkv_peer_bytes_total{{peer="n2",kind="ping",direction="sent"}} {}"#,
+            buffer.len()
+        );
         assert!(text.contains(&expected), "{text}");
     }
 }

@@ -1,0 +1,411 @@
+//! The `meshkv` command line (API.md §2): one function per subcommand.
+//!
+//! Owns: argument parsing (clap derive), exit codes (0 success, 1 the operation failed,
+//! 2 bad usage), errors printed to stderr as one sentence, logging setup, signals.
+//! Knows nothing of: how a node works inside (it calls [`node`], [`client`]).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{Client, ClientError, DEFAULT_TIMEOUT};
+use crate::config::ClusterConfig;
+use crate::node;
+
+/// A multi-master, eventually consistent key-value store.
+#[derive(Parser, Debug)]
+#[command(name = "meshkv", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one node (with no --cluster: a single node on 127.0.0.1:7001).
+    Serve {
+        /// The cluster file.
+        #[arg(long)]
+        cluster: Option<PathBuf>,
+        /// This node's id in the cluster file (default: the first node).
+        #[arg(long)]
+        node: Option<String>,
+        /// Data directory (not supported yet: meshkv keeps its data in memory).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Start a local cluster of N nodes in the foreground; Ctrl-C stops them all.
+    Demo {
+        /// Number of nodes (1 to 9).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+    },
+    /// Read a key (exit 1 if it is absent).
+    Get {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Write a value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a key.
+    Del {
+        /// The key.
+        key: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Which node a client command talks to.
+#[derive(Args, Debug)]
+struct Target {
+    /// The node's URL, e.g. http://127.0.0.11:7001 (default: http://127.0.0.1:7001).
+    #[arg(long, conflicts_with = "cluster")]
+    node: Option<String>,
+    /// A cluster file: the first node that answers is used.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    /// Consistency level: one, live, quorum or all.
+    #[arg(long)]
+    consistency: Option<String>,
+}
+
+/// A failure to report: the sentence and the exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    fn failed(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        match error.status() {
+            Some(400 | 413 | 414) => Failure::usage(error.to_string()),
+            _ => Failure::failed(error.to_string()),
+        }
+    }
+}
+
+/// Parses the arguments, runs the subcommand, returns the exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let serving = matches!(cli.command, Command::Serve { .. } | Command::Demo { .. });
+    init_logging(if serving { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("meshkv: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("meshkv: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve {
+            cluster,
+            node,
+            data_dir,
+        } => serve(cluster.as_deref(), node.as_deref(), data_dir.as_deref()).await,
+        Command::Demo { nodes } => demo(nodes).await,
+        Command::Get { key, target } => {
+            let client = pick(&target).await?;
+            match client.get(&key, target.consistency.as_deref()).await? {
+                Some(reply) => {
+                    println!("{}", reply.value);
+                    Ok(())
+                }
+                None => Err(Failure::failed(format!("key {key:?} not found"))),
+            }
+        }
+        Command::Put { key, value, target } => {
+            let client = pick(&target).await?;
+            let reply = client
+                .put(&key, &value, target.consistency.as_deref())
+                .await?;
+            println!(
+                "{}",
+                serde_json::json!({"key": reply.key, "previous": reply.previous, "version": reply.version})
+            );
+            Ok(())
+        }
+        Command::Del { key, target } => {
+            let client = pick(&target).await?;
+            let reply = client.delete(&key, target.consistency.as_deref()).await?;
+            println!(
+                "{}",
+                serde_json::json!({"key": reply.key, "previous": reply.previous, "version": reply.version})
+            );
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<ClusterConfig, Failure> {
+    ClusterConfig::load(path).map_err(|error| Failure::usage(error.to_string()))
+}
+
+/// The client of the node a command should talk to.
+async fn pick(target: &Target) -> Result<Client, Failure> {
+    let Some(path) = &target.cluster else {
+        let url = target.node.as_deref().unwrap_or("http://127.0.0.1:7001");
+        return Ok(Client::new(url, DEFAULT_TIMEOUT));
+    };
+    let config = load(path)?;
+    for node in &config.nodes {
+        let client = Client::new(&node.http.to_string(), DEFAULT_TIMEOUT);
+        if client.healthy().await {
+            return Ok(client);
+        }
+    }
+    Err(Failure::failed(format!(
+        "no node of {} answers",
+        path.display()
+    )))
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn termination() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match terminate.as_mut() {
+                Some(stream) => { stream.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+}
+
+async fn serve(
+    cluster: Option<&Path>,
+    node: Option<&str>,
+    data_dir: Option<&Path>,
+) -> Result<(), Failure> {
+    if data_dir.is_some() {
+        return Err(Failure::usage(
+            "--data-dir is not supported yet: this version keeps data in memory and recovers it from peers",
+        ));
+    }
+    let config = match cluster {
+        Some(path) => load(path)?,
+        None => ClusterConfig::single_node(),
+    };
+    let id = match node {
+        Some(id) => id.to_owned(),
+        None if config.nodes.len() == 1 => config.nodes[0].id.to_string(),
+        None => {
+            return Err(Failure::usage(
+                "--node is required when the cluster has several nodes",
+            ))
+        }
+    };
+    let shutdown = CancellationToken::new();
+    let signal_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        termination().await;
+        tracing::info!("signal received, shutting down");
+        signal_shutdown.cancel();
+    });
+    node::run(&config, &id, shutdown)
+        .await
+        .map_err(|error| match error {
+            node::NodeError::Config(error) => Failure::usage(error.to_string()),
+            other => Failure::failed(other.to_string()),
+        })
+}
+
+/// First client port of the demo cluster; peers use `DEMO_HTTP_PORT + 100 + i`.
+const DEMO_HTTP_PORT: u16 = 7001;
+
+async fn demo(count: usize) -> Result<(), Failure> {
+    if !(1..=9).contains(&count) {
+        return Err(Failure::usage("--nodes must be between 1 and 9"));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| Failure::failed(format!("cannot find the meshkv binary: {e}")))?;
+    let dir = std::env::temp_dir().join(format!("meshkv-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
+    let cluster_file = dir.join("cluster.toml");
+    std::fs::write(
+        &cluster_file,
+        ClusterConfig::local_file(count, DEMO_HTTP_PORT, DEMO_HTTP_PORT + 100),
+    )
+    .map_err(|e| Failure::failed(format!("cannot write {}: {e}", cluster_file.display())))?;
+    let config = load(&cluster_file)?;
+
+    let mut children = Vec::new();
+    for spec in &config.nodes {
+        let log_path = dir.join(format!("{}.log", spec.id));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| Failure::failed(format!("cannot create {}: {e}", log_path.display())))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("serve")
+            .arg("--cluster")
+            .arg(&cluster_file)
+            .arg("--node")
+            .arg(spec.id.as_str())
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| Failure::failed(e.to_string()))?,
+            )
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Failure::failed(format!("cannot start node {}: {e}", spec.id)))?;
+        children.push((spec.clone(), child, log_path));
+    }
+
+    // Wait (bounded) until every node answers /health.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (spec, child, log_path) in &mut children {
+        let client = Client::new(&spec.http.to_string(), Duration::from_millis(500));
+        loop {
+            if client.healthy().await {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // Returning drops `children`, which kills the nodes already started.
+                let log = std::fs::read_to_string(&*log_path).unwrap_or_default();
+                return Err(Failure::failed(format!(
+                    "node {} exited ({status}) before serving: {}",
+                    spec.id,
+                    log.lines().last().unwrap_or("no log")
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(Failure::failed(format!(
+                    "node {} did not answer within 10 s; see {}",
+                    spec.id,
+                    log_path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    println!(
+        "meshkv demo: {count} nodes running (logs and cluster file in {})\n",
+        dir.display()
+    );
+    println!("  {:<4} {:<22} {:<22} pid", "node", "client HTTP", "peer");
+    for (spec, child, _) in &children {
+        println!(
+            "  {:<4} {:<22} {:<22} {}",
+            spec.id,
+            format!("http://{}", spec.http),
+            spec.peer,
+            child.id().map_or_else(|| "?".into(), |pid| pid.to_string())
+        );
+    }
+    let first = &config.nodes[0].http;
+    let last = &config.nodes[count - 1].http;
+    println!("\nTry:");
+    println!("  curl -X PUT --data 'hello' http://{first}/v1/kv/greeting");
+    println!("  curl http://{last}/v1/kv/greeting");
+    println!("  meshkv get greeting --node http://{last}");
+    println!("  meshkv get greeting --cluster {}", cluster_file.display());
+    println!("  curl http://{first}/v1/convergence");
+    println!("  kill -9 <pid>   # the others keep serving");
+    println!("\nPress Ctrl-C to stop every node.");
+
+    tokio::select! {
+        _ = termination() => {}
+        exited = watch_children(&mut children) => {
+            eprintln!("meshkv demo: {exited}; stopping the others");
+        }
+    }
+    for (_, child, _) in &mut children {
+        if let Some(pid) = child.id() {
+            let _ = tokio::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+    }
+    for (spec, child, _) in &mut children {
+        if tokio::time::timeout(node::SHUTDOWN_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "meshkv demo: node {} did not stop in time; killing it",
+                spec.id
+            );
+            let _ = child.kill().await;
+        }
+    }
+    println!("meshkv demo: all nodes stopped");
+    Ok(())
+}
+
+type DemoChild = (crate::config::NodeSpec, tokio::process::Child, PathBuf);
+
+/// Reports demo nodes that exit on their own (killed by the user, or crashed); the
+/// demo keeps going. Resolves only when every node has exited.
+async fn watch_children(children: &mut [DemoChild]) -> String {
+    let mut reported = vec![false; children.len()];
+    loop {
+        for ((spec, child, _), reported) in children.iter_mut().zip(reported.iter_mut()) {
+            if let (Ok(Some(status)), false) = (child.try_wait(), *reported) {
+                println!("meshkv demo: node {} exited ({status})", spec.id);
+                *reported = true;
+            }
+        }
+        if reported.iter().all(|done| *done) {
+            return "every node has exited".to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,249 @@
+//! Failure detection: which peers are `alive`, `suspect` or `down`.
+//!
+//! Owns: [`FailureDetector`], a pure state machine fed with link events and asked
+//! about a given instant. Knows nothing of: sockets, tokio, what the messages mean.
+//!
+//! # The rule
+//! Each node keeps one outbound link per peer and sends something at least every
+//! heartbeat interval (a push, an anti-entropy step or a ping), always expecting a
+//! reply. Evidence comes from three events:
+//! * a reply or an inbound request: the peer is alive, now;
+//! * a request sent and still unanswered: if it stays so for `suspect_after`, the peer
+//!   is `suspect` (it may be hung, or packets are being dropped);
+//! * the link failed (connection refused or reset, reply deadline passed): `down`
+//!   until a new link completes its handshake.
+//!
+//! A killed process answers with a RST at once, so it is `down` within one round trip;
+//! a hung one (SIGSTOP, or a partition that drops packets) is `suspect` after
+//! `suspect_after` and `down` when the request deadline drops the link. Writes wait
+//! only for `alive` peers, so a write never waits on a peer already known to be lost.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::clock::NodeId;
+
+/// A peer's state as seen from here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PeerState {
+    /// Answering.
+    Alive,
+    /// A request has been unanswered for longer than `suspect_after`.
+    Suspect,
+    /// No working link.
+    Down,
+}
+
+impl PeerState {
+    /// The name used by the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Down => "down",
+        }
+    }
+
+    /// The value of the `meshkv_peer_state` gauge.
+    pub fn gauge(self) -> i64 {
+        match self {
+            PeerState::Alive => 0,
+            PeerState::Suspect => 1,
+            PeerState::Down => 2,
+        }
+    }
+}
+
+impl fmt::Display for PeerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Evidence {
+    link_up: bool,
+    last_heard_ms: Option<u64>,
+    awaiting_since_ms: Option<u64>,
+    last_sync_ms: Option<u64>,
+}
+
+/// What the detector knows of one peer at one instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerView {
+    /// The peer.
+    pub id: NodeId,
+    /// Its state.
+    pub state: PeerState,
+    /// Milliseconds since it was last heard from (`None`: never).
+    pub last_seen_ms: Option<u64>,
+    /// Milliseconds since the last completed anti-entropy round with it (`None`: never).
+    pub last_sync_ms: Option<u64>,
+}
+
+/// The failure detector of one node. Times are milliseconds on a monotonic clock.
+#[derive(Clone, Debug)]
+pub struct FailureDetector {
+    suspect_after_ms: u64,
+    peers: HashMap<NodeId, Evidence>,
+}
+
+impl FailureDetector {
+    /// A detector for `peers`, all initially `down`.
+    pub fn new(peers: impl IntoIterator<Item = NodeId>, suspect_after_ms: u64) -> Self {
+        Self {
+            suspect_after_ms,
+            peers: peers
+                .into_iter()
+                .map(|id| (id, Evidence::default()))
+                .collect(),
+        }
+    }
+
+    fn evidence(&mut self, peer: &NodeId) -> Option<&mut Evidence> {
+        self.peers.get_mut(peer)
+    }
+
+    /// Our link to `peer` completed its handshake.
+    pub fn link_up(&mut self, peer: &NodeId, now_ms: u64) {
+        if let Some(evidence) = self.evidence(peer) {
+            evidence.link_up = true;
+            evidence.last_heard_ms = Some(now_ms);
+            evidence.awaiting_since_ms = None;
+        }
+    }
+
+    /// Our link to `peer` failed or could not be opened.
+    pub fn link_down(&mut self, peer: &NodeId) {
+        if let Some(evidence) = self.evidence(peer) {
+            evidence.link_up = false;
+            evidence.awaiting_since_ms = None;
+        }
+    }
+
+    /// We sent `peer` a request and wait for the reply.
+    pub fn request_sent(&mut self, peer: &NodeId, now_ms: u64) {
+        if let Some(evidence) = self.evidence(peer) {
+            evidence.awaiting_since_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// `peer` answered our request.
+    pub fn reply_received(&mut self, peer: &NodeId, now_ms: u64) {
+        if let Some(evidence) = self.evidence(peer) {
+            evidence.last_heard_ms = Some(now_ms);
+            evidence.awaiting_since_ms = None;
+        }
+    }
+
+    /// `peer` sent us a request on its own link: it is running.
+    pub fn heard_from(&mut self, peer: &NodeId, now_ms: u64) {
+        if let Some(evidence) = self.evidence(peer) {
+            evidence.last_heard_ms = Some(now_ms);
+        }
+    }
+
+    /// An anti-entropy round with `peer` completed.
+    pub fn synced(&mut self, peer: &NodeId, now_ms: u64) {
+        if let Some(evidence) = self.evidence(peer) {
+            evidence.last_sync_ms = Some(now_ms);
+        }
+    }
+
+    /// The state of `peer` at `now_ms` (`Down` for an unknown peer).
+    pub fn state(&self, peer: &NodeId, now_ms: u64) -> PeerState {
+        match self.peers.get(peer) {
+            Some(evidence) => Self::judge(evidence, now_ms, self.suspect_after_ms),
+            None => PeerState::Down,
+        }
+    }
+
+    fn judge(evidence: &Evidence, now_ms: u64, suspect_after_ms: u64) -> PeerState {
+        if !evidence.link_up {
+            return PeerState::Down;
+        }
+        match evidence.awaiting_since_ms {
+            Some(since) if now_ms.saturating_sub(since) > suspect_after_ms => PeerState::Suspect,
+            _ => PeerState::Alive,
+        }
+    }
+
+    /// Every peer's view, sorted by id.
+    pub fn views(&self, now_ms: u64) -> Vec<PeerView> {
+        let mut views: Vec<PeerView> = self
+            .peers
+            .iter()
+            .map(|(id, evidence)| PeerView {
+                id: id.clone(),
+                state: Self::judge(evidence, now_ms, self.suspect_after_ms),
+                last_seen_ms: evidence.last_heard_ms.map(|t| now_ms.saturating_sub(t)),
+                last_sync_ms: evidence.last_sync_ms.map(|t| now_ms.saturating_sub(t)),
+            })
+            .collect();
+        views.sort_by(|a, b| a.id.cmp(&b.id));
+        views
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(id: &str) -> NodeId {
+        NodeId::new(id).unwrap()
+    }
+
+    #[test]
+    fn peers_start_down_and_come_alive_with_a_link() {
+        let mut detector = FailureDetector::new([n("n2")], 600);
+        assert_eq!(detector.state(&n("n2"), 0), PeerState::Down);
+        detector.link_up(&n("n2"), 10);
+        assert_eq!(detector.state(&n("n2"), 10), PeerState::Alive);
+        assert_eq!(
+            detector.state(&n("n9"), 10),
+            PeerState::Down,
+            "unknown peers are down"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_request_makes_a_peer_suspect_then_a_reply_clears_it() {
+        let mut detector = FailureDetector::new([n("n2")], 600);
+        detector.link_up(&n("n2"), 0);
+        detector.request_sent(&n("n2"), 100);
+        // A second request while waiting does not reset the clock.
+        detector.request_sent(&n("n2"), 500);
+        assert_eq!(detector.state(&n("n2"), 700), PeerState::Alive);
+        assert_eq!(detector.state(&n("n2"), 701), PeerState::Suspect);
+        detector.reply_received(&n("n2"), 800);
+        assert_eq!(detector.state(&n("n2"), 800), PeerState::Alive);
+        let view = &detector.views(900)[0];
+        assert_eq!(view.last_seen_ms, Some(100));
+    }
+
+    #[test]
+    fn a_failed_link_is_down_until_a_new_handshake() {
+        let mut detector = FailureDetector::new([n("n2")], 600);
+        detector.link_up(&n("n2"), 0);
+        detector.link_down(&n("n2"));
+        assert_eq!(detector.state(&n("n2"), 1), PeerState::Down);
+        // Inbound traffic alone does not revive our link.
+        detector.heard_from(&n("n2"), 2);
+        assert_eq!(detector.state(&n("n2"), 2), PeerState::Down);
+        detector.link_up(&n("n2"), 3);
+        assert_eq!(detector.state(&n("n2"), 3), PeerState::Alive);
+    }
+
+    #[test]
+    fn views_report_ages() {
+        let mut detector = FailureDetector::new([n("n3"), n("n2")], 600);
+        detector.link_up(&n("n2"), 100);
+        detector.synced(&n("n2"), 150);
+        let views = detector.views(400);
+        assert_eq!(views[0].id, n("n2"));
+        assert_eq!(views[0].last_seen_ms, Some(300));
+        assert_eq!(views[0].last_sync_ms, Some(250));
+        assert_eq!(views[1].state, PeerState::Down);
+        assert_eq!(views[1].last_seen_ms, None);
+    }
+}

@@ -1,0 +1,170 @@
+//! One running node: turns the cluster file into tasks, and stops them.
+//!
+//! Owns: binding the two listeners, spawning the peer server, one driver per peer and
+//! the HTTP server, and the shutdown sequence (one [`CancellationToken`] that every
+//! task watches; the root waits for all of them, with a deadline).
+//! Knows nothing of: request semantics.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::clock::{SystemClock, WallClock};
+use crate::config::{ClusterConfig, ConfigError, Tuning};
+use crate::metrics::Metrics;
+use crate::peer::{self, Identity, TransportOptions};
+use crate::replication::driver::{self, DriverOptions, PeerTarget};
+use crate::replication::{Replica, ReplicationOptions};
+
+/// How long shutdown waits for tasks to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The cluster file is unusable for this node.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen for {what} on {address}: {source}")]
+    Bind {
+        /// `client HTTP` or `peer`.
+        what: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| NodeError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+/// Runs node `id` of `config` until `shutdown` is cancelled.
+pub async fn run(
+    config: &ClusterConfig,
+    id: &str,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    run_with_clock(config, id, Arc::new(SystemClock), shutdown).await
+}
+
+/// [`run`], with the wall clock injected (tests and simulations drive time).
+pub async fn run_with_clock(
+    config: &ClusterConfig,
+    id: &str,
+    clock: Arc<dyn WallClock>,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let me = config.node(id)?.clone();
+    let tuning = &config.tuning;
+    let secret = config.secret()?;
+    let http_listener = bind("client HTTP", me.http).await?;
+    let peer_listener = bind("peer", me.peer).await?;
+
+    let metrics = Metrics::new();
+    let peers: Vec<_> = config.peers_of(&me.id).cloned().collect();
+    let replica = Replica::new(
+        me.id.clone(),
+        peers.iter().map(|peer| peer.id.clone()).collect(),
+        clock,
+        ReplicationOptions {
+            limits: tuning.limits(),
+            max_clock_skew_ms: tuning.max_clock_skew_ms,
+            live_timeout: Tuning::ms(tuning.live_timeout_ms),
+            strong_timeout: Tuning::ms(tuning.strong_timeout_ms),
+            batch_bytes: tuning.batch_bytes,
+            outbox_max_keys: tuning.outbox_max_keys,
+            suspect_after: Tuning::ms(tuning.suspect_after_ms),
+        },
+        metrics.clone(),
+    );
+    let identity = Arc::new(Identity {
+        node: me.id.clone(),
+        cluster: tuning.cluster.clone(),
+        members: config
+            .nodes
+            .iter()
+            .map(|node| node.id.clone())
+            .collect::<HashSet<_>>(),
+    });
+    let transport = TransportOptions {
+        max_frame_bytes: tuning.max_frame_bytes,
+        secret: secret.clone(),
+        connect_timeout: Tuning::ms(tuning.connect_timeout_ms),
+        idle_timeout: Tuning::ms(tuning.peer_idle_timeout_ms),
+        max_connections: tuning.max_peer_connections,
+        metrics: metrics.clone(),
+    };
+    let driver_options = DriverOptions {
+        anti_entropy_interval: Tuning::ms(tuning.anti_entropy_interval_ms),
+        heartbeat_interval: Tuning::ms(tuning.heartbeat_interval_ms),
+        request_timeout: Tuning::ms(tuning.request_timeout_ms),
+        max_backoff: Tuning::ms(tuning.max_backoff_ms),
+    };
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(peer::serve(
+        peer_listener,
+        identity.clone(),
+        transport.clone(),
+        Arc::new(replica.clone()),
+        shutdown.clone(),
+    ));
+    for peer in &peers {
+        let target = PeerTarget {
+            id: peer.id.clone(),
+            address: peer.peer,
+            local_ip: me.peer.ip(),
+        };
+        tasks.spawn(driver::run(
+            replica.clone(),
+            target,
+            identity.clone(),
+            transport.clone(),
+            driver_options.clone(),
+            shutdown.clone(),
+        ));
+    }
+    tasks.close();
+
+    info!(
+        node = %me.id,
+        http = %me.http,
+        peer = %me.peer,
+        peers = peers.len(),
+        authenticated = secret.is_some(),
+        "node serving"
+    );
+    let app = crate::api::router(replica).layer(tower::limit::ConcurrencyLimitLayer::new(
+        tuning.max_http_requests,
+    ));
+    let served = axum::serve(http_listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
+    shutdown.cancel();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
+    }
+    info!(node = %me.id, "node stopped");
+    served.map_err(NodeError::Http)
+}

@@ -1,0 +1,483 @@
+//! Node-to-node transport: TCP links, handshakes, request/reply, the accept loop.
+//!
+//! Owns: dialing from the node's own peer IP (bind before connect, so that nftables
+//! rules on IPs partition nodes that share a machine), the `Hello` handshake, the
+//! deadline on every network operation, and the bounded set of inbound connections.
+//! Knows nothing of: what requests mean. Inbound requests go to a [`Responder`];
+//! outbound ones come from whoever holds a [`Link`].
+//!
+//! Every await on the network here has a deadline: a partition made by dropping
+//! packets leaves TCP waiting forever, and only a timer notices.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::clock::NodeId;
+use crate::metrics::Metrics;
+use crate::wire::codec::{FrameCodec, WireError};
+use crate::wire::{Message, PROTOCOL_VERSION};
+
+/// Why a link failed. Every variant ends the link; the caller reconnects.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Connecting, sending or receiving failed.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The deadline passed (a hung peer, or a partition dropping packets).
+    #[error("no reply within {0:?}")]
+    Timeout(Duration),
+    /// The peer closed the connection.
+    #[error("connection closed by peer")]
+    Closed,
+    /// The peer refused the handshake.
+    #[error("handshake refused: {0}")]
+    Refused(String),
+    /// The peer answered something that does not fit the request.
+    #[error("unexpected {got} in reply to {sent}")]
+    Unexpected {
+        /// What we sent.
+        sent: &'static str,
+        /// What came back.
+        got: &'static str,
+    },
+}
+
+/// Who we are and who may talk to us: the handshake's terms.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// This node.
+    pub node: NodeId,
+    /// The cluster name.
+    pub cluster: String,
+    /// Every configured node, this one included.
+    pub members: HashSet<NodeId>,
+}
+
+/// Settings shared by both ends of every link.
+#[derive(Clone)]
+pub struct TransportOptions {
+    /// Largest frame sent or accepted.
+    pub max_frame_bytes: usize,
+    /// Frame authentication key, if the cluster has a secret.
+    pub secret: Option<Arc<[u8]>>,
+    /// Deadline to connect and to complete the handshake.
+    pub connect_timeout: Duration,
+    /// An inbound connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// Concurrent inbound connections.
+    pub max_connections: usize,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl TransportOptions {
+    fn codec(&self) -> FrameCodec {
+        FrameCodec::new(
+            self.max_frame_bytes,
+            self.secret.clone(),
+            self.metrics.clone(),
+        )
+    }
+}
+
+/// Logs a given complaint at most once per interval per source, so a misconfigured or
+/// hostile peer cannot flood the log.
+#[derive(Default)]
+pub struct LogLimiter {
+    last: Mutex<HashMap<String, Instant>>,
+}
+
+impl LogLimiter {
+    /// The quiet interval per source.
+    pub const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// True if `source` may be logged now.
+    pub fn allow(&self, source: &str) -> bool {
+        let mut last = self.last.lock().expect("log limiter lock");
+        let now = Instant::now();
+        match last.get(source) {
+            Some(at) if now.duration_since(*at) < Self::INTERVAL => false,
+            _ => {
+                if last.len() > 1024 {
+                    last.clear();
+                }
+                last.insert(source.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
+/// An outbound connection to one peer, past the handshake: strict request → reply.
+pub struct Link<S = TcpStream> {
+    frames: Framed<S, FrameCodec>,
+}
+
+/// Opens a TCP connection to `remote` from `local_ip` (port chosen by the OS).
+pub async fn dial(
+    local_ip: IpAddr,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, LinkError> {
+    let socket = match local_ip {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(WireError::Io)?;
+    socket
+        .bind(SocketAddr::new(local_ip, 0))
+        .map_err(WireError::Io)?;
+    let stream = tokio::time::timeout(timeout, socket.connect(remote))
+        .await
+        .map_err(|_| LinkError::Timeout(timeout))?
+        .map_err(WireError::Io)?;
+    stream.set_nodelay(true).map_err(WireError::Io)?;
+    Ok(stream)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
+    /// Performs the initiator's side of the handshake on a fresh connection.
+    pub async fn open(
+        stream: S,
+        identity: &Identity,
+        peer: &NodeId,
+        options: &TransportOptions,
+    ) -> Result<Self, LinkError> {
+        let mut codec = options.codec();
+        codec.set_peer(peer.as_str());
+        let mut link = Self {
+            frames: Framed::new(stream, codec),
+        };
+        let hello = Message::Hello {
+            protocol: PROTOCOL_VERSION,
+            cluster: identity.cluster.clone(),
+            from: identity.node.clone(),
+            to: peer.clone(),
+        };
+        match link.request(&hello, options.connect_timeout).await? {
+            Message::Welcome => Ok(link),
+            Message::Refuse { reason } => Err(LinkError::Refused(reason)),
+            other => Err(LinkError::Unexpected {
+                sent: hello.kind(),
+                got: other.kind(),
+            }),
+        }
+    }
+
+    /// Sends `request` and waits for its reply, all within `timeout`.
+    pub async fn request(
+        &mut self,
+        request: &Message,
+        timeout: Duration,
+    ) -> Result<Message, LinkError> {
+        let exchange = async {
+            self.frames.send(request).await?;
+            match self.frames.next().await {
+                Some(reply) => Ok(reply?),
+                None => Err(LinkError::Closed),
+            }
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| LinkError::Timeout(timeout))?
+    }
+}
+
+/// Answers requests arriving on inbound links.
+pub trait Responder: Send + Sync + 'static {
+    /// The reply to one request from `from`, or `None` if the request makes no sense
+    /// (the connection is then closed). Must not block: it runs on the async runtime.
+    fn respond(&self, from: &NodeId, request: Message) -> Option<Message>;
+}
+
+/// Checks a `Hello` against our identity; `Err` carries the refusal sentence.
+fn check_hello(identity: &Identity, hello: &Message) -> Result<NodeId, (&'static str, String)> {
+    let Message::Hello {
+        protocol,
+        cluster,
+        from,
+        to,
+    } = hello
+    else {
+        return Err(("no_hello", format!("expected hello, got {}", hello.kind())));
+    };
+    if *protocol != PROTOCOL_VERSION {
+        return Err((
+            "protocol",
+            format!(
+                "{from} speaks protocol {protocol}, {} speaks {PROTOCOL_VERSION}",
+                identity.node
+            ),
+        ));
+    }
+    if *cluster != identity.cluster {
+        return Err((
+            "cluster",
+            format!(
+                "{from} is in cluster {cluster:?}, {} in {:?}",
+                identity.node, identity.cluster
+            ),
+        ));
+    }
+    if !identity.members.contains(from) || *from == identity.node {
+        return Err((
+            "not_member",
+            format!("{from} is not a peer of {}", identity.node),
+        ));
+    }
+    if *to != identity.node {
+        return Err((
+            "wrong_node",
+            format!("{from} expected {to} but reached {}", identity.node),
+        ));
+    }
+    Ok(from.clone())
+}
+
+/// Accepts inbound peer connections until `shutdown`, each served by its own task.
+pub async fn serve(
+    listener: TcpListener,
+    identity: Arc<Identity>,
+    options: TransportOptions,
+    responder: Arc<dyn Responder>,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let limiter = Arc::new(LogLimiter::default());
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(error) => {
+                warn!(%error, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            options.metrics.reject("too_many_connections");
+            if limiter.allow("too_many_connections") {
+                warn!(%remote, limit = options.max_connections, "peer connection refused: too many connections");
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (identity, options, responder, shutdown, limiter) = (
+            identity.clone(),
+            options.clone(),
+            responder.clone(),
+            shutdown.clone(),
+            limiter.clone(),
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = serve_connection(stream, remote, &identity, &options, &*responder, &limiter) => {}
+            }
+        });
+    }
+}
+
+/// Serves one inbound connection: the handshake, then request → reply until it ends.
+pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    remote: SocketAddr,
+    identity: &Identity,
+    options: &TransportOptions,
+    responder: &dyn Responder,
+    limiter: &LogLimiter,
+) {
+    let mut frames = Framed::new(stream, options.codec());
+    let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
+        options.metrics.reject(reason);
+        if limiter.allow(&format!("{remote}:{reason}")) {
+            warn!(%remote, reason, "peer connection refused: {detail}");
+        }
+    };
+    let hello = match tokio::time::timeout(options.connect_timeout, frames.next()).await {
+        Ok(Some(Ok(hello))) => hello,
+        Ok(Some(Err(error))) => {
+            let reason = match error {
+                WireError::BadTag => "bad_tag",
+                _ => "bad_frame",
+            };
+            return refuse(reason, &error);
+        }
+        Ok(None) => return,
+        Err(_) => return refuse("handshake_timeout", &"no hello in time"),
+    };
+    let from = match check_hello(identity, &hello) {
+        Ok(from) => from,
+        Err((reason, sentence)) => {
+            refuse(reason, &sentence);
+            let refusal = Message::Refuse { reason: sentence };
+            let _ = tokio::time::timeout(options.connect_timeout, frames.send(&refusal)).await;
+            return;
+        }
+    };
+    frames.codec_mut().set_peer(from.as_str());
+    if tokio::time::timeout(options.connect_timeout, frames.send(&Message::Welcome))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    debug!(peer = %from, %remote, "peer connected");
+    loop {
+        let request = match tokio::time::timeout(options.idle_timeout, frames.next()).await {
+            Ok(Some(Ok(request))) => request,
+            Ok(Some(Err(error))) => {
+                let reason = match error {
+                    WireError::BadTag => "bad_tag",
+                    WireError::Io(_) => return,
+                    _ => "bad_frame",
+                };
+                return refuse(reason, &error);
+            }
+            Ok(None) => return,
+            Err(_) => {
+                info!(peer = %from, "closing idle peer connection");
+                return;
+            }
+        };
+        let kind = request.kind();
+        let Some(reply) = responder.respond(&from, request) else {
+            return refuse("unexpected", &format!("{from} sent an unexpected {kind}"));
+        };
+        match tokio::time::timeout(options.idle_timeout, frames.send(&reply)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(node: &str) -> Identity {
+        Identity {
+            node: NodeId::new(node).unwrap(),
+            cluster: "c".into(),
+            members: ["n1", "n2"]
+                .iter()
+                .map(|id| NodeId::new(*id).unwrap())
+                .collect(),
+        }
+    }
+
+    fn hello(protocol: u16, cluster: &str, from: &str, to: &str) -> Message {
+        Message::Hello {
+            protocol,
+            cluster: cluster.into(),
+            from: NodeId::new(from).unwrap(),
+            to: NodeId::new(to).unwrap(),
+        }
+    }
+
+    #[test]
+    fn handshake_accepts_members_and_refuses_the_rest() {
+        let me = identity("n1");
+        assert_eq!(
+            check_hello(&me, &hello(PROTOCOL_VERSION, "c", "n2", "n1"))
+                .unwrap()
+                .as_str(),
+            "n2"
+        );
+        let refusals = [
+            (hello(PROTOCOL_VERSION + 1, "c", "n2", "n1"), "protocol"),
+            (hello(PROTOCOL_VERSION, "other", "n2", "n1"), "cluster"),
+            (hello(PROTOCOL_VERSION, "c", "n9", "n1"), "not_member"),
+            (hello(PROTOCOL_VERSION, "c", "n1", "n1"), "not_member"),
+            (hello(PROTOCOL_VERSION, "c", "n2", "n2"), "wrong_node"),
+            (Message::Ping, "no_hello"),
+        ];
+        for (message, expected) in refusals {
+            assert_eq!(check_hello(&me, &message).unwrap_err().0, expected);
+        }
+    }
+
+    struct Echo;
+    impl Responder for Echo {
+        fn respond(&self, _from: &NodeId, request: Message) -> Option<Message> {
+            matches!(request, Message::Ping).then_some(Message::Pong)
+        }
+    }
+
+    fn options() -> TransportOptions {
+        TransportOptions {
+            max_frame_bytes: 1 << 20,
+            secret: None,
+            connect_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
+            max_connections: 4,
+            metrics: Metrics::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_link_handshakes_and_exchanges_requests_over_a_duplex_pipe() {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let server_identity = identity("n2");
+        let server_task = tokio::spawn(async move {
+            let options = options();
+            let limiter = LogLimiter::default();
+            serve_connection(
+                server,
+                "127.0.0.1:1".parse().unwrap(),
+                &server_identity,
+                &options,
+                &Echo,
+                &limiter,
+            )
+            .await;
+        });
+        let mut link = Link::open(
+            client,
+            &identity("n1"),
+            &NodeId::new("n2").unwrap(),
+            &options(),
+        )
+        .await
+        .unwrap();
+        let reply = link
+            .request(&Message::Ping, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(reply, Message::Pong);
+        // A request the responder does not understand closes the connection.
+        let closed = link.request(&Message::InSync, Duration::from_secs(1)).await;
+        assert!(matches!(closed, Err(LinkError::Closed)), "{closed:?}");
+        server_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_silent_peer_times_out() {
+        let (client, _server) = tokio::io::duplex(1 << 16);
+        let result = Link::open(
+            client,
+            &identity("n1"),
+            &NodeId::new("n2").unwrap(),
+            &TransportOptions {
+                connect_timeout: Duration::from_millis(50),
+                ..options()
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(LinkError::Timeout(_))));
+    }
+}

@@ -1,0 +1,403 @@
+//! Anti-entropy: finding and repairing the differences between two replicas.
+//!
+//! Owns: [`SyncSession`] (the initiator's plan, a state machine that turns replies into
+//! the next request) and the replier's pure answers ([`answer_root`],
+//! [`answer_buckets`], [`answer_fetch`]). Knows nothing of: sockets, time, locks. The
+//! caller passes the store in, sends what comes out, and merges the entries returned.
+//!
+//! # One round, initiator I, replier R
+//! 1. I → `SyncRoot{root}`. Equal roots: R → `InSync`, and the round is over. This is
+//!    the idle cost: one small frame each way per peer per interval.
+//! 2. R → `SyncGroups` (its 64 group hashes). I lists the buckets of every group whose
+//!    hash differs from its own.
+//! 3. I → `SyncBuckets` (its hashes of those buckets, in chunks). R compares and
+//!    answers `BucketVersions`: the `(key, version)` pairs it holds in the buckets that
+//!    differ, cut to the byte budget (`remaining` says which differing buckets it left
+//!    out; I asks for them next).
+//! 4. I compares those pairs with its own: keys where I is newer (or R lacks them) are
+//!    sent with `Push`; keys where R is newer (or I lacks them) are pulled with `Fetch`.
+//!
+//! Only differing buckets are ever listed and only differing entries are ever sent, so
+//! the bytes exchanged follow the size of the difference, not of the store. A round
+//! ends when every differing bucket has been handled; writes that land meanwhile are
+//! left to the next round. Either side may initiate; both do, on their own timers.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::clock::Version;
+use crate::store::digest::{self, BucketId, GROUPS};
+use crate::store::{Entry, Store};
+use crate::wire::Message;
+
+/// Buckets whose hashes travel in one `SyncBuckets` request.
+pub const BUCKETS_PER_REQUEST: usize = 1024;
+
+/// Why a round was abandoned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SyncError {
+    /// The replier answered something that does not fit the request.
+    #[error("unexpected {got} in reply to {sent}")]
+    Unexpected {
+        /// What was sent.
+        sent: &'static str,
+        /// What came back.
+        got: &'static str,
+    },
+}
+
+/// What a finished round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// The roots were equal at the first step.
+    pub in_sync: bool,
+    /// Entries sent to the replier.
+    pub pushed: usize,
+    /// Entries received from the replier.
+    pub fetched: usize,
+}
+
+/// The initiator's side of one anti-entropy round.
+#[derive(Debug, Default)]
+pub struct SyncSession {
+    started: bool,
+    finished: bool,
+    awaiting: Option<&'static str>,
+    buckets: VecDeque<BucketId>,
+    to_push: VecDeque<String>,
+    to_fetch: VecDeque<String>,
+    fetch_in_flight: Vec<String>,
+    outcome: Outcome,
+}
+
+impl SyncSession {
+    /// A round that has not sent anything yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What the round has done so far.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// The next request to send, or `None` when the round is over. `budget` bounds the
+    /// bytes of entries in one `Push`.
+    pub fn next_request(&mut self, store: &Store, budget: usize) -> Option<Message> {
+        debug_assert!(self.awaiting.is_none(), "one request at a time");
+        if self.finished {
+            return None;
+        }
+        let request = if !self.started {
+            self.started = true;
+            Message::SyncRoot {
+                root: store.digest().root(),
+            }
+        } else if !self.to_push.is_empty() {
+            let mut entries = Vec::new();
+            let mut bytes = 0;
+            while let Some(key) = self.to_push.front() {
+                let Some(entry) = store.entry(key) else {
+                    self.to_push.pop_front();
+                    continue;
+                };
+                if !entries.is_empty() && bytes + entry.weight() > budget {
+                    break;
+                }
+                bytes += entry.weight();
+                entries.push(entry);
+                self.to_push.pop_front();
+            }
+            if entries.is_empty() {
+                return self.next_request(store, budget);
+            }
+            self.outcome.pushed += entries.len();
+            Message::Push { entries }
+        } else if !self.to_fetch.is_empty() {
+            let mut bytes = 0;
+            self.fetch_in_flight.clear();
+            while let Some(key) = self.to_fetch.front() {
+                if !self.fetch_in_flight.is_empty() && bytes + key.len() > budget / 4 {
+                    break;
+                }
+                bytes += key.len();
+                self.fetch_in_flight.extend(self.to_fetch.pop_front());
+            }
+            Message::Fetch {
+                keys: self.fetch_in_flight.clone(),
+            }
+        } else if !self.buckets.is_empty() {
+            let count = self.buckets.len().min(BUCKETS_PER_REQUEST);
+            let buckets = self
+                .buckets
+                .drain(..count)
+                .map(|bucket| (bucket, store.digest().bucket(bucket)))
+                .collect();
+            Message::SyncBuckets { buckets }
+        } else {
+            self.finished = true;
+            return None;
+        };
+        self.awaiting = Some(request.kind());
+        Some(request)
+    }
+
+    /// Takes the reply to the last request. Returns entries to merge locally (only
+    /// after a `Fetch`).
+    pub fn on_reply(&mut self, reply: Message, store: &Store) -> Result<Vec<Entry>, SyncError> {
+        let sent = self.awaiting.take().unwrap_or("nothing");
+        let unexpected = |got: &Message| SyncError::Unexpected {
+            sent,
+            got: got.kind(),
+        };
+        match (sent, reply) {
+            ("sync_root", Message::InSync) => {
+                self.outcome.in_sync = true;
+                self.finished = true;
+            }
+            ("sync_root", Message::SyncGroups { groups }) if groups.len() == GROUPS => {
+                let local = store.digest();
+                for (group, remote_hash) in groups.iter().enumerate() {
+                    if local.groups()[group] != *remote_hash {
+                        self.buckets
+                            .extend(local.buckets_of_group(group).map(|(bucket, _)| bucket));
+                    }
+                }
+            }
+            (
+                "sync_buckets",
+                Message::BucketVersions {
+                    covered,
+                    versions,
+                    remaining,
+                },
+            ) => {
+                for bucket in remaining.into_iter().rev() {
+                    if (bucket as usize) < digest::BUCKETS {
+                        self.buckets.push_front(bucket);
+                    }
+                }
+                self.plan_repairs(store, &covered, versions);
+            }
+            ("push", Message::PushAck { .. }) => {}
+            ("fetch", Message::Entries { entries, served }) => {
+                let served = (served as usize).min(self.fetch_in_flight.len());
+                // Keys asked for but not answered yet go back to the front of the queue.
+                for key in self.fetch_in_flight.drain(served..).rev() {
+                    self.to_fetch.push_front(key);
+                }
+                if served == 0 {
+                    // No progress is possible; give up the rest of this round.
+                    self.to_fetch.clear();
+                }
+                self.outcome.fetched += entries.len();
+                return Ok(entries);
+            }
+            (_, other) => return Err(unexpected(&other)),
+        }
+        Ok(Vec::new())
+    }
+
+    /// Compares the replier's versions of `covered` buckets with ours.
+    fn plan_repairs(
+        &mut self,
+        store: &Store,
+        covered: &[BucketId],
+        remote: Vec<(String, Version)>,
+    ) {
+        let mut remote: BTreeMap<String, Version> = remote.into_iter().collect();
+        for &bucket in covered {
+            for (key, local_version) in store.bucket_versions(bucket) {
+                match remote.remove(key) {
+                    Some(remote_version) if remote_version > *local_version => {
+                        self.to_fetch.push_back(key.to_owned())
+                    }
+                    Some(remote_version) if remote_version == *local_version => {}
+                    _ => self.to_push.push_back(key.to_owned()),
+                }
+            }
+        }
+        // What is left, we lack entirely.
+        self.to_fetch.extend(remote.into_keys());
+    }
+}
+
+/// The replier's answer to `SyncRoot`.
+pub fn answer_root(store: &Store, root: u64) -> Message {
+    if store.digest().root() == root {
+        Message::InSync
+    } else {
+        Message::SyncGroups {
+            groups: store.digest().groups().to_vec(),
+        }
+    }
+}
+
+/// The replier's answer to `SyncBuckets`: versions of the buckets that differ, cut to
+/// `budget` bytes (at least one bucket is always covered).
+pub fn answer_buckets(store: &Store, buckets: &[(BucketId, u64)], budget: usize) -> Message {
+    let mut covered = Vec::new();
+    let mut versions = Vec::new();
+    let mut remaining = Vec::new();
+    let mut bytes = 0;
+    for &(bucket, hash) in buckets {
+        if bucket as usize >= digest::BUCKETS || store.digest().bucket(bucket) == hash {
+            continue;
+        }
+        if !covered.is_empty() && bytes > budget {
+            remaining.push(bucket);
+            continue;
+        }
+        covered.push(bucket);
+        for (key, version) in store.bucket_versions(bucket) {
+            bytes += key.len() + 24;
+            versions.push((key.to_owned(), version.clone()));
+        }
+    }
+    Message::BucketVersions {
+        covered,
+        versions,
+        remaining,
+    }
+}
+
+/// The replier's answer to `Fetch`: entries for a prefix of `keys` that fits `budget`.
+pub fn answer_fetch(store: &Store, keys: &[String], budget: usize) -> Message {
+    let mut entries = Vec::new();
+    let mut bytes = 0;
+    let mut served = 0;
+    for key in keys {
+        if let Some(entry) = store.entry(key) {
+            if !entries.is_empty() && bytes + entry.weight() > budget {
+                break;
+            }
+            bytes += entry.weight();
+            entries.push(entry);
+        }
+        served += 1;
+    }
+    Message::Entries {
+        entries,
+        served: served as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{NodeId, Timestamp};
+
+    fn entry(key: &str, wall_ms: u64, node: &str) -> Entry {
+        Entry {
+            key: key.into(),
+            version: Version {
+                timestamp: Timestamp {
+                    wall_ms,
+                    logical: 0,
+                },
+                node: NodeId::new(node).unwrap(),
+            },
+            value: Some(format!("{key}@{wall_ms}")),
+        }
+    }
+
+    /// Replier logic as the real responder runs it, minus clocks and locks.
+    fn reply(replier: &mut Store, request: Message, budget: usize) -> Message {
+        match request {
+            Message::SyncRoot { root } => answer_root(replier, root),
+            Message::SyncBuckets { buckets } => answer_buckets(replier, &buckets, budget),
+            Message::Fetch { keys } => answer_fetch(replier, &keys, budget),
+            Message::Push { entries } => {
+                for entry in entries {
+                    replier.merge(entry);
+                }
+                Message::PushAck { refused: vec![] }
+            }
+            other => panic!("unexpected request {other:?}"),
+        }
+    }
+
+    /// Runs one whole round; returns the outcome and the number of requests sent.
+    fn round(initiator: &mut Store, replier: &mut Store, budget: usize) -> (Outcome, usize) {
+        let mut session = SyncSession::new();
+        let mut requests = 0;
+        while let Some(request) = session.next_request(initiator, budget) {
+            requests += 1;
+            assert!(requests < 10_000, "round does not terminate");
+            let answer = reply(replier, request, budget);
+            for entry in session.on_reply(answer, initiator).unwrap() {
+                initiator.merge(entry);
+            }
+        }
+        (session.outcome(), requests)
+    }
+
+    #[test]
+    fn equal_stores_cost_one_request() {
+        let mut a = Store::new();
+        a.merge(entry("k", 1, "n1"));
+        let mut b = a.clone();
+        let (outcome, requests) = round(&mut a, &mut b, 1 << 20);
+        assert!(outcome.in_sync);
+        assert_eq!(requests, 1);
+    }
+
+    #[test]
+    fn a_round_repairs_both_directions() {
+        let mut a = Store::new();
+        let mut b = Store::new();
+        for i in 0..500 {
+            let shared = entry(&format!("shared{i}"), 1, "n1");
+            a.merge(shared.clone());
+            b.merge(shared);
+        }
+        a.merge(entry("only_a", 1, "n1"));
+        b.merge(entry("only_b", 1, "n2"));
+        a.merge(entry("newer_on_a", 5, "n1"));
+        b.merge(entry("newer_on_a", 4, "n2"));
+        a.merge(entry("newer_on_b", 4, "n1"));
+        b.merge(entry("newer_on_b", 5, "n2"));
+        let (outcome, _) = round(&mut a, &mut b, 1 << 20);
+        assert_eq!((outcome.pushed, outcome.fetched), (2, 2));
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.get("newer_on_b").unwrap().marker.timestamp.wall_ms, 5);
+        assert_eq!(b.get("newer_on_a").unwrap().marker.timestamp.wall_ms, 5);
+    }
+
+    #[test]
+    fn an_empty_replica_is_filled_within_a_small_budget_either_way() {
+        let mut full = Store::new();
+        for i in 0..3000 {
+            full.merge(entry(&format!("key{i}"), i, "n1"));
+        }
+        // The empty side initiates (pulls everything)…
+        let mut empty = Store::new();
+        let (outcome, requests) = round(&mut empty, &mut full.clone(), 4096);
+        assert_eq!(outcome.fetched, 3000);
+        assert!(requests > 3, "the budget must split the work");
+        assert_eq!(empty.digest(), full.digest());
+        // …or the full side initiates (pushes everything).
+        let mut empty = Store::new();
+        let (outcome, _) = round(&mut full, &mut empty, 4096);
+        assert_eq!(outcome.pushed, 3000);
+        assert_eq!(empty.digest(), full.digest());
+    }
+
+    #[test]
+    fn a_wrong_reply_ends_the_round_with_an_error() {
+        let store = Store::new();
+        let mut session = SyncSession::new();
+        session.next_request(&store, 1024).unwrap();
+        let error = session.on_reply(Message::Pong, &store).unwrap_err();
+        assert_eq!(
+            error,
+            SyncError::Unexpected {
+                sent: "sync_root",
+                got: "pong"
+            }
+        );
+        let mut session = SyncSession::new();
+        session.next_request(&store, 1024).unwrap();
+        let error = session.on_reply(Message::SyncGroups { groups: vec![1, 2] }, &store);
+        assert!(error.is_err(), "a malformed group list is refused");
+    }
+}

@@ -1,0 +1,246 @@
+//! The driver of one peer: keeps a link open and decides what to send next.
+//!
+//! Owns: the reconnect loop with backoff, the order of work on a link (queued pushes
+//! first, then the current anti-entropy round, then a ping when idle), and feeding the
+//! failure detector with what the link sees.
+//! Knows nothing of: frames and sockets beyond [`Link`]; what a round compares (that is
+//! [`SyncSession`]).
+//!
+//! A link carries one request at a time. While a push is in flight, new writes queue
+//! up and leave together in the next batch: under load, batching happens by itself,
+//! and at low load a write leaves at once.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::anti_entropy::SyncSession;
+use super::Replica;
+use crate::clock::NodeId;
+use crate::peer::{dial, Identity, Link, LinkError, TransportOptions};
+use crate::wire::Message;
+
+/// Timing of one peer's driver.
+#[derive(Clone, Debug)]
+pub struct DriverOptions {
+    /// Between anti-entropy rounds.
+    pub anti_entropy_interval: Duration,
+    /// A link idle this long sends a ping.
+    pub heartbeat_interval: Duration,
+    /// Deadline for each reply.
+    pub request_timeout: Duration,
+    /// Longest pause between reconnection attempts.
+    pub max_backoff: Duration,
+}
+
+/// Where and how to reach one peer.
+pub struct PeerTarget {
+    /// The peer's id.
+    pub id: NodeId,
+    /// The peer's node-to-node address.
+    pub address: SocketAddr,
+    /// Our own IP, which every outbound connection binds.
+    pub local_ip: IpAddr,
+}
+
+/// Runs the driver of one peer until `shutdown`.
+pub async fn run(
+    replica: Replica,
+    target: PeerTarget,
+    identity: Arc<Identity>,
+    transport: TransportOptions,
+    options: DriverOptions,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut was_up = false;
+    while !shutdown.is_cancelled() {
+        let opened = async {
+            let stream = dial(target.local_ip, target.address, transport.connect_timeout).await?;
+            Link::open(stream, &identity, &target.id, &transport).await
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            opened = opened => opened,
+        };
+        match result {
+            Ok(link) => {
+                info!(peer = %target.id, "peer link up");
+                backoff = Duration::from_millis(50);
+                replica.detector().link_up(&target.id, replica.mono_ms());
+                was_up = true;
+                let error = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    error = drive(&replica, &target.id, link, &options) => error,
+                };
+                warn!(peer = %target.id, %error, "peer link down");
+            }
+            Err(LinkError::Refused(reason)) => {
+                warn!(peer = %target.id, %reason, "peer refused our handshake");
+                backoff = options.max_backoff;
+            }
+            Err(error) => {
+                if was_up {
+                    info!(peer = %target.id, %error, "peer unreachable");
+                    was_up = false;
+                } else {
+                    debug!(peer = %target.id, %error, "peer still unreachable");
+                }
+            }
+        }
+        replica.detector().link_down(&target.id);
+        replica.shared.outboxes[&target.id].fail_waiters();
+        let jitter = Duration::from_millis(u64::from(rand_jitter()) % 50);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(options.max_backoff);
+    }
+}
+
+/// A few bits of jitter so that nodes restarted together do not reconnect in lockstep.
+fn rand_jitter() -> u16 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    (nanos >> 7) as u16
+}
+
+/// Works one link until it fails; returns why.
+async fn drive(
+    replica: &Replica,
+    peer: &NodeId,
+    mut link: Link,
+    options: &DriverOptions,
+) -> LinkError {
+    let outbox = &replica.shared.outboxes[peer];
+    let budget = replica.shared.options.batch_bytes;
+    let mut session: Option<SyncSession> = None;
+    // The first round starts at once: a restarted node catches up without waiting.
+    let mut next_round = Instant::now();
+    let mut last_request = Instant::now();
+    loop {
+        // 1. Pushes come first: they carry fresh writes that clients may be waiting on.
+        let batch = outbox.take(budget, |key| replica.core().store.entry(key));
+        if let Some(batch) = batch {
+            let request = Message::Push {
+                entries: batch.entries.clone(),
+            };
+            replica.shared.metrics.push_batches.inc();
+            replica
+                .shared
+                .metrics
+                .pushed_entries
+                .inc_by(batch.entries.len() as u64);
+            match exchange(replica, peer, &mut link, &request, options).await {
+                Ok(Message::PushAck { refused }) => outbox.acknowledge(batch, &refused),
+                Ok(other) => {
+                    outbox.give_back(batch);
+                    return LinkError::Unexpected {
+                        sent: "push",
+                        got: other.kind(),
+                    };
+                }
+                Err(error) => {
+                    outbox.give_back(batch);
+                    return error;
+                }
+            }
+            last_request = Instant::now();
+            continue;
+        }
+
+        // 2. Then the anti-entropy round in progress, one step at a time.
+        if let Some(round) = session.as_mut() {
+            let request = round.next_request(&replica.core().store, budget);
+            match request {
+                Some(request) => {
+                    let reply = match exchange(replica, peer, &mut link, &request, options).await {
+                        Ok(reply) => reply,
+                        Err(error) => {
+                            replica.count_round("failed");
+                            return error;
+                        }
+                    };
+                    let fetched = {
+                        let core = replica.core();
+                        round.on_reply(reply, &core.store)
+                    };
+                    match fetched {
+                        Ok(entries) if entries.is_empty() => {}
+                        Ok(entries) => {
+                            replica.apply_remote(peer, entries);
+                        }
+                        Err(error) => {
+                            replica.count_round("failed");
+                            warn!(%peer, %error, "anti-entropy round abandoned");
+                            session = None;
+                        }
+                    }
+                    last_request = Instant::now();
+                }
+                None => {
+                    let outcome = round.outcome();
+                    replica.count_round(if outcome.in_sync {
+                        "in_sync"
+                    } else {
+                        "repaired"
+                    });
+                    replica.count_repaired("pushed", outcome.pushed);
+                    replica.count_repaired("fetched", outcome.fetched);
+                    if outcome.pushed + outcome.fetched > 0 {
+                        debug!(%peer, pushed = outcome.pushed, fetched = outcome.fetched, "anti-entropy repaired");
+                    }
+                    replica.detector().synced(peer, replica.mono_ms());
+                    session = None;
+                    // A round that found differences is followed at once by another,
+                    // until the replicas agree; an idle one waits for the timer.
+                    next_round = if outcome.in_sync {
+                        Instant::now() + options.anti_entropy_interval
+                    } else {
+                        Instant::now()
+                    };
+                }
+            }
+            continue;
+        }
+        if Instant::now() >= next_round {
+            session = Some(SyncSession::new());
+            continue;
+        }
+
+        // 3. Idle: wait for a write, the next round, or the heartbeat.
+        let heartbeat_at = last_request + options.heartbeat_interval;
+        tokio::select! {
+            _ = outbox.wait_for_work() => {}
+            _ = tokio::time::sleep_until(next_round) => {}
+            _ = tokio::time::sleep_until(heartbeat_at) => {
+                match exchange(replica, peer, &mut link, &Message::Ping, options).await {
+                    Ok(Message::Pong) => last_request = Instant::now(),
+                    Ok(other) => return LinkError::Unexpected { sent: "ping", got: other.kind() },
+                    Err(error) => return error,
+                }
+            }
+        }
+    }
+}
+
+/// One request → reply, with the failure detector told about both ends.
+async fn exchange(
+    replica: &Replica,
+    peer: &NodeId,
+    link: &mut Link,
+    request: &Message,
+    options: &DriverOptions,
+) -> Result<Message, LinkError> {
+    replica.detector().request_sent(peer, replica.mono_ms());
+    let reply = link.request(request, options.request_timeout).await?;
+    replica.detector().reply_received(peer, replica.mono_ms());
+    Ok(reply)
+}

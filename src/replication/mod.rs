@@ -1,0 +1,450 @@
+//! Replication: the write and read paths, consistency levels, push and anti-entropy.
+//!
+//! Owns: [`Replica`] (the node's state — clock, store, outboxes, failure detector —
+//! behind one cheap-clone handle), [`Consistency`], the answers to peers' requests
+//! ([`Replica`] is the transport's [`Responder`]) and the per-peer [`driver`] task.
+//! Knows nothing of: HTTP, the cluster file.
+//!
+//! # A write
+//! 1. Under the core lock: the HLC stamps a version, the store merges the entry (a
+//!    local stamp is larger than anything stored, so it always applies) and yields the
+//!    value held before. Stamp and apply are one critical section, so two writes on one
+//!    node see each other in version order, and `previous` chains are exact.
+//! 2. The key is queued in every peer's [`outbox::Outbox`]; for the levels that wait,
+//!    with an ack waiter.
+//! 3. Each peer's driver pushes batches and releases the waiters on ack.
+//! 4. `live` waits for the peers the failure detector holds alive, up to
+//!    `live_timeout`; `quorum` and `all` wait for enough acks up to `strong_timeout`
+//!    and answer [`WriteError::Unavailable`] if they do not come.
+//!
+//! The core lock is a std mutex: it is held for microseconds and never across an
+//! `.await`, which is exactly the case where tokio recommends it over its own.
+
+pub mod anti_entropy;
+pub mod driver;
+pub mod outbox;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::oneshot;
+use tracing::warn;
+
+use crate::clock::{Hlc, NodeId, Version, WallClock};
+use crate::membership::{FailureDetector, PeerState, PeerView};
+use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
+use crate::peer::{LogLimiter, Responder};
+use crate::store::{Entry, Limits, Merged, Store, Summary};
+use crate::wire::Message;
+use outbox::{Enqueued, Outbox};
+
+/// How many replicas must hold a write before it is acknowledged, or how many answer a
+/// read (API.md §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// This node only.
+    One,
+    /// This node and every peer the failure detector holds alive, or a short deadline.
+    Live,
+    /// A majority of the cluster, else unavailable.
+    Quorum,
+    /// Every node, else unavailable.
+    All,
+}
+
+impl Consistency {
+    /// The name used in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Consistency::One => "one",
+            Consistency::Live => "live",
+            Consistency::Quorum => "quorum",
+            Consistency::All => "all",
+        }
+    }
+}
+
+impl fmt::Display for Consistency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown consistency level name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("consistency level {0:?} is unknown; use one, live, quorum or all")]
+pub struct UnknownConsistency(pub String);
+
+impl FromStr for Consistency {
+    type Err = UnknownConsistency;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "one" => Ok(Consistency::One),
+            "live" => Ok(Consistency::Live),
+            "quorum" => Ok(Consistency::Quorum),
+            "all" => Ok(Consistency::All),
+            other => Err(UnknownConsistency(other.to_owned())),
+        }
+    }
+}
+
+/// Why a write or read could not be done at the requested level.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicationError {
+    /// Too few replicas acknowledged in time.
+    #[error(
+        "consistency level {level} needs {needed} replicas but only {reached} answered in time{}",
+        if *applied_locally { "; the write was applied on this node and will replicate when peers return" } else { "" }
+    )]
+    Unavailable {
+        /// The requested level.
+        level: Consistency,
+        /// Replicas needed, this node included.
+        needed: usize,
+        /// Replicas that answered, this node included.
+        reached: usize,
+        /// Whether this node applied the write (always true for writes).
+        applied_locally: bool,
+    },
+    /// The level is not offered for this operation yet.
+    #[error("consistency level {0} is not supported for reads yet")]
+    Unsupported(Consistency),
+}
+
+/// A completed write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The version stamped on the write.
+    pub version: Version,
+    /// The value this node held just before (`None`: absent or deleted).
+    pub previous: Option<String>,
+}
+
+/// Settings of the replication layer.
+#[derive(Clone, Debug)]
+pub struct ReplicationOptions {
+    /// Key and value limits.
+    pub limits: Limits,
+    /// Remote versions further ahead are refused for now.
+    pub max_clock_skew_ms: u64,
+    /// How long `live` writes wait for acks.
+    pub live_timeout: Duration,
+    /// How long `quorum`/`all` requests wait.
+    pub strong_timeout: Duration,
+    /// Bytes per push batch or anti-entropy reply.
+    pub batch_bytes: usize,
+    /// Distinct keys per outbox.
+    pub outbox_max_keys: usize,
+    /// Unanswered this long: suspect.
+    pub suspect_after: Duration,
+}
+
+struct Core {
+    hlc: Hlc,
+    store: Store,
+}
+
+struct Shared {
+    id: NodeId,
+    peers: Vec<NodeId>,
+    core: Mutex<Core>,
+    outboxes: HashMap<NodeId, Outbox>,
+    detector: Mutex<FailureDetector>,
+    clock: Arc<dyn WallClock>,
+    started: Instant,
+    options: ReplicationOptions,
+    metrics: Arc<Metrics>,
+    log_limiter: LogLimiter,
+}
+
+/// The node's replicated state. Clones share it.
+#[derive(Clone)]
+pub struct Replica {
+    shared: Arc<Shared>,
+}
+
+impl Replica {
+    /// A replica with an empty store.
+    pub fn new(
+        id: NodeId,
+        peers: Vec<NodeId>,
+        clock: Arc<dyn WallClock>,
+        options: ReplicationOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let outboxes = peers
+            .iter()
+            .map(|peer| (peer.clone(), Outbox::new(options.outbox_max_keys)))
+            .collect();
+        let detector = FailureDetector::new(
+            peers.iter().cloned(),
+            options.suspect_after.as_millis() as u64,
+        );
+        Self {
+            shared: Arc::new(Shared {
+                core: Mutex::new(Core {
+                    hlc: Hlc::new(options.max_clock_skew_ms),
+                    store: Store::new(),
+                }),
+                id,
+                peers,
+                outboxes,
+                detector: Mutex::new(detector),
+                clock,
+                started: Instant::now(),
+                options,
+                metrics,
+                log_limiter: LogLimiter::default(),
+            }),
+        }
+    }
+
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.shared.core.lock().expect("core lock poisoned")
+    }
+
+    fn detector(&self) -> MutexGuard<'_, FailureDetector> {
+        self.shared.detector.lock().expect("detector lock poisoned")
+    }
+
+    /// Milliseconds on the monotonic clock the failure detector uses.
+    fn mono_ms(&self) -> u64 {
+        self.shared.started.elapsed().as_millis() as u64
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &NodeId {
+        &self.shared.id
+    }
+
+    /// The configured peers.
+    pub fn peers(&self) -> &[NodeId] {
+        &self.shared.peers
+    }
+
+    /// Key and value limits.
+    pub fn limits(&self) -> Limits {
+        self.shared.options.limits
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Writes `value` (`None`: a tombstone) under `key`, which the caller has checked
+    /// against [`Replica::limits`], and waits as `level` asks.
+    pub async fn write(
+        &self,
+        key: &str,
+        value: Option<String>,
+        level: Consistency,
+    ) -> Result<WriteOutcome, ReplicationError> {
+        let (version, previous) = {
+            let mut core = self.core();
+            let now = self.shared.clock.now_ms();
+            let version = Version {
+                timestamp: core.hlc.tick(now),
+                node: self.shared.id.clone(),
+            };
+            let entry = Entry {
+                key: key.to_owned(),
+                version: version.clone(),
+                value,
+            };
+            let previous = match core.store.merge(entry) {
+                Merged::Applied { previous } => previous.and_then(|register| register.val),
+                Merged::Stale => {
+                    unreachable!("a fresh HLC stamp is larger than every stored version")
+                }
+            };
+            (version, previous)
+        };
+        let outcome = WriteOutcome { version, previous };
+
+        let now = self.mono_ms();
+        let states: Vec<(NodeId, PeerState)> = {
+            let detector = self.detector();
+            self.shared
+                .peers
+                .iter()
+                .map(|peer| (peer.clone(), detector.state(peer, now)))
+                .collect()
+        };
+        let mut acks = FuturesUnordered::new();
+        for (peer, state) in states {
+            let wants_ack = match level {
+                Consistency::One => false,
+                Consistency::Live => state == PeerState::Alive,
+                Consistency::Quorum | Consistency::All => state != PeerState::Down,
+            };
+            let (waiter, ack) = if wants_ack {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            match self.shared.outboxes[&peer].enqueue(key, waiter) {
+                Enqueued::Queued => {}
+                Enqueued::Coalesced => {
+                    self.shared.metrics.pushes_coalesced.inc();
+                }
+                Enqueued::Dropped => {
+                    self.shared
+                        .metrics
+                        .pushes_dropped
+                        .get_or_create(&PeerLabels {
+                            peer: peer.to_string(),
+                        })
+                        .inc();
+                    continue;
+                }
+            }
+            acks.extend(ack);
+        }
+
+        let cluster = self.shared.peers.len() + 1;
+        let (needed, deadline) = match level {
+            Consistency::One => return Ok(outcome),
+            Consistency::Live => (1 + acks.len(), self.shared.options.live_timeout),
+            Consistency::Quorum => (cluster / 2 + 1, self.shared.options.strong_timeout),
+            Consistency::All => (cluster, self.shared.options.strong_timeout),
+        };
+        let mut reached = 1;
+        if reached + acks.len() >= needed {
+            let wait = async {
+                while reached < needed {
+                    match acks.next().await {
+                        Some(Ok(())) => reached += 1,
+                        Some(Err(_)) => {}
+                        None => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(deadline, wait).await;
+        }
+        if reached >= needed || level == Consistency::Live {
+            Ok(outcome)
+        } else {
+            Err(ReplicationError::Unavailable {
+                level,
+                needed,
+                reached,
+                applied_locally: true,
+            })
+        }
+    }
+
+    /// Reads `key` (`None`: absent or deleted).
+    pub fn read(&self, key: &str, level: Consistency) -> Result<Option<Entry>, ReplicationError> {
+        match level {
+            Consistency::One | Consistency::Live => Ok(self
+                .core()
+                .store
+                .entry(key)
+                .filter(|entry| entry.value.is_some())),
+            Consistency::Quorum | Consistency::All => Err(ReplicationError::Unsupported(level)),
+        }
+    }
+
+    /// Live keys under `prefix`, at most `limit`; the flag says whether more matched.
+    pub fn scan(&self, prefix: &str, limit: usize) -> (Vec<Entry>, bool) {
+        self.core().store.scan(prefix, limit)
+    }
+
+    /// Counts and digest of the local state.
+    pub fn summary(&self) -> Summary {
+        self.core().store.summary()
+    }
+
+    /// The failure detector's view of every peer, with its outbox size.
+    pub fn peer_views(&self) -> Vec<(PeerView, usize)> {
+        let views = self.detector().views(self.mono_ms());
+        views
+            .into_iter()
+            .map(|view| {
+                let pending = self
+                    .shared
+                    .outboxes
+                    .get(&view.id)
+                    .map_or(0, Outbox::pending);
+                (view, pending)
+            })
+            .collect()
+    }
+
+    /// Merges entries from `from`, refusing versions too far in the future. Returns the
+    /// keys refused.
+    pub fn apply_remote(&self, from: &NodeId, entries: Vec<Entry>) -> Vec<String> {
+        let mut refused = Vec::new();
+        let mut worst_skew = None;
+        {
+            let mut core = self.core();
+            let now = self.shared.clock.now_ms();
+            for entry in entries {
+                if let Err(skew) = core.hlc.observe(entry.version.timestamp, now) {
+                    worst_skew = Some(skew);
+                    refused.push(entry.key);
+                    continue;
+                }
+                core.store.merge(entry);
+            }
+        }
+        if let Some(skew) = worst_skew {
+            self.shared
+                .metrics
+                .skew_refusals
+                .inc_by(refused.len() as u64);
+            if self.shared.log_limiter.allow(&format!("skew:{from}")) {
+                warn!(peer = %from, refused = refused.len(), "refused remote versions: {skew}; anti-entropy will offer them again");
+            }
+        }
+        refused
+    }
+
+    /// Records an anti-entropy outcome in the metrics.
+    fn count_round(&self, reason: &'static str) {
+        self.shared
+            .metrics
+            .anti_entropy_rounds
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    fn count_repaired(&self, reason: &'static str, count: usize) {
+        if count > 0 {
+            self.shared
+                .metrics
+                .keys_repaired
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(count as u64);
+        }
+    }
+}
+
+impl Responder for Replica {
+    fn respond(&self, from: &NodeId, request: Message) -> Option<Message> {
+        self.detector().heard_from(from, self.mono_ms());
+        let budget = self.shared.options.batch_bytes;
+        let reply = match request {
+            Message::Ping => Message::Pong,
+            Message::Push { entries } => Message::PushAck {
+                refused: self.apply_remote(from, entries),
+            },
+            Message::SyncRoot { root } => anti_entropy::answer_root(&self.core().store, root),
+            Message::SyncBuckets { buckets } => {
+                anti_entropy::answer_buckets(&self.core().store, &buckets, budget)
+            }
+            Message::Fetch { keys } => {
+                anti_entropy::answer_fetch(&self.core().store, &keys, budget)
+            }
+            _ => return None,
+        };
+        Some(reply)
+    }
+}
