@@ -59,6 +59,24 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Show every node of a cluster and its view of its peers.
+    Status {
+        /// The cluster file.
+        #[arg(long)]
+        cluster: PathBuf,
+    },
+    /// Exit 0 when every reachable node holds the same state, 1 otherwise.
+    Check {
+        /// The cluster file.
+        #[arg(long)]
+        cluster: PathBuf,
+        /// Keep polling up to this long (e.g. 500ms, 10s, 2m) for convergence.
+        #[arg(long, default_value = "0s", value_parser = crate::inspect::parse_duration)]
+        wait: Duration,
+        /// Unreachable nodes fail the check too.
+        #[arg(long)]
+        all: bool,
+    },
     /// Delete a key.
     Del {
         /// The key.
@@ -174,6 +192,17 @@ async fn run(command: Command) -> Result<(), Failure> {
                 serde_json::json!({"key": reply.key, "previous": reply.previous, "version": reply.version})
             );
             Ok(())
+        }
+        Command::Status { cluster } => {
+            print!("{}", crate::inspect::status(&load(&cluster)?).await);
+            Ok(())
+        }
+        Command::Check { cluster, wait, all } => {
+            if crate::inspect::check(&load(&cluster)?, wait, all).await {
+                Ok(())
+            } else {
+                Err(Failure::failed("the cluster has not converged"))
+            }
         }
         Command::Del { key, target } => {
             let client = pick(&target).await?;

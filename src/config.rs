@@ -111,10 +111,13 @@ pub struct Tuning {
     pub outbox_max_keys: usize,
     /// Concurrent inbound peer connections.
     pub max_peer_connections: usize,
-    /// Concurrent client HTTP requests.
-    pub max_http_requests: usize,
-    /// Deadline for one client HTTP request, body included.
+    /// Open client HTTP connections.
+    pub max_http_connections: usize,
+    /// Deadline for one client HTTP request, body included (answered 408 past it).
     pub http_timeout_ms: u64,
+    /// Deadline for a client to send a request's headers; idle keep-alive connections
+    /// are closed after it too.
+    pub http_header_timeout_ms: u64,
 }
 
 impl Default for Tuning {
@@ -139,8 +142,9 @@ impl Default for Tuning {
             batch_bytes: 1024 * 1024,
             outbox_max_keys: 100_000,
             max_peer_connections: 64,
-            max_http_requests: 1024,
+            max_http_connections: 1024,
             http_timeout_ms: 10_000,
+            http_header_timeout_ms: 5_000,
         }
     }
 }
@@ -273,7 +277,8 @@ impl ClusterConfig {
             ("batch_bytes", tuning.batch_bytes as u64),
             ("outbox_max_keys", tuning.outbox_max_keys as u64),
             ("max_peer_connections", tuning.max_peer_connections as u64),
-            ("max_http_requests", tuning.max_http_requests as u64),
+            ("max_http_connections", tuning.max_http_connections as u64),
+            ("http_header_timeout_ms", tuning.http_header_timeout_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return invalid(format!("{name} must be positive"));

@@ -18,7 +18,7 @@
 //! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
 //! | 4 edge | [`api`] | the client HTTP API |
 //! | 5 assembly | [`config`], [`node`] | the cluster file; spawning and shutdown of a node |
-//! | 6 tools | [`client`] | HTTP client used by the CLI |
+//! | 6 tools | [`client`], [`inspect`] | HTTP client; `status` and `check` over the public API |
 //! | 7 entry | [`cli`] | the `meshkv` command line |
 
 pub mod api;
@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod inspect;
 pub mod membership;
 pub mod metrics;
 pub mod node;

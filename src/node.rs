@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::api::server::ServerOptions;
 use crate::clock::{SystemClock, WallClock};
 use crate::config::{ClusterConfig, ConfigError, Tuning};
 use crate::metrics::Metrics;
@@ -41,9 +42,6 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The HTTP server failed.
-    #[error("HTTP server failed: {0}")]
-    Http(std::io::Error),
 }
 
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -152,12 +150,13 @@ pub async fn run_with_clock(
         authenticated = secret.is_some(),
         "node serving"
     );
-    let app = crate::api::router(replica).layer(tower::limit::ConcurrencyLimitLayer::new(
-        tuning.max_http_requests,
-    ));
-    let served = axum::serve(http_listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
+    let app = crate::api::router(replica, Tuning::ms(tuning.http_timeout_ms));
+    let server_options = ServerOptions {
+        max_connections: tuning.max_http_connections,
+        header_timeout: Tuning::ms(tuning.http_header_timeout_ms),
+        shutdown_grace: SHUTDOWN_GRACE,
+    };
+    crate::api::server::serve(http_listener, app, server_options, shutdown.clone()).await;
     shutdown.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
         .await
@@ -166,5 +165,5 @@ pub async fn run_with_clock(
         warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
     info!(node = %me.id, "node stopped");
-    served.map_err(NodeError::Http)
+    Ok(())
 }

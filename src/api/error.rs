@@ -64,11 +64,8 @@ impl From<ReplicationError> for ApiError {
             } => Self {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 message: error.to_string(),
-                applied_locally: Some(applied_locally),
+                applied_locally,
             },
-            ReplicationError::Unsupported(_) => {
-                Self::new(StatusCode::BAD_REQUEST, error.to_string())
-            }
         }
     }
 }

@@ -5,9 +5,10 @@
 //! Knows nothing of: the wire format or peer links (it talks to [`Replica`] only).
 
 pub mod error;
+pub mod server;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -37,8 +38,8 @@ struct AppState {
     replica: Replica,
 }
 
-/// The router of the client API.
-pub fn router(replica: Replica) -> Router {
+/// The router of the client API; every request must finish within `request_timeout`.
+pub fn router(replica: Replica, request_timeout: Duration) -> Router {
     let body_limit = replica.limits().max_value_bytes + 1;
     let state = Arc::new(AppState { replica });
     Router::new()
@@ -57,6 +58,7 @@ pub fn router(replica: Replica) -> Router {
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(request_timeout, deadline))
         .layer(middleware::from_fn_with_state(state.clone(), record))
         .with_state(state)
 }
@@ -85,6 +87,22 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
         .get_or_create(&RouteLabels { route })
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Answers 408 to a request (slow body included) not done within the deadline. A write
+/// cut off while waiting for acks stays applied locally and replicates; the error
+/// says so.
+async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request did not complete within {timeout:?}; a write may have been applied"
+            ),
+        )
+        .into_response(),
+    }
 }
 
 fn route_name(method: &Method, path: Option<&str>) -> &'static str {
@@ -161,7 +179,8 @@ async fn kv(
             let key = key_of(&uri, replica)?;
             let level = consistency(&params, Consistency::One)?;
             let entry = replica
-                .read(&key, level)?
+                .read(&key, level)
+                .await?
                 .ok_or_else(|| ApiError::not_found(&key))?;
             let value = entry.value.unwrap_or_default();
             let etag = HeaderValue::from_str(&format!("\"{}\"", entry.version))
@@ -252,16 +271,55 @@ async fn list(
     Ok(Json(json!({ "items": items, "truncated": truncated })))
 }
 
-/// `GET /v1/convergence`: this node's counts and digest.
-async fn convergence(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let summary = state.replica.summary();
-    Json(json!({
-        "node": state.replica.id().as_str(),
-        "keys": summary.keys,
-        "tombstones": summary.tombstones,
-        "digest": format!("{:016x}", summary.digest),
-        "max_version": summary.max_version.map(|version| version.to_string()),
-    }))
+#[derive(Deserialize)]
+struct ConvergenceParams {
+    cluster: Option<String>,
+}
+
+/// `GET /v1/convergence`: this node's counts and digest; with `?cluster=true`, every
+/// configured node's, and whether they all agree.
+async fn convergence(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<ConvergenceParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(params) = params
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let cluster = match params.cluster.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("cluster must be true or false")),
+    };
+    if !cluster {
+        let summary = state.replica.summary();
+        return Ok(Json(json!({
+            "node": state.replica.id().as_str(),
+            "keys": summary.keys,
+            "tombstones": summary.tombstones,
+            "digest": format!("{:016x}", summary.digest),
+            "max_version": summary.max_version.map(|version| version.to_string()),
+        })));
+    }
+    let nodes = state.replica.cluster_summaries().await;
+    let first = nodes
+        .first()
+        .and_then(|node| node.summary)
+        .map(|(_, _, digest)| digest);
+    let converged = nodes
+        .iter()
+        .all(|node| node.summary.is_some() && node.summary.map(|(_, _, digest)| digest) == first);
+    let nodes: Vec<Value> = nodes
+        .into_iter()
+        .map(|node| {
+            json!({
+                "id": node.id.as_str(),
+                "reachable": node.summary.is_some(),
+                "digest": node.summary.map(|(_, _, digest)| format!("{digest:016x}")),
+                "keys": node.summary.map(|(keys, _, _)| keys),
+                "tombstones": node.summary.map(|(_, tombstones, _)| tombstones),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "converged": converged, "nodes": nodes })))
 }
 
 /// `GET /v1/cluster`: this node's failure-detector view of its peers.

@@ -1,8 +1,9 @@
 //! The driver of one peer: keeps a link open and decides what to send next.
 //!
 //! Owns: the reconnect loop with backoff, the order of work on a link (queued pushes
-//! first, then the current anti-entropy round, then a ping when idle), and feeding the
-//! failure detector with what the link sees.
+//! first, then requests other tasks hand in as [`Job`]s, then the current
+//! anti-entropy round, then a ping when idle), and feeding the failure detector with
+//! what the link sees.
 //! Knows nothing of: frames and sockets beyond [`Link`]; what a round compares (that is
 //! [`SyncSession`]).
 //!
@@ -14,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -37,6 +39,20 @@ pub struct DriverOptions {
     pub max_backoff: Duration,
 }
 
+/// Pause before the next round when the last one repaired something.
+const REPAIR_FOLLOW_UP: Duration = Duration::from_millis(50);
+
+/// Jobs queued for one peer before further ones are refused.
+pub const JOB_QUEUE: usize = 256;
+
+/// A request another task wants sent to the peer (a `quorum` read, a summary).
+pub struct Job {
+    /// The request.
+    pub request: Message,
+    /// Where the reply (or the link's failure) goes.
+    pub reply: oneshot::Sender<Result<Message, LinkError>>,
+}
+
 /// Where and how to reach one peer.
 pub struct PeerTarget {
     /// The peer's id.
@@ -56,6 +72,10 @@ pub async fn run(
     options: DriverOptions,
     shutdown: CancellationToken,
 ) {
+    let Some(mut jobs) = replica.take_jobs(&target.id) else {
+        warn!(peer = %target.id, "a driver for this peer is already running");
+        return;
+    };
     let mut backoff = Duration::from_millis(50);
     let mut was_up = false;
     while !shutdown.is_cancelled() {
@@ -75,7 +95,7 @@ pub async fn run(
                 was_up = true;
                 let error = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    error = drive(&replica, &target.id, link, &options) => error,
+                    error = drive(&replica, &target.id, link, &mut jobs, &options) => error,
                 };
                 warn!(peer = %target.id, %error, "peer link down");
             }
@@ -95,9 +115,17 @@ pub async fn run(
         replica.detector().link_down(&target.id);
         replica.shared.outboxes[&target.id].fail_waiters();
         let jitter = Duration::from_millis(u64::from(rand_jitter()) % 50);
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff + jitter) => {}
+        let pause = tokio::time::sleep(backoff + jitter);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = &mut pause => break,
+                // Without a link, jobs fail at once rather than waiting for a timeout.
+                Some(job) = jobs.recv() => {
+                    let _ = job.reply.send(Err(LinkError::Closed));
+                }
+            }
         }
         backoff = (backoff * 2).min(options.max_backoff);
     }
@@ -117,6 +145,7 @@ async fn drive(
     replica: &Replica,
     peer: &NodeId,
     mut link: Link,
+    jobs: &mut mpsc::Receiver<Job>,
     options: &DriverOptions,
 ) -> LinkError {
     let outbox = &replica.shared.outboxes[peer];
@@ -156,7 +185,16 @@ async fn drive(
             continue;
         }
 
-        // 2. Then the anti-entropy round in progress, one step at a time.
+        // 2. Then requests handed in by other tasks.
+        if let Ok(job) = jobs.try_recv() {
+            if let Err(error) = run_job(replica, peer, &mut link, job, options).await {
+                return error;
+            }
+            last_request = Instant::now();
+            continue;
+        }
+
+        // 3. Then the anti-entropy round in progress, one step at a time.
         if let Some(round) = session.as_mut() {
             let request = round.next_request(&replica.core().store, budget);
             match request {
@@ -199,13 +237,14 @@ async fn drive(
                     }
                     replica.detector().synced(peer, replica.mono_ms());
                     session = None;
-                    // A round that found differences is followed at once by another,
-                    // until the replicas agree; an idle one waits for the timer.
-                    next_round = if outcome.in_sync {
-                        Instant::now() + options.anti_entropy_interval
-                    } else {
-                        Instant::now()
-                    };
+                    // A round that found differences is soon followed by another, until
+                    // the replicas agree; an idle one waits for the timer.
+                    next_round = Instant::now()
+                        + if outcome.in_sync {
+                            options.anti_entropy_interval
+                        } else {
+                            options.anti_entropy_interval.min(REPAIR_FOLLOW_UP)
+                        };
                 }
             }
             continue;
@@ -215,10 +254,16 @@ async fn drive(
             continue;
         }
 
-        // 3. Idle: wait for a write, the next round, or the heartbeat.
+        // 4. Idle: wait for a write, a job, the next round, or the heartbeat.
         let heartbeat_at = last_request + options.heartbeat_interval;
         tokio::select! {
             _ = outbox.wait_for_work() => {}
+            Some(job) = jobs.recv() => {
+                if let Err(error) = run_job(replica, peer, &mut link, job, options).await {
+                    return error;
+                }
+                last_request = Instant::now();
+            }
             _ = tokio::time::sleep_until(next_round) => {}
             _ = tokio::time::sleep_until(heartbeat_at) => {
                 match exchange(replica, peer, &mut link, &Message::Ping, options).await {
@@ -227,6 +272,26 @@ async fn drive(
                     Err(error) => return error,
                 }
             }
+        }
+    }
+}
+
+/// Sends a job's request and hands the reply back. A failed link fails the job too.
+async fn run_job(
+    replica: &Replica,
+    peer: &NodeId,
+    link: &mut Link,
+    job: Job,
+    options: &DriverOptions,
+) -> Result<(), LinkError> {
+    match exchange(replica, peer, link, &job.request, options).await {
+        Ok(reply) => {
+            let _ = job.reply.send(Ok(reply));
+            Ok(())
+        }
+        Err(error) => {
+            let _ = job.reply.send(Err(LinkError::Closed));
+            Err(error)
         }
     }
 }

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::clock::{Hlc, NodeId, Version, WallClock};
@@ -96,10 +96,14 @@ impl FromStr for Consistency {
 /// Why a write or read could not be done at the requested level.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplicationError {
-    /// Too few replicas acknowledged in time.
+    /// Too few replicas answered in time.
     #[error(
         "consistency level {level} needs {needed} replicas but only {reached} answered in time{}",
-        if *applied_locally { "; the write was applied on this node and will replicate when peers return" } else { "" }
+        match applied_locally {
+            Some(true) => "; the write was applied on this node and will replicate when peers return",
+            Some(false) => "; the write was not applied",
+            None => "",
+        }
     )]
     Unavailable {
         /// The requested level.
@@ -108,12 +112,18 @@ pub enum ReplicationError {
         needed: usize,
         /// Replicas that answered, this node included.
         reached: usize,
-        /// Whether this node applied the write (always true for writes).
-        applied_locally: bool,
+        /// For writes, whether this node applied the write; `None` for reads.
+        applied_locally: Option<bool>,
     },
-    /// The level is not offered for this operation yet.
-    #[error("consistency level {0} is not supported for reads yet")]
-    Unsupported(Consistency),
+}
+
+/// What one node reported of its state, for cluster-wide convergence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSummary {
+    /// The node.
+    pub id: NodeId,
+    /// Its counts and digest, or `None` if it did not answer.
+    pub summary: Option<(u64, u64, u64)>,
 }
 
 /// A completed write.
@@ -160,6 +170,8 @@ struct Shared {
     options: ReplicationOptions,
     metrics: Arc<Metrics>,
     log_limiter: LogLimiter,
+    jobs: HashMap<NodeId, mpsc::Sender<driver::Job>>,
+    job_receivers: Mutex<HashMap<NodeId, mpsc::Receiver<driver::Job>>>,
 }
 
 /// The node's replicated state. Clones share it.
@@ -185,6 +197,13 @@ impl Replica {
             peers.iter().cloned(),
             options.suspect_after.as_millis() as u64,
         );
+        let (jobs, job_receivers) = peers
+            .iter()
+            .map(|peer| {
+                let (tx, rx) = mpsc::channel(driver::JOB_QUEUE);
+                ((peer.clone(), tx), (peer.clone(), rx))
+            })
+            .unzip();
         Self {
             shared: Arc::new(Shared {
                 core: Mutex::new(Core {
@@ -200,8 +219,63 @@ impl Replica {
                 options,
                 metrics,
                 log_limiter: LogLimiter::default(),
+                jobs,
+                job_receivers: Mutex::new(job_receivers),
             }),
         }
+    }
+
+    /// The job queue of `peer`'s driver; taken once, by that driver.
+    fn take_jobs(&self, peer: &NodeId) -> Option<mpsc::Receiver<driver::Job>> {
+        self.shared
+            .job_receivers
+            .lock()
+            .expect("jobs lock poisoned")
+            .remove(peer)
+    }
+
+    /// Sends `request` to every peer in `targets` through their drivers; the stream
+    /// yields each peer's reply as it comes (failures and full queues as errors).
+    fn ask(
+        &self,
+        targets: &[NodeId],
+        request: &Message,
+    ) -> FuturesUnordered<impl std::future::Future<Output = (NodeId, Option<Message>)>> {
+        let asks = FuturesUnordered::new();
+        for peer in targets {
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let job = driver::Job {
+                request: request.clone(),
+                reply: reply_tx,
+            };
+            let queued = self
+                .shared
+                .jobs
+                .get(peer)
+                .is_some_and(|jobs| jobs.try_send(job).is_ok());
+            let peer = peer.clone();
+            asks.push(async move {
+                let reply = if queued {
+                    reply_rx.await.ok().and_then(Result::ok)
+                } else {
+                    None
+                };
+                (peer, reply)
+            });
+        }
+        asks
+    }
+
+    /// Peers not known to be down.
+    fn reachable_peers(&self) -> Vec<NodeId> {
+        let now = self.mono_ms();
+        let detector = self.detector();
+        self.shared
+            .peers
+            .iter()
+            .filter(|peer| detector.state(peer, now) != PeerState::Down)
+            .cloned()
+            .collect()
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {
@@ -335,21 +409,115 @@ impl Replica {
                 level,
                 needed,
                 reached,
-                applied_locally: true,
+                applied_locally: Some(true),
             })
         }
     }
 
-    /// Reads `key` (`None`: absent or deleted).
-    pub fn read(&self, key: &str, level: Consistency) -> Result<Option<Entry>, ReplicationError> {
-        match level {
-            Consistency::One | Consistency::Live => Ok(self
-                .core()
-                .store
-                .entry(key)
-                .filter(|entry| entry.value.is_some())),
-            Consistency::Quorum | Consistency::All => Err(ReplicationError::Unsupported(level)),
+    /// Reads `key` (`None`: absent or deleted). `one` and `live` answer from this node;
+    /// `quorum` and `all` ask the peers, answer the newest version among enough
+    /// replicas, and repair the stale ones (read repair).
+    pub async fn read(
+        &self,
+        key: &str,
+        level: Consistency,
+    ) -> Result<Option<Entry>, ReplicationError> {
+        let local = self.core().store.entry(key);
+        let cluster = self.shared.peers.len() + 1;
+        let needed = match level {
+            Consistency::One | Consistency::Live => {
+                return Ok(local.filter(|entry| entry.value.is_some()))
+            }
+            Consistency::Quorum => cluster / 2 + 1,
+            Consistency::All => cluster,
+        };
+        let unavailable = |reached| ReplicationError::Unavailable {
+            level,
+            needed,
+            reached,
+            applied_locally: None,
+        };
+        let targets = self.reachable_peers();
+        if 1 + targets.len() < needed {
+            return Err(unavailable(1));
         }
+        let request = Message::Fetch {
+            keys: vec![key.to_owned()],
+        };
+        let mut asks = self.ask(&targets, &request);
+        let mut answers: Vec<(NodeId, Option<Entry>)> = Vec::new();
+        let collect = async {
+            while 1 + answers.len() < needed {
+                match asks.next().await {
+                    Some((peer, Some(Message::Entries { mut entries, .. }))) => {
+                        answers.push((peer, entries.pop().filter(|entry| entry.key == key)))
+                    }
+                    Some(_) => {}
+                    None => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.shared.options.strong_timeout, collect).await;
+
+        // The newest version among the answers and our own wins; whoever is behind is
+        // repaired: us by merging it, the peers by a push of our (now newest) entry.
+        let newest = answers
+            .iter()
+            .filter_map(|(_, entry)| entry.as_ref())
+            .chain(local.as_ref())
+            .max_by(|a, b| a.version.cmp(&b.version))
+            .cloned();
+        if let Some(newest) = &newest {
+            if local.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
+                self.apply_remote(self.id(), vec![newest.clone()]);
+                self.count_repaired("read_repair", 1);
+            }
+            for (peer, entry) in &answers {
+                if entry.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
+                    self.shared.outboxes[peer].enqueue(key, None);
+                    self.count_repaired("read_repair", 1);
+                }
+            }
+        }
+        if 1 + answers.len() < needed {
+            return Err(unavailable(1 + answers.len()));
+        }
+        Ok(newest.filter(|entry| entry.value.is_some()))
+    }
+
+    /// Every node's counts and digest, this one's included; nodes that do not answer
+    /// within the strong timeout are reported without a summary.
+    pub async fn cluster_summaries(&self) -> Vec<NodeSummary> {
+        let own = self.summary();
+        let mut nodes = vec![NodeSummary {
+            id: self.id().clone(),
+            summary: Some((own.keys as u64, own.tombstones as u64, own.digest)),
+        }];
+        let mut asks = self.ask(&self.shared.peers, &Message::Summarize);
+        let collect = async {
+            while let Some((peer, reply)) = asks.next().await {
+                let summary = match reply {
+                    Some(Message::Summary {
+                        keys,
+                        tombstones,
+                        digest,
+                    }) => Some((keys, tombstones, digest)),
+                    _ => None,
+                };
+                nodes.push(NodeSummary { id: peer, summary });
+            }
+        };
+        let _ = tokio::time::timeout(self.shared.options.strong_timeout, collect).await;
+        for peer in &self.shared.peers {
+            if !nodes.iter().any(|node| &node.id == peer) {
+                nodes.push(NodeSummary {
+                    id: peer.clone(),
+                    summary: None,
+                });
+            }
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        nodes
     }
 
     /// Live keys under `prefix`, at most `limit`; the flag says whether more matched.
@@ -442,6 +610,14 @@ impl Responder for Replica {
             }
             Message::Fetch { keys } => {
                 anti_entropy::answer_fetch(&self.core().store, &keys, budget)
+            }
+            Message::Summarize => {
+                let summary = self.summary();
+                Message::Summary {
+                    keys: summary.keys as u64,
+                    tombstones: summary.tombstones as u64,
+                    digest: summary.digest,
+                }
             }
             _ => return None,
         };

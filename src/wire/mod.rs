@@ -15,7 +15,8 @@
 //! | `Push` | `PushAck` | new writes (and anti-entropy repairs) for the replier |
 //! | `SyncRoot` | `InSync` or `SyncGroups` | anti-entropy, level 0: compare root hashes |
 //! | `SyncBuckets` | `BucketVersions` | level 2: compare bucket hashes, list differing buckets' `(key, version)` |
-//! | `Fetch` | `Entries` | pull the entries the initiator found newer on the replier |
+//! | `Fetch` | `Entries` | pull entries: anti-entropy repairs, `quorum`/`all` reads |
+//! | `Summarize` | `Summary` | the replier's counts and root hash, for cluster convergence |
 //!
 //! Each node dials every peer, so each pair of nodes has two connections, one per
 //! initiator; replies never travel unasked.
@@ -105,6 +106,17 @@ pub enum Message {
         /// the initiator asks again for the rest.
         served: u32,
     },
+    /// Asks for the replier's counts and root hash.
+    Summarize,
+    /// Reply to `Summarize`.
+    Summary {
+        /// Keys holding a value.
+        keys: u64,
+        /// Keys holding a tombstone.
+        tombstones: u64,
+        /// Root hash of the replier's whole state.
+        digest: u64,
+    },
 }
 
 impl Message {
@@ -125,6 +137,8 @@ impl Message {
             Message::BucketVersions { .. } => "bucket_versions",
             Message::Fetch { .. } => "fetch",
             Message::Entries { .. } => "entries",
+            Message::Summarize => "summarize",
+            Message::Summary { .. } => "summary",
         }
     }
 }

@@ -1,0 +1,300 @@
+//! Operator tools: `meshkv status` (every node's view, as a table) and `meshkv check`
+//! (are the replicas converged?).
+//!
+//! Owns: polling every node of a cluster file over the public HTTP API and judging
+//! convergence from their `/v1/convergence` digests.
+//! Knows nothing of: the server's internals; like the test suites, it works against any
+//! implementation of API.md.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::Client;
+use crate::config::ClusterConfig;
+
+/// Between two polls of `check --wait`.
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// Deadline of each request to a node.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One node's `/v1/convergence`, or why it could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeState {
+    /// The node id.
+    pub id: String,
+    /// Its client address.
+    pub http: String,
+    /// `(digest, keys, tombstones)`, or the error.
+    pub state: Result<(String, u64, u64), String>,
+}
+
+/// The verdict on a set of node states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Every reachable node reported the same digest (and, with `all`, every node was
+    /// reachable).
+    pub converged: bool,
+    /// A human report of the differences (empty when converged).
+    pub report: String,
+}
+
+fn clients(config: &ClusterConfig) -> Vec<(String, Client)> {
+    config
+        .nodes
+        .iter()
+        .map(|node| {
+            (
+                node.id.to_string(),
+                Client::new(&node.http.to_string(), REQUEST_TIMEOUT),
+            )
+        })
+        .collect()
+}
+
+/// Reads every node's `/v1/convergence`.
+pub async fn poll(config: &ClusterConfig) -> Vec<NodeState> {
+    let reads = clients(config).into_iter().map(|(id, client)| async move {
+        let state = match client.get_json("/v1/convergence").await {
+            Ok(json) => match (json["digest"].as_str(), json["keys"].as_u64()) {
+                (Some(digest), Some(keys)) => Ok((
+                    digest.to_owned(),
+                    keys,
+                    json["tombstones"].as_u64().unwrap_or(0),
+                )),
+                _ => Err("answered without digest and keys".to_owned()),
+            },
+            Err(error) => Err(error.to_string()),
+        };
+        NodeState {
+            id,
+            http: client.url().to_owned(),
+            state,
+        }
+    });
+    futures_util::future::join_all(reads).await
+}
+
+/// Judges convergence: equal digests on every reachable node (every node, if `all`).
+pub fn judge(states: &[NodeState], all: bool) -> Verdict {
+    let mut report = String::new();
+    let reachable: Vec<_> = states
+        .iter()
+        .filter_map(|node| node.state.as_ref().ok().map(|state| (node, state)))
+        .collect();
+    for node in states {
+        if let Err(error) = &node.state {
+            let _ = writeln!(report, "  {} is unreachable: {error}", node.id);
+        }
+    }
+    let reference = reachable
+        .iter()
+        .map(|(_, (digest, _, _))| digest)
+        .max_by_key(|digest| {
+            reachable
+                .iter()
+                .filter(|(_, (other, _, _))| &other == digest)
+                .count()
+        });
+    let mut differ = false;
+    if let Some(reference) = reference {
+        let majority_keys = reachable
+            .iter()
+            .find(|(_, (digest, _, _))| digest == reference)
+            .map(|(_, (_, keys, _))| *keys)
+            .unwrap_or(0);
+        for (node, (digest, keys, tombstones)) in &reachable {
+            if digest != reference {
+                differ = true;
+                let delta = *keys as i64 - majority_keys as i64;
+                let _ = writeln!(
+                    report,
+                    "  {} differs: digest {digest}, {keys} keys ({delta:+} against the most common state), {tombstones} tombstones",
+                    node.id
+                );
+            }
+        }
+    }
+    let unreachable = reachable.len() < states.len();
+    let converged = !(reachable.is_empty() || differ || (all && unreachable));
+    Verdict { converged, report }
+}
+
+/// `meshkv check`: polls until converged or `wait` has passed. Prints the outcome;
+/// returns whether the cluster converged.
+pub async fn check(config: &ClusterConfig, wait: Duration, all: bool) -> bool {
+    let started = Instant::now();
+    let mut polls = 0u64;
+    loop {
+        polls += 1;
+        let states = poll(config).await;
+        let verdict = judge(&states, all);
+        if verdict.converged || started.elapsed() >= wait {
+            let reachable = states.iter().filter(|node| node.state.is_ok()).count();
+            if verdict.converged {
+                let digest = states
+                    .iter()
+                    .find_map(|node| node.state.as_ref().ok())
+                    .map(|s| s.0.clone());
+                println!(
+                    "converged: {reachable} of {} nodes hold digest {} (after {:.1} s, {polls} polls)",
+                    states.len(),
+                    digest.unwrap_or_default(),
+                    started.elapsed().as_secs_f64()
+                );
+                print!("{}", verdict.report);
+            } else {
+                println!(
+                    "not converged after {:.1} s ({reachable} of {} nodes reachable):",
+                    started.elapsed().as_secs_f64(),
+                    states.len()
+                );
+                print!("{}", verdict.report);
+            }
+            return verdict.converged;
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(wait.saturating_sub(started.elapsed()))).await;
+    }
+}
+
+fn cell(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_owned(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `meshkv status`: every node's state and its view of its peers, as text.
+pub async fn status(config: &ClusterConfig) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<24} {:<6} {:>8} {:>10}  {:<16}  max_version",
+        "node", "http", "up", "keys", "tombstones", "digest"
+    );
+    let mut views = Vec::new();
+    for (id, client) in clients(config) {
+        match client.get_json("/v1/convergence").await {
+            Ok(json) => {
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:<24} {:<6} {:>8} {:>10}  {:<16}  {}",
+                    id,
+                    client.url(),
+                    "yes",
+                    cell(&json["keys"]),
+                    cell(&json["tombstones"]),
+                    cell(&json["digest"]),
+                    cell(&json["max_version"])
+                );
+                views.push((id, client.get_json("/v1/cluster").await.ok()));
+            }
+            Err(error) => {
+                let _ = writeln!(out, "{:<8} {:<24} {:<6} {error}", id, client.url(), "NO");
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<8} {:<8} {:<8} {:>12} {:>8} {:>12}",
+        "view of", "peer", "state", "last_seen_ms", "pending", "last_sync_ms"
+    );
+    for (id, view) in views {
+        let Some(view) = view else {
+            let _ = writeln!(out, "{id:<8} (no /v1/cluster answer)");
+            continue;
+        };
+        for peer in view["peers"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                out,
+                "{:<8} {:<8} {:<8} {:>12} {:>8} {:>12}",
+                id,
+                cell(&peer["id"]),
+                cell(&peer["state"]),
+                cell(&peer["last_seen_ms"]),
+                cell(&peer["pending"]),
+                cell(&peer["last_sync_ms"])
+            );
+        }
+    }
+    out
+}
+
+/// Parses `500ms`, `2s`, `1.5s`, `3m` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1.0)
+    } else if let Some(m) = text.strip_suffix('m') {
+        (m, 60.0)
+    } else {
+        (text, 1.0)
+    };
+    match number.trim().parse::<f64>() {
+        Ok(value) if value >= 0.0 && value.is_finite() && value * scale < 1e9 => {
+            Ok(Duration::from_secs_f64(value * scale))
+        }
+        _ => Err(format!(
+            "{text:?} is not a duration (examples: 500ms, 10s, 2m)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, state: Result<(&str, u64), &str>) -> NodeState {
+        NodeState {
+            id: id.into(),
+            http: String::new(),
+            state: state
+                .map(|(digest, keys)| (digest.to_owned(), keys, 0))
+                .map_err(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn equal_digests_converge_and_unreachable_nodes_fail_only_with_all() {
+        let states = [
+            node("n1", Ok(("aa", 3))),
+            node("n2", Ok(("aa", 3))),
+            node("n3", Err("down")),
+        ];
+        assert!(judge(&states, false).converged);
+        let strict = judge(&states, true);
+        assert!(!strict.converged);
+        assert!(strict.report.contains("n3 is unreachable"));
+    }
+
+    #[test]
+    fn a_differing_node_is_named_with_its_key_delta() {
+        let states = [
+            node("n1", Ok(("aa", 3))),
+            node("n2", Ok(("aa", 3))),
+            node("n3", Ok(("bb", 1))),
+        ];
+        let verdict = judge(&states, false);
+        assert!(!verdict.converged);
+        assert!(verdict.report.contains("n3 differs"), "{}", verdict.report);
+        assert!(verdict.report.contains("-2 against"), "{}", verdict.report);
+        assert!(
+            !judge(&[node("n1", Err("down"))], false).converged,
+            "nothing reachable is not convergence"
+        );
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
