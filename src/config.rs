@@ -89,7 +89,9 @@ pub struct Tuning {
     pub live_timeout_ms: u64,
     /// How long a `quorum` or `all` request waits before answering 503.
     pub strong_timeout_ms: u64,
-    /// Interval between anti-entropy rounds with each peer.
+    /// Interval between anti-entropy rounds with each peer. 0 disables anti-entropy:
+    /// only for tests that must observe read repair alone; replicas then never heal
+    /// from a lost push.
     pub anti_entropy_interval_ms: u64,
     /// A link idle this long sends a ping.
     pub heartbeat_interval_ms: u64,
@@ -266,7 +268,6 @@ impl ClusterConfig {
         let positive = [
             ("live_timeout_ms", tuning.live_timeout_ms),
             ("strong_timeout_ms", tuning.strong_timeout_ms),
-            ("anti_entropy_interval_ms", tuning.anti_entropy_interval_ms),
             ("heartbeat_interval_ms", tuning.heartbeat_interval_ms),
             ("suspect_after_ms", tuning.suspect_after_ms),
             ("connect_timeout_ms", tuning.connect_timeout_ms),

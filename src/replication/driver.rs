@@ -151,6 +151,7 @@ async fn drive(
     let outbox = &replica.shared.outboxes[peer];
     let budget = replica.shared.options.batch_bytes;
     let mut session: Option<SyncSession> = None;
+    let anti_entropy = !options.anti_entropy_interval.is_zero();
     // The first round starts at once: a restarted node catches up without waiting.
     let mut next_round = Instant::now();
     let mut last_request = Instant::now();
@@ -249,7 +250,7 @@ async fn drive(
             }
             continue;
         }
-        if Instant::now() >= next_round {
+        if anti_entropy && Instant::now() >= next_round {
             session = Some(SyncSession::new());
             continue;
         }
@@ -264,7 +265,7 @@ async fn drive(
                 }
                 last_request = Instant::now();
             }
-            _ = tokio::time::sleep_until(next_round) => {}
+            _ = tokio::time::sleep_until(next_round), if anti_entropy => {}
             _ = tokio::time::sleep_until(heartbeat_at) => {
                 match exchange(replica, peer, &mut link, &Message::Ping, options).await {
                     Ok(Message::Pong) => last_request = Instant::now(),
