@@ -333,8 +333,12 @@ impl Replica {
             };
             let previous = match core.store.merge(entry) {
                 Merged::Applied { previous } => previous.and_then(|register| register.val),
+                // Cannot happen: every stored version went through the HLC, so a fresh
+                // stamp is larger. Were it to, the write is lost to a newer one, as
+                // LWW says; panicking here would poison the lock and stop the node.
                 Merged::Stale => {
-                    unreachable!("a fresh HLC stamp is larger than every stored version")
+                    debug_assert!(false, "a fresh HLC stamp is larger than every stored version");
+                    core.store.get(key).and_then(|register| register.val.clone())
                 }
             };
             (version, previous)
