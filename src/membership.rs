@@ -150,6 +150,17 @@ impl FailureDetector {
         }
     }
 
+    /// Whether `peer` was heard from (a reply or an inbound request) within
+    /// `suspect_after`, whatever the state of our own link to it. A peer that just
+    /// (re)started dials us before our reconnect backoff dials it: it is running, and
+    /// writes that promise to reach every running peer must wait for it.
+    pub fn recently_heard(&self, peer: &NodeId, now_ms: u64) -> bool {
+        self.peers
+            .get(peer)
+            .and_then(|evidence| evidence.last_heard_ms)
+            .is_some_and(|heard| now_ms.saturating_sub(heard) <= self.suspect_after_ms)
+    }
+
     /// The state of `peer` at `now_ms` (`Down` for an unknown peer).
     pub fn state(&self, peer: &NodeId, now_ms: u64) -> PeerState {
         match self.peers.get(peer) {
@@ -232,6 +243,16 @@ mod tests {
         assert_eq!(detector.state(&n("n2"), 2), PeerState::Down);
         detector.link_up(&n("n2"), 3);
         assert_eq!(detector.state(&n("n2"), 3), PeerState::Alive);
+    }
+
+    #[test]
+    fn a_peer_heard_on_its_own_link_is_recently_heard_while_ours_is_down() {
+        let mut detector = FailureDetector::new([n("n2")], 600);
+        assert!(!detector.recently_heard(&n("n2"), 0));
+        detector.heard_from(&n("n2"), 100);
+        assert_eq!(detector.state(&n("n2"), 100), PeerState::Down);
+        assert!(detector.recently_heard(&n("n2"), 700));
+        assert!(!detector.recently_heard(&n("n2"), 701));
     }
 
     #[test]

@@ -198,6 +198,9 @@ pub trait Responder: Send + Sync + 'static {
     /// The reply to one request from `from`, or `None` if the request makes no sense
     /// (the connection is then closed). Must not block: it runs on the async runtime.
     fn respond(&self, from: &NodeId, request: Message) -> Option<Message>;
+
+    /// `from` completed a handshake on a new inbound connection: it is running now.
+    fn connected(&self, _from: &NodeId) {}
 }
 
 /// Checks a `Hello` against our identity; `Err` carries the refusal sentence.
@@ -337,6 +340,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         return;
     }
     debug!(peer = %from, %remote, "peer connected");
+    responder.connected(&from);
     loop {
         let request = match tokio::time::timeout(options.idle_timeout, frames.next()).await {
             Ok(Some(Ok(request))) => request,

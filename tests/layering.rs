@@ -28,9 +28,45 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     // The HTTP layer knows nothing of the wire format or peer links.
     ("api", &["wire", "peer"]),
     // Black-box tools speak only the public API.
-    ("client", &["clock", "store", "membership", "wire", "peer", "replication", "api", "node"]),
-    ("inspect", &["clock", "store", "membership", "wire", "peer", "replication", "api", "node"]),
-    ("suites", &["clock", "store", "membership", "wire", "peer", "replication", "api", "node"]),
+    (
+        "client",
+        &[
+            "clock",
+            "store",
+            "membership",
+            "wire",
+            "peer",
+            "replication",
+            "api",
+            "node",
+        ],
+    ),
+    (
+        "inspect",
+        &[
+            "clock",
+            "store",
+            "membership",
+            "wire",
+            "peer",
+            "replication",
+            "api",
+            "node",
+        ],
+    ),
+    (
+        "suites",
+        &[
+            "clock",
+            "store",
+            "membership",
+            "wire",
+            "peer",
+            "replication",
+            "api",
+            "node",
+        ],
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -60,7 +96,10 @@ fn crate_references(text: &str) -> Vec<(usize, String)> {
         let mut rest = code;
         while let Some(at) = rest.find("crate::") {
             rest = &rest[at + "crate::".len()..];
-            let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
             if !name.is_empty() {
                 found.push((number + 1, name));
             }
@@ -68,7 +107,10 @@ fn crate_references(text: &str) -> Vec<(usize, String)> {
         // `use crate::{a, b}` style groups.
         if let Some(at) = code.find("crate::{") {
             let group = &code[at + "crate::{".len()..];
-            for name in group.split(['{', '}', ',', ' ']).filter(|part| !part.is_empty()) {
+            for name in group
+                .split(['{', '}', ',', ' '])
+                .filter(|part| !part.is_empty())
+            {
                 let name = name.split("::").next().unwrap_or(name);
                 if name.chars().all(|c| c.is_alphanumeric() || c == '_') {
                     found.push((number + 1, name.to_owned()));
@@ -92,7 +134,10 @@ fn modules_only_use_modules_of_their_layer_or_below() {
             continue;
         };
         let Some(&own_layer) = layers.get(module.as_str()) else {
-            violations.push(format!("{}: module {module} has no layer in tests/layering.rs", file.display()));
+            violations.push(format!(
+                "{}: module {module} has no layer in tests/layering.rs",
+                file.display()
+            ));
             continue;
         };
         let forbidden: &[&str] = FORBIDDEN
@@ -115,18 +160,32 @@ fn modules_only_use_modules_of_their_layer_or_below() {
                 ));
             }
             if forbidden.contains(&used.as_str()) {
-                violations.push(format!("{}:{line}: {module} must not know about {used}", file.display()));
+                violations.push(format!(
+                    "{}:{line}: {module} must not know about {used}",
+                    file.display()
+                ));
             }
         }
     }
-    assert!(checked > 20, "the scan found almost no references; is it still reading src/?");
-    assert!(violations.is_empty(), "layering violations:\n{}", violations.join("\n"));
+    assert!(
+        checked > 20,
+        "the scan found almost no references; is it still reading src/?"
+    );
+    assert!(
+        violations.is_empty(),
+        "layering violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn the_scanner_finds_references() {
-    let text = "use crate::store::Store;\nuse crate::{clock::NodeId, wire};\n// crate::api in a comment\n";
-    let names: Vec<String> = crate_references(text).into_iter().map(|(_, name)| name).collect();
+    let text =
+        "use crate::store::Store;\nuse crate::{clock::NodeId, wire};\n// crate::api in a comment\n";
+    let names: Vec<String> = crate_references(text)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
     assert!(names.contains(&"store".to_owned()));
     assert!(names.contains(&"clock".to_owned()));
     assert!(names.contains(&"wire".to_owned()));

@@ -76,6 +76,15 @@ impl IntoResponse for ApiError {
             Some(applied) => json!({ "error": self.message, "applied_locally": applied }),
             None => json!({ "error": self.message }),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The rest of an oversized body is never read, so the connection cannot
+            // carry another request: say so, or a pooling client would reuse it.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }

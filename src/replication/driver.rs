@@ -117,6 +117,7 @@ pub async fn run(
         let jitter = Duration::from_millis(u64::from(rand_jitter()) % 50);
         let pause = tokio::time::sleep(backoff + jitter);
         tokio::pin!(pause);
+        let mut woken = false;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -125,9 +126,19 @@ pub async fn run(
                 Some(job) = jobs.recv() => {
                     let _ = job.reply.send(Err(LinkError::Closed));
                 }
+                // The peer dialed us, or a write is waiting for it: it is running, so
+                // try again now rather than at the end of the backoff.
+                _ = replica.shared.wake[&target.id].notified() => {
+                    woken = true;
+                    break;
+                }
             }
         }
-        backoff = (backoff * 2).min(options.max_backoff);
+        backoff = if woken {
+            Duration::from_millis(50)
+        } else {
+            (backoff * 2).min(options.max_backoff)
+        };
     }
 }
 

@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::warn;
 
 use crate::clock::{Hlc, NodeId, Version, WallClock};
@@ -171,6 +171,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     log_limiter: LogLimiter,
     jobs: HashMap<NodeId, mpsc::Sender<driver::Job>>,
+    /// Wakes a peer's driver out of its reconnect backoff.
+    wake: HashMap<NodeId, Notify>,
     job_receivers: Mutex<HashMap<NodeId, mpsc::Receiver<driver::Job>>>,
 }
 
@@ -204,8 +206,13 @@ impl Replica {
                 ((peer.clone(), tx), (peer.clone(), rx))
             })
             .unzip();
+        let wake = peers
+            .iter()
+            .map(|peer| (peer.clone(), Notify::new()))
+            .collect();
         Self {
             shared: Arc::new(Shared {
+                wake,
                 core: Mutex::new(Core {
                     hlc: Hlc::new(options.max_clock_skew_ms),
                     store: Store::new(),
@@ -337,8 +344,13 @@ impl Replica {
                 // stamp is larger. Were it to, the write is lost to a newer one, as
                 // LWW says; panicking here would poison the lock and stop the node.
                 Merged::Stale => {
-                    debug_assert!(false, "a fresh HLC stamp is larger than every stored version");
-                    core.store.get(key).and_then(|register| register.val.clone())
+                    debug_assert!(
+                        false,
+                        "a fresh HLC stamp is larger than every stored version"
+                    );
+                    core.store
+                        .get(key)
+                        .and_then(|register| register.val.clone())
                 }
             };
             (version, previous)
@@ -346,21 +358,36 @@ impl Replica {
         let outcome = WriteOutcome { version, previous };
 
         let now = self.mono_ms();
-        let states: Vec<(NodeId, PeerState)> = {
+        let states: Vec<(NodeId, PeerState, bool)> = {
             let detector = self.detector();
             self.shared
                 .peers
                 .iter()
-                .map(|peer| (peer.clone(), detector.state(peer, now)))
+                .map(|peer| {
+                    (
+                        peer.clone(),
+                        detector.state(peer, now),
+                        detector.recently_heard(peer, now),
+                    )
+                })
                 .collect()
         };
         let mut acks = FuturesUnordered::new();
-        for (peer, state) in states {
+        for (peer, state, recently_heard) in states {
+            // A peer that is running but not linked yet (it just restarted) counts as
+            // alive: its driver is woken to link now, and drops the waiter at once if
+            // that fails, so the write never waits long on it.
+            let running = state != PeerState::Down || recently_heard;
             let wants_ack = match level {
                 Consistency::One => false,
-                Consistency::Live => state == PeerState::Alive,
-                Consistency::Quorum | Consistency::All => state != PeerState::Down,
+                Consistency::Live => {
+                    state == PeerState::Alive || (state == PeerState::Down && recently_heard)
+                }
+                Consistency::Quorum | Consistency::All => running,
             };
+            if wants_ack && state == PeerState::Down {
+                self.shared.wake[&peer].notify_one();
+            }
             let (waiter, ack) = if wants_ack {
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
@@ -600,6 +627,13 @@ impl Replica {
 }
 
 impl Responder for Replica {
+    fn connected(&self, from: &NodeId) {
+        self.detector().heard_from(from, self.mono_ms());
+        if let Some(wake) = self.shared.wake.get(from) {
+            wake.notify_one();
+        }
+    }
+
     fn respond(&self, from: &NodeId, request: Message) -> Option<Message> {
         self.detector().heard_from(from, self.mono_ms());
         let budget = self.shared.options.batch_bytes;
