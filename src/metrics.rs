@@ -98,6 +98,8 @@ pub struct Metrics {
     pub tombstones: Gauge,
     /// Peer state: 0 alive, 1 suspect, 2 down.
     pub peer_state: Family<PeerLabels, Gauge>,
+    /// Links to a peer that were up and failed (the peer became `down`).
+    pub link_down: Family<PeerLabels, Counter>,
 }
 
 impl Metrics {
@@ -120,6 +122,7 @@ impl Metrics {
             keys: Gauge::default(),
             tombstones: Gauge::default(),
             peer_state: Family::default(),
+            link_down: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -192,6 +195,11 @@ impl Metrics {
             "peer_state",
             "Failure detector view of each peer: 0 alive, 1 suspect, 2 down",
             metrics.peer_state.clone(),
+        );
+        registry.register(
+            "peer_link_down",
+            "Links to a peer that were up and failed",
+            metrics.link_down.clone(),
         );
         Arc::new(Self {
             registry,

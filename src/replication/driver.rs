@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use super::anti_entropy::SyncSession;
 use super::Replica;
 use crate::clock::NodeId;
+use crate::metrics::PeerLabels;
 use crate::peer::{dial, Identity, Link, LinkError, TransportOptions};
 use crate::wire::Message;
 
@@ -98,6 +99,14 @@ pub async fn run(
                     error = drive(&replica, &target.id, link, &mut jobs, &options) => error,
                 };
                 warn!(peer = %target.id, %error, "peer link down");
+                replica
+                    .shared
+                    .metrics
+                    .link_down
+                    .get_or_create(&PeerLabels {
+                        peer: target.id.to_string(),
+                    })
+                    .inc();
             }
             Err(LinkError::Refused(reason)) => {
                 warn!(peer = %target.id, %reason, "peer refused our handshake");
