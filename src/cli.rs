@@ -84,6 +84,8 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Run a test suite against a cluster (API.md §6).
+    Test(crate::suites::TestArgs),
 }
 
 /// Which node a client command talks to.
@@ -213,6 +215,11 @@ async fn run(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Test(args) => match crate::suites::run(args).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Failure::failed("the suite's checks failed")),
+            Err(message) => Err(Failure::usage(message)),
+        },
     }
 }
 
@@ -301,7 +308,9 @@ async fn demo(count: usize) -> Result<(), Failure> {
     }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::failed(format!("cannot find the meshkv binary: {e}")))?;
-    let dir = std::env::temp_dir().join(format!("meshkv-demo-{}", std::process::id()));
+    // A fixed place, so that the cluster file has a name people can type; a second
+    // demo at the same time would collide on the ports anyway.
+    let dir = std::env::temp_dir().join("meshkv-demo");
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
     let cluster_file = dir.join("cluster.toml");

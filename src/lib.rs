@@ -33,4 +33,5 @@ pub mod node;
 pub mod peer;
 pub mod replication;
 pub mod store;
+pub mod suites;
 pub mod wire;
