@@ -139,7 +139,7 @@ impl Default for Tuning {
             connect_timeout_ms: 500,
             request_timeout_ms: 1500,
             peer_idle_timeout_ms: 10_000,
-            max_backoff_ms: 1000,
+            max_backoff_ms: 300,
             max_frame_bytes: 16 * 1024 * 1024,
             batch_bytes: 1024 * 1024,
             outbox_max_keys: 100_000,

@@ -99,7 +99,12 @@ pub fn judge(states: &[NodeState], all: bool) -> Verdict {
         });
     let mut differ = false;
     if let Some(reference) = reference {
-        let majority_keys = reachable
+        let holders: Vec<&str> = reachable
+            .iter()
+            .filter(|(_, (digest, _, _))| digest == reference)
+            .map(|(node, _)| node.id.as_str())
+            .collect();
+        let reference_keys = reachable
             .iter()
             .find(|(_, (digest, _, _))| digest == reference)
             .map(|(_, (_, keys, _))| *keys)
@@ -107,11 +112,12 @@ pub fn judge(states: &[NodeState], all: bool) -> Verdict {
         for (node, (digest, keys, tombstones)) in &reachable {
             if digest != reference {
                 differ = true;
-                let delta = *keys as i64 - majority_keys as i64;
+                let delta = *keys as i64 - reference_keys as i64;
                 let _ = writeln!(
                     report,
-                    "  {} differs: digest {digest}, {keys} keys ({delta:+} against the most common state), {tombstones} tombstones",
-                    node.id
+                    "  {} differs from {}: digest {digest}, {keys} keys ({delta:+}), {tombstones} tombstones",
+                    node.id,
+                    holders.join(", ")
                 );
             }
         }
@@ -280,8 +286,12 @@ mod tests {
         ];
         let verdict = judge(&states, false);
         assert!(!verdict.converged);
-        assert!(verdict.report.contains("n3 differs"), "{}", verdict.report);
-        assert!(verdict.report.contains("-2 against"), "{}", verdict.report);
+        assert!(
+            verdict.report.contains("n3 differs from n1, n2"),
+            "{}",
+            verdict.report
+        );
+        assert!(verdict.report.contains("(-2)"), "{}", verdict.report);
         assert!(
             !judge(&[node("n1", Err("down"))], false).converged,
             "nothing reachable is not convergence"
