@@ -2,7 +2,7 @@
 //!
 //! Owns: argument parsing (clap derive), exit codes (0 success, 1 the operation failed,
 //! 2 bad usage), errors printed to stderr as one sentence, logging setup, signals.
-//! Knows nothing of: how a node works inside (it calls [`node`], [`client`]).
+//! Knows nothing of: how a node works inside (it calls [`crate::node`], [`crate::client`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -15,7 +15,7 @@
 //! 3. Each peer's driver pushes batches and releases the waiters on ack.
 //! 4. `live` waits for the peers the failure detector holds alive, up to
 //!    `live_timeout`; `quorum` and `all` wait for enough acks up to `strong_timeout`
-//!    and answer [`WriteError::Unavailable`] if they do not come.
+//!    and answer [`ReplicationError::Unavailable`] if they do not come.
 //!
 //! The core lock is a std mutex: it is held for microseconds and never across an
 //! `.await`, which is exactly the case where tokio recommends it over its own.
