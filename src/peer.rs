@@ -307,7 +307,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     let mut frames = Framed::new(stream, options.codec());
     let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
         options.metrics.reject(reason);
-        if limiter.allow(&format!("{remote}:{reason}")) {
+        if limiter.allow(&format!("{}:{reason}", remote.ip())) {
             warn!(%remote, reason, "peer connection refused: {detail}");
         }
     };
@@ -413,6 +413,24 @@ mod tests {
         for (message, expected) in refusals {
             assert_eq!(check_hello(&me, &message).unwrap_err().0, expected);
         }
+    }
+
+    #[test]
+    fn the_log_limiter_allows_one_line_per_source_per_interval() {
+        let limiter = LogLimiter::default();
+        assert!(limiter.allow("10.0.0.1:bad_tag"));
+        assert!(
+            !limiter.allow("10.0.0.1:bad_tag"),
+            "a second line within the interval is dropped"
+        );
+        assert!(
+            limiter.allow("10.0.0.2:bad_tag"),
+            "another source has its own budget"
+        );
+        assert!(
+            limiter.allow("10.0.0.1:not_member"),
+            "another reason has its own budget"
+        );
     }
 
     struct Echo;
