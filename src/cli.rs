@@ -391,8 +391,12 @@ async fn demo(count: usize) -> Result<(), Failure> {
     println!("\nTry:");
     println!("  curl -X PUT --data 'hello' http://{first}/v1/kv/greeting");
     println!("  curl http://{last}/v1/kv/greeting");
-    println!("  meshkv get greeting --node http://{last}");
-    println!("  meshkv get greeting --cluster {}", cluster_file.display());
+    println!("  {} get greeting --node http://{last}", exe.display());
+    println!(
+        "  {} get greeting --cluster {}",
+        exe.display(),
+        cluster_file.display()
+    );
     println!("  curl http://{first}/v1/convergence");
     println!("  kill -9 <pid>   # the others keep serving");
     println!("\nPress Ctrl-C to stop every node.");
