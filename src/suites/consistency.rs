@@ -416,13 +416,7 @@ pub async fn run(ctx: &Ctx) -> SuiteReport {
         &mismatches,
         true,
     );
-    report.add_availability(&written.recorder.samples, &ctx.faults.events());
-    let failed = written
-        .recorder
-        .samples
-        .iter()
-        .filter(|s| s.error.is_some())
-        .count();
+    let failed = report.add_availability(&written.recorder.samples, &ctx.faults.events());
     report.check(
         "no request failed",
         failed == 0,

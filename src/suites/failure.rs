@@ -137,13 +137,7 @@ pub async fn run(ctx: &Ctx) -> SuiteReport {
         );
     }
     // Availability: every request of the run went to a live node.
-    report.add_availability(&written.recorder.samples, &ctx.faults.events());
-    let failed = written
-        .recorder
-        .samples
-        .iter()
-        .filter(|s| s.error.is_some())
-        .count();
+    let failed = report.add_availability(&written.recorder.samples, &ctx.faults.events());
     report.check(
         "no request to the live nodes failed",
         failed == 0,

@@ -308,10 +308,11 @@ impl SuiteReport {
     }
 
     /// Adds the availability part: every failed request and the slowest replies
-    /// around each fault.
-    pub fn add_availability(&mut self, samples: &[Sample], faults: &[FaultEvent]) {
+    /// around each fault. Returns how many requests failed.
+    pub fn add_availability(&mut self, samples: &[Sample], faults: &[FaultEvent]) -> usize {
         let failed: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
-        self.figure("failed_requests", "failed requests", failed.len());
+        let failed_count = failed.len();
+        self.figure("failed_requests", "failed requests", failed_count);
         self.section(
             "failed requests (time since start, node, op, error)",
             failed
@@ -401,6 +402,7 @@ impl SuiteReport {
             lines,
         );
         self.detail("faults", Value::Array(fault_json));
+        failed_count
     }
 
     /// Prints the human report on stdout.
