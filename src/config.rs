@@ -97,6 +97,9 @@ pub struct Tuning {
     pub heartbeat_interval_ms: u64,
     /// A peer that has not answered for this long is `suspect`.
     pub suspect_after_ms: u64,
+    /// Longest wait after a start before serving clients, caught up with the peers or
+    /// not (see `Replica::check_ready`).
+    pub startup_sync_timeout_ms: u64,
     /// Deadline for connecting to a peer.
     pub connect_timeout_ms: u64,
     /// Deadline for a peer's reply to one request; past it the link is dropped.
@@ -136,6 +139,7 @@ impl Default for Tuning {
             anti_entropy_interval_ms: 1000,
             heartbeat_interval_ms: 200,
             suspect_after_ms: 600,
+            startup_sync_timeout_ms: 5000,
             connect_timeout_ms: 500,
             request_timeout_ms: 1500,
             peer_idle_timeout_ms: 10_000,

@@ -63,7 +63,12 @@ impl fmt::Display for PeerState {
 #[derive(Clone, Debug, Default)]
 struct Evidence {
     link_up: bool,
+    /// Last reply on our link or request on the peer's.
     last_heard_ms: Option<u64>,
+    /// Last request on the peer's own link (it dialed us).
+    last_inbound_ms: Option<u64>,
+    /// When our link last failed or could not be opened.
+    link_failed_ms: Option<u64>,
     awaiting_since_ms: Option<u64>,
     last_sync_ms: Option<u64>,
 }
@@ -114,9 +119,10 @@ impl FailureDetector {
     }
 
     /// Our link to `peer` failed or could not be opened.
-    pub fn link_down(&mut self, peer: &NodeId) {
+    pub fn link_down(&mut self, peer: &NodeId, now_ms: u64) {
         if let Some(evidence) = self.evidence(peer) {
             evidence.link_up = false;
+            evidence.link_failed_ms = Some(now_ms);
             evidence.awaiting_since_ms = None;
         }
     }
@@ -140,6 +146,7 @@ impl FailureDetector {
     pub fn heard_from(&mut self, peer: &NodeId, now_ms: u64) {
         if let Some(evidence) = self.evidence(peer) {
             evidence.last_heard_ms = Some(now_ms);
+            evidence.last_inbound_ms = Some(now_ms);
         }
     }
 
@@ -150,15 +157,40 @@ impl FailureDetector {
         }
     }
 
-    /// Whether `peer` was heard from (a reply or an inbound request) within
-    /// `suspect_after`, whatever the state of our own link to it. A peer that just
-    /// (re)started dials us before our reconnect backoff dials it: it is running, and
-    /// writes that promise to reach every running peer must wait for it.
+    /// Whether `peer` dialed us and sent a request within `suspect_after`, after our
+    /// own link to it last failed. A peer that just (re)started dials us before our
+    /// reconnect backoff dials it: it is running, and writes that promise to reach
+    /// every running peer must wait for it. A peer whose last sign of life predates
+    /// our link's failure (it was killed) does not count.
     pub fn recently_heard(&self, peer: &NodeId, now_ms: u64) -> bool {
         self.peers
             .get(peer)
-            .and_then(|evidence| evidence.last_heard_ms)
-            .is_some_and(|heard| now_ms.saturating_sub(heard) <= self.suspect_after_ms)
+            .is_some_and(|evidence| match evidence.last_inbound_ms {
+                Some(inbound) => {
+                    now_ms.saturating_sub(inbound) <= self.suspect_after_ms
+                        && evidence
+                            .link_failed_ms
+                            .is_none_or(|failed| inbound > failed)
+                }
+                None => false,
+            })
+    }
+
+    /// Whether this node has settled its view of `peer` since it started: an
+    /// anti-entropy round completed with it, or our link to it was tried and failed.
+    /// A node serves clients once every peer is settled (see [`crate::replication`]).
+    pub fn settled(&self, peer: &NodeId) -> bool {
+        self.peers.get(peer).is_some_and(|evidence| {
+            evidence.last_sync_ms.is_some()
+                || (evidence.link_failed_ms.is_some() && !evidence.link_up)
+        })
+    }
+
+    /// Whether every peer is settled and at least one round completed.
+    pub fn synced_with_all(&self) -> bool {
+        self.peers
+            .values()
+            .all(|evidence| evidence.last_sync_ms.is_some())
     }
 
     /// The state of `peer` at `now_ms` (`Down` for an unknown peer).
@@ -236,7 +268,7 @@ mod tests {
     fn a_failed_link_is_down_until_a_new_handshake() {
         let mut detector = FailureDetector::new([n("n2")], 600);
         detector.link_up(&n("n2"), 0);
-        detector.link_down(&n("n2"));
+        detector.link_down(&n("n2"), 1);
         assert_eq!(detector.state(&n("n2"), 1), PeerState::Down);
         // Inbound traffic alone does not revive our link.
         detector.heard_from(&n("n2"), 2);
@@ -253,6 +285,42 @@ mod tests {
         assert_eq!(detector.state(&n("n2"), 100), PeerState::Down);
         assert!(detector.recently_heard(&n("n2"), 700));
         assert!(!detector.recently_heard(&n("n2"), 701));
+        // Replies on our own link are not evidence that the peer dialed us.
+        detector.link_up(&n("n2"), 800);
+        detector.reply_received(&n("n2"), 900);
+        assert!(!detector.recently_heard(&n("n2"), 900));
+    }
+
+    #[test]
+    fn a_killed_peer_is_not_recently_heard_after_our_link_fails() {
+        let mut detector = FailureDetector::new([n("n2")], 600);
+        detector.link_up(&n("n2"), 0);
+        detector.heard_from(&n("n2"), 100);
+        detector.link_down(&n("n2"), 150);
+        assert!(
+            !detector.recently_heard(&n("n2"), 200),
+            "its last word predates the failure"
+        );
+        detector.heard_from(&n("n2"), 300);
+        assert!(
+            detector.recently_heard(&n("n2"), 300),
+            "it dialed us again: it restarted"
+        );
+    }
+
+    #[test]
+    fn peers_settle_by_a_completed_round_or_a_failed_attempt() {
+        let mut detector = FailureDetector::new([n("n2"), n("n3")], 600);
+        assert!(!detector.settled(&n("n2")));
+        detector.link_up(&n("n2"), 0);
+        assert!(!detector.settled(&n("n2")), "linked but not synced yet");
+        detector.synced(&n("n2"), 10);
+        assert!(detector.settled(&n("n2")));
+        detector.link_down(&n("n3"), 5);
+        assert!(detector.settled(&n("n3")), "tried and found down");
+        assert!(!detector.synced_with_all());
+        detector.synced(&n("n3"), 20);
+        assert!(detector.synced_with_all());
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub async fn run_with_clock(
             batch_bytes: tuning.batch_bytes,
             outbox_max_keys: tuning.outbox_max_keys,
             suspect_after: Tuning::ms(tuning.suspect_after_ms),
+            startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
         },
         metrics.clone(),
     );

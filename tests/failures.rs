@@ -216,7 +216,12 @@ async fn all_fails_with_a_node_down_but_quorum_succeeds() {
 async fn read_repair_fixes_a_stale_replica() {
     // Anti-entropy off and an outbox of one key: a write can only reach the restarted
     // node through read repair.
-    let mut cluster = TestCluster::start(3, "anti_entropy_interval_ms = 0\noutbox_max_keys = 1\n");
+    let mut cluster = TestCluster::start(
+        3,
+        // No anti-entropy round can complete, so readiness after the restart comes
+        // from the startup timeout.
+        "anti_entropy_interval_ms = 0\noutbox_max_keys = 1\nstartup_sync_timeout_ms = 1500\n",
+    );
     cluster.wait_mesh(WAIT).await;
     cluster.kill(3);
     let client = cluster.client(1);

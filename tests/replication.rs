@@ -424,3 +424,57 @@ async fn restarted_node_sees_a_clients_writes_right_away() {
         );
     }
 }
+
+/// A restarted node must not serve clients before it has caught up: with one peer
+/// down it waits at least `max_clock_skew_ms` (so its HLC is past every version of its
+/// previous life), answering 503 meanwhile; once it answers, every key is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_serves_only_once_caught_up() {
+    let mut cluster = TestCluster::start(3, "max_clock_skew_ms = 3000\n");
+    cluster.wait_mesh(DETECT).await;
+    let writer = cluster.client(1);
+    for i in 0..300 {
+        writer
+            .put(&format!("gate{i}"), &format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    cluster.kill(2);
+    cluster.restart_without_waiting(3);
+    let url = format!("{}/health", cluster.url(3));
+    // The first answer, as soon as the node listens, is "starting".
+    let first = eventually(DETECT, "n3 answers at all", || async {
+        reqwest::get(&url)
+            .await
+            .ok()
+            .map(|response| response.status().as_u16())
+    })
+    .await;
+    assert_eq!(
+        first, 503,
+        "a node that has not caught up must not claim to be healthy"
+    );
+    let read = reqwest::get(format!("{}/v1/kv/gate0", cluster.url(3)))
+        .await
+        .unwrap();
+    assert_eq!(read.status().as_u16(), 503);
+    let body: serde_json::Value = read.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("starting"),
+        "{body}"
+    );
+    eventually(DETECT, "n3 becomes ready", || async {
+        let response = reqwest::get(&url).await.ok()?;
+        (response.status().as_u16() == 200).then_some(())
+    })
+    .await;
+    let reader = cluster.client(3);
+    for i in 0..300 {
+        let value = reader.get(&format!("gate{i}"), Some("one")).await.unwrap();
+        assert_eq!(
+            value.map(|read| read.value),
+            Some(format!("v{i}")),
+            "gate{i} on n3 once ready"
+        );
+    }
+}

@@ -66,6 +66,9 @@ impl From<ReplicationError> for ApiError {
                 message: error.to_string(),
                 applied_locally,
             },
+            ReplicationError::Starting(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
         }
     }
 }

@@ -51,10 +51,7 @@ pub fn router(replica: Replica, request_timeout: Duration) -> Router {
             get(convergence).fallback(method_not_allowed),
         )
         .route("/v1/cluster", get(cluster).fallback(method_not_allowed))
-        .route(
-            "/health",
-            get(|| async { "ok" }).fallback(method_not_allowed),
-        )
+        .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -120,6 +117,12 @@ fn route_name(method: &Method, path: Option<&str>) -> &'static str {
     }
 }
 
+/// `GET /health`: `ok`, or 503 while the node is catching up after its start.
+async fn health(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
+    state.replica.check_ready()?;
+    Ok("ok")
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/kv/{key}")
 }
@@ -178,6 +181,7 @@ async fn kv(
         Method::GET | Method::HEAD => {
             let key = key_of(&uri, replica)?;
             let level = consistency(&params, Consistency::One)?;
+            replica.check_ready()?;
             let entry = replica
                 .read(&key, level)
                 .await?
@@ -225,6 +229,7 @@ async fn kv(
             } else {
                 None
             };
+            replica.check_ready()?;
             let outcome = replica.write(&key, value, level).await?;
             Ok(Json(json!({
                 "key": key,
@@ -261,6 +266,7 @@ async fn list(
             }
         },
     };
+    state.replica.check_ready()?;
     let (items, truncated) = state
         .replica
         .scan(params.prefix.as_deref().unwrap_or(""), limit);

@@ -121,7 +121,7 @@ pub async fn run(
                 }
             }
         }
-        replica.detector().link_down(&target.id);
+        replica.detector().link_down(&target.id, replica.mono_ms());
         replica.shared.outboxes[&target.id].fail_waiters();
         let jitter = Duration::from_millis(u64::from(rand_jitter()) % 50);
         let pause = tokio::time::sleep(backoff + jitter);

@@ -27,12 +27,13 @@ pub mod outbox;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::clock::{Hlc, NodeId, Version, WallClock};
 use crate::membership::{FailureDetector, PeerState, PeerView};
@@ -115,6 +116,9 @@ pub enum ReplicationError {
         /// For writes, whether this node applied the write; `None` for reads.
         applied_locally: Option<bool>,
     },
+    /// The node has just started and has not caught up with its peers yet.
+    #[error("node {0} is starting: it serves requests once it has caught up with its peers")]
+    Starting(NodeId),
 }
 
 /// What one node reported of its state, for cluster-wide convergence.
@@ -152,6 +156,8 @@ pub struct ReplicationOptions {
     pub outbox_max_keys: usize,
     /// Unanswered this long: suspect.
     pub suspect_after: Duration,
+    /// Longest wait after start before serving clients, caught up or not.
+    pub startup_sync_timeout: Duration,
 }
 
 struct Core {
@@ -171,6 +177,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     log_limiter: LogLimiter,
     jobs: HashMap<NodeId, mpsc::Sender<driver::Job>>,
+    /// Set once the node has caught up after its start; never cleared.
+    ready: AtomicBool,
     /// Wakes a peer's driver out of its reconnect backoff.
     wake: HashMap<NodeId, Notify>,
     job_receivers: Mutex<HashMap<NodeId, mpsc::Receiver<driver::Job>>>,
@@ -213,6 +221,7 @@ impl Replica {
         Self {
             shared: Arc::new(Shared {
                 wake,
+                ready: AtomicBool::new(false),
                 core: Mutex::new(Core {
                     hlc: Hlc::new(options.max_clock_skew_ms),
                     store: Store::new(),
@@ -316,6 +325,43 @@ impl Replica {
     /// The metrics registry.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.shared.metrics
+    }
+
+    /// Whether the node may serve clients: `Err(Starting)` until it has caught up.
+    ///
+    /// A node that starts (or restarts, empty) has an empty store and an HLC that knows
+    /// nothing of the versions it issued before. Serving at once would answer stale
+    /// reads, stamp writes lower than versions already in the cluster (so an
+    /// acknowledged write could lose to an older one), and, within the clock-skew
+    /// window, could even reissue a version of its previous life for another value. So
+    /// it waits until every peer has completed an anti-entropy round with it (its HLC
+    /// has then seen every version they hold), or, if some peer cannot be reached,
+    /// until every peer was tried and `max_clock_skew_ms` has passed since the start
+    /// (no version of its previous life can be ahead of its wall clock any more), and
+    /// at most `startup_sync_timeout`.
+    pub fn check_ready(&self) -> Result<(), ReplicationError> {
+        if self.shared.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let elapsed_ms = self.mono_ms();
+        let ready = self.shared.peers.is_empty()
+            || elapsed_ms >= self.shared.options.startup_sync_timeout.as_millis() as u64
+            || {
+                let detector = self.detector();
+                let settled = self.shared.peers.iter().all(|peer| detector.settled(peer));
+                detector.synced_with_all()
+                    || (settled && elapsed_ms >= self.shared.options.max_clock_skew_ms)
+            };
+        if !ready {
+            return Err(ReplicationError::Starting(self.id().clone()));
+        }
+        if !self.shared.ready.swap(true, Ordering::AcqRel) {
+            info!(
+                after_ms = elapsed_ms,
+                "caught up with peers; serving clients"
+            );
+        }
+        Ok(())
     }
 
     /// Writes `value` (`None`: a tombstone) under `key`, which the caller has checked

@@ -301,11 +301,17 @@ impl TestCluster {
     /// Starts node `i` again (same cluster file and addresses; it starts empty) and
     /// waits until it answers `/health`.
     pub fn restart(&mut self, i: usize) {
+        self.restart_without_waiting(i);
+        self.wait_healthy(i);
+    }
+
+    /// Starts node `i` again (killing it first if it runs) and returns at once,
+    /// without waiting for `/health`.
+    pub fn restart_without_waiting(&mut self, i: usize) {
         if self.node(i).child.is_some() {
             self.kill(i);
         }
         self.spawn(i);
-        self.wait_healthy(i);
     }
 
     fn signal(&self, i: usize, signal: &str) {
