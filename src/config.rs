@@ -288,6 +288,11 @@ impl ClusterConfig {
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return invalid(format!("{name} must be positive"));
         }
+        // A batch or reply may overshoot its budget by one entry or bucket: keep a wide
+        // margin under the frame cap.
+        if tuning.batch_bytes > tuning.max_frame_bytes / 4 {
+            return invalid("batch_bytes must be at most a quarter of max_frame_bytes".into());
+        }
         if tuning.peer_idle_timeout_ms <= tuning.heartbeat_interval_ms {
             return invalid("peer_idle_timeout_ms must exceed heartbeat_interval_ms".into());
         }
@@ -398,6 +403,7 @@ mod tests {
             ),
             ("[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:1\"", "used twice"),
             ("max_frame_bytes = 10\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "max_frame_bytes"),
+            ("batch_bytes = 8388608\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "batch_bytes"),
             ("live_timeout_ms = 0\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "live_timeout_ms"),
         ];
         for (text, expected) in cases {

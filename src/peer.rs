@@ -174,6 +174,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         }
     }
 
+    /// Resolves when the idle link dies: the peer closed it, reset it (a killed
+    /// process), or sent something unasked. Cancel-safe: meant to be raced against
+    /// other work while no request is in flight, so a dead peer is noticed at once
+    /// rather than at the next heartbeat.
+    pub async fn closed(&mut self) -> LinkError {
+        match self.frames.next().await {
+            None => LinkError::Closed,
+            Some(Err(error)) => error.into(),
+            Some(Ok(message)) => LinkError::Unexpected {
+                sent: "nothing",
+                got: message.kind(),
+            },
+        }
+    }
+
     /// Sends `request` and waits for its reply, all within `timeout`.
     pub async fn request(
         &mut self,

@@ -109,7 +109,13 @@ pub async fn run(
                     .inc();
             }
             Err(LinkError::Refused(reason)) => {
-                warn!(peer = %target.id, %reason, "peer refused our handshake");
+                if replica
+                    .shared
+                    .log_limiter
+                    .allow(&format!("refused:{}", target.id))
+                {
+                    warn!(peer = %target.id, %reason, "peer refused our handshake");
+                }
                 backoff = options.max_backoff;
             }
             Err(error) => {
@@ -238,8 +244,13 @@ async fn drive(
                         }
                         Err(error) => {
                             replica.count_round("failed");
-                            warn!(%peer, %error, "anti-entropy round abandoned");
+                            if replica.shared.log_limiter.allow(&format!("round:{peer}")) {
+                                warn!(%peer, %error, "anti-entropy round abandoned");
+                            }
                             session = None;
+                            // Not at once: a peer that keeps answering wrongly would
+                            // otherwise get rounds back to back.
+                            next_round = Instant::now() + options.anti_entropy_interval;
                         }
                     }
                     last_request = Instant::now();
@@ -286,6 +297,7 @@ async fn drive(
                 last_request = Instant::now();
             }
             _ = tokio::time::sleep_until(next_round), if anti_entropy => {}
+            error = link.closed() => return error,
             _ = tokio::time::sleep_until(heartbeat_at) => {
                 match exchange(replica, peer, &mut link, &Message::Ping, options).await {
                     Ok(Message::Pong) => last_request = Instant::now(),

@@ -11,7 +11,7 @@
 //! write sees a failure for this peer) if the peer refuses the entry or the link fails.
 //! When the queue is full, new keys are dropped and counted: anti-entropy repairs them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
 use tokio::sync::{oneshot, Notify};
@@ -138,8 +138,9 @@ impl Outbox {
     /// The peer acknowledged `batch`; waiters of every key not in `refused` are released.
     pub fn acknowledge(&self, batch: Batch, refused: &[String]) {
         self.state().in_flight -= batch.waiters.len();
+        let refused: HashSet<&str> = refused.iter().map(String::as_str).collect();
         for (key, waiters) in batch.waiters {
-            if refused.contains(&key) {
+            if refused.contains(key.as_str()) {
                 continue;
             }
             for waiter in waiters {

@@ -46,9 +46,14 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// An estimate of the entry's encoded size, for batching against byte budgets.
+    /// An upper bound of the entry's encoded size, for batching against byte budgets:
+    /// the strings plus their MessagePack headers (≤ 5 bytes each), the timestamp
+    /// (≤ 14), the node id and the array headers.
     pub fn weight(&self) -> usize {
-        self.key.len() + self.value.as_ref().map_or(0, String::len) + 32
+        self.key.len()
+            + self.value.as_ref().map_or(0, String::len)
+            + self.version.node.as_str().len()
+            + 40
     }
 }
 
