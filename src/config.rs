@@ -259,6 +259,9 @@ impl ClusterConfig {
             }
         }
         let tuning = &self.tuning;
+        if tuning.cluster.is_empty() || tuning.cluster.len() > 128 {
+            return invalid("cluster must be 1 to 128 bytes long".into());
+        }
         if tuning.max_key_bytes == 0 || tuning.max_value_bytes == 0 {
             return invalid("max_key_bytes and max_value_bytes must be positive".into());
         }

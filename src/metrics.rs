@@ -100,6 +100,8 @@ pub struct Metrics {
     pub peer_state: Family<PeerLabels, Gauge>,
     /// Links to a peer that were up and failed (the peer became `down`).
     pub link_down: Family<PeerLabels, Counter>,
+    /// Bounds reached, by bound (`job_queue`, …), other than those counted above.
+    pub bounds_hit: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -123,6 +125,7 @@ impl Metrics {
             tombstones: Gauge::default(),
             peer_state: Family::default(),
             link_down: Family::default(),
+            bounds_hit: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -200,6 +203,11 @@ impl Metrics {
             "peer_link_down",
             "Links to a peer that were up and failed",
             metrics.link_down.clone(),
+        );
+        registry.register(
+            "bounds_hit",
+            "Bounds reached (requests dropped), by bound",
+            metrics.bounds_hit.clone(),
         );
         Arc::new(Self {
             registry,

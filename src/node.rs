@@ -155,6 +155,7 @@ pub async fn run_with_clock(
     let server_options = ServerOptions {
         max_connections: tuning.max_http_connections,
         header_timeout: Tuning::ms(tuning.http_header_timeout_ms),
+        write_timeout: Tuning::ms(tuning.http_timeout_ms),
         shutdown_grace: SHUTDOWN_GRACE,
     };
     crate::api::server::serve(http_listener, app, server_options, shutdown.clone()).await;

@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::NodeId;
 use crate::metrics::Metrics;
-use crate::wire::codec::{FrameCodec, WireError};
+use crate::wire::codec::{FrameCodec, WireError, HANDSHAKE_MAX_FRAME_BYTES};
 use crate::wire::{Message, PROTOCOL_VERSION};
 
 /// Why a link failed. Every variant ends the link; the caller reconnects.
@@ -81,9 +81,11 @@ pub struct TransportOptions {
 }
 
 impl TransportOptions {
+    /// A codec for a new connection, capped at the handshake size until
+    /// [`FrameCodec::set_max_frame_bytes`] lifts it.
     fn codec(&self) -> FrameCodec {
         FrameCodec::new(
-            self.max_frame_bytes,
+            HANDSHAKE_MAX_FRAME_BYTES,
             self.secret.clone(),
             self.metrics.clone(),
         )
@@ -165,7 +167,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             to: peer.clone(),
         };
         match link.request(&hello, options.connect_timeout).await? {
-            Message::Welcome => Ok(link),
+            Message::Welcome => {
+                link.frames
+                    .codec_mut()
+                    .set_max_frame_bytes(options.max_frame_bytes);
+                Ok(link)
+            }
             Message::Refuse { reason } => Err(LinkError::Refused(reason)),
             other => Err(LinkError::Unexpected {
                 sent: hello.kind(),
@@ -348,6 +355,9 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     frames.codec_mut().set_peer(from.as_str());
+    frames
+        .codec_mut()
+        .set_max_frame_bytes(options.max_frame_bytes);
     if tokio::time::timeout(options.connect_timeout, frames.send(&Message::Welcome))
         .await
         .is_err()
@@ -360,8 +370,12 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         let request = match tokio::time::timeout(options.idle_timeout, frames.next()).await {
             Ok(Some(Ok(request))) => request,
             Ok(Some(Err(error))) => {
-                let reason = match error {
+                let reason = match &error {
                     WireError::BadTag => "bad_tag",
+                    // The length-prefix codec reports a frame over the cap this way.
+                    WireError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                        "oversized_frame"
+                    }
                     WireError::Io(_) => return,
                     _ => "bad_frame",
                 };

@@ -2,7 +2,8 @@
 //!
 //! Owns: the HTTP accept loop, the cap on concurrent connections, the deadline for a
 //! client to send its request headers (which also closes idle keep-alive connections),
-//! and graceful shutdown of open connections. Per-request deadlines are a middleware
+//! the deadline for each response write to make progress, and graceful shutdown of
+//! open connections. Per-request deadlines are a middleware
 //! in [`super`]. `axum::serve` offers none of these knobs, so this drives hyper directly,
 //! as `axum::serve` itself does.
 
@@ -15,6 +16,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -26,6 +28,9 @@ pub struct ServerOptions {
     /// A client must send a request's headers within this time (idle keep-alive
     /// connections are closed after it too).
     pub header_timeout: Duration,
+    /// A response write that makes no progress for this long closes the connection
+    /// (a client that never reads would otherwise hold its slot forever).
+    pub write_timeout: Duration,
     /// How long shutdown waits for open requests to finish.
     pub shutdown_grace: Duration,
 }
@@ -61,7 +66,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let mut stream = TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(options.write_timeout));
+        let io = TokioIo::new(Box::pin(stream));
+        let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 debug!(%remote, %error, "client connection ended with an error");

@@ -269,6 +269,9 @@ impl Replica {
                 .jobs
                 .get(peer)
                 .is_some_and(|jobs| jobs.try_send(job).is_ok());
+            if !queued {
+                self.bound_hit("job_queue", peer);
+            }
             let peer = peer.clone();
             asks.push(async move {
                 let reply = if queued {
@@ -446,13 +449,7 @@ impl Replica {
                     self.shared.metrics.pushes_coalesced.inc();
                 }
                 Enqueued::Dropped => {
-                    self.shared
-                        .metrics
-                        .pushes_dropped
-                        .get_or_create(&PeerLabels {
-                            peer: peer.to_string(),
-                        })
-                        .inc();
+                    self.outbox_full(&peer);
                     continue;
                 }
             }
@@ -551,7 +548,9 @@ impl Replica {
             }
             for (peer, entry) in &answers {
                 if entry.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
-                    self.shared.outboxes[peer].enqueue(key, None);
+                    if self.shared.outboxes[peer].enqueue(key, None) == Enqueued::Dropped {
+                        self.outbox_full(peer);
+                    }
                     self.count_repaired("read_repair", 1);
                 }
             }
@@ -650,6 +649,33 @@ impl Replica {
             }
         }
         refused
+    }
+
+    /// A write could not be queued for `peer`: its outbox is full. Anti-entropy will
+    /// carry it instead.
+    fn outbox_full(&self, peer: &NodeId) {
+        self.shared
+            .metrics
+            .pushes_dropped
+            .get_or_create(&PeerLabels {
+                peer: peer.to_string(),
+            })
+            .inc();
+        if self.shared.log_limiter.allow(&format!("outbox:{peer}")) {
+            warn!(%peer, limit = self.shared.options.outbox_max_keys, "outbox full: writes left to anti-entropy");
+        }
+    }
+
+    /// A bound other than the outbox was hit for `peer`: counted and logged.
+    fn bound_hit(&self, bound: &'static str, peer: &NodeId) {
+        self.shared
+            .metrics
+            .bounds_hit
+            .get_or_create(&ReasonLabels { reason: bound })
+            .inc();
+        if self.shared.log_limiter.allow(&format!("{bound}:{peer}")) {
+            warn!(%peer, bound, "bound reached: request to the peer dropped");
+        }
     }
 
     /// Records an anti-entropy outcome in the metrics.

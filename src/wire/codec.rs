@@ -23,6 +23,9 @@ type HmacSha256 = Hmac<Sha256>;
 pub const TAG_BYTES: usize = 32;
 /// Length of the frame's length prefix.
 pub const PREFIX_BYTES: usize = 4;
+/// Frame cap until the handshake is done: `Hello`, `Welcome` and `Refuse` are small,
+/// and nothing larger is read from a sender not known to be a member.
+pub const HANDSHAKE_MAX_FRAME_BYTES: usize = 4096;
 
 /// Why a frame could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +63,12 @@ impl FrameCodec {
             metrics,
             peer: "unknown".to_owned(),
         }
+    }
+
+    /// Changes the frame cap: small until the handshake has named a member, then the
+    /// configured one.
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.frames.set_max_frame_length(max_frame_bytes);
     }
 
     /// Names the peer for metrics, once the handshake has told who it is.
