@@ -26,6 +26,7 @@ need_root_and_nft "the partition-heal demo"
 
 STARTED=0
 PARTITIONED=0
+# shellcheck disable=SC2317  # invoked by the EXIT/INT/TERM trap below
 cleanup() {
     local status=$?
     trap - EXIT INT TERM
