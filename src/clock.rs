@@ -178,6 +178,20 @@ pub struct SkewError {
 }
 
 /// The hybrid logical clock of one node. Pure state: wall time is passed in.
+///
+/// ```
+/// use meshkv::clock::{Hlc, Timestamp};
+///
+/// let mut hlc = Hlc::new(1000);
+/// let first = hlc.tick(5_000);
+/// // The wall clock jumps back 3 s: stamps still increase.
+/// let second = hlc.tick(2_000);
+/// assert!(second > first);
+/// // A remote stamp more than 1 s ahead is refused; within the limit it is folded in.
+/// assert!(hlc.observe(Timestamp { wall_ms: 9_000, logical: 0 }, 5_000).is_err());
+/// hlc.observe(Timestamp { wall_ms: 5_900, logical: 0 }, 5_000).unwrap();
+/// assert!(hlc.tick(5_000) > Timestamp { wall_ms: 5_900, logical: 0 });
+/// ```
 #[derive(Debug, Clone)]
 pub struct Hlc {
     last: Timestamp,

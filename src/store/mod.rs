@@ -83,6 +83,26 @@ pub struct Summary {
 }
 
 /// The map of registers with its digest and bucket index, kept in step on every change.
+///
+/// ```
+/// use meshkv::clock::{NodeId, Timestamp, Version};
+/// use meshkv::store::{Entry, Store};
+///
+/// let write = |wall_ms, node: &str, value: &str| Entry {
+///     key: "k".into(),
+///     version: Version { timestamp: Timestamp { wall_ms, logical: 0 }, node: NodeId::new(node).unwrap() },
+///     value: Some(value.into()),
+/// };
+/// // Two replicas receive the same writes in opposite orders…
+/// let (mut a, mut b) = (Store::new(), Store::new());
+/// a.merge(write(1, "n1", "old"));
+/// a.merge(write(2, "n2", "new"));
+/// b.merge(write(2, "n2", "new"));
+/// b.merge(write(1, "n1", "old"));
+/// // …and end equal: the later write wins, and the digests agree.
+/// assert_eq!(a.get("k").unwrap().val.as_deref(), Some("new"));
+/// assert_eq!(a.summary(), b.summary());
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct Store {
     registers: BTreeMap<Arc<str>, Register>,
