@@ -199,12 +199,7 @@ async fn keys_round_trip_and_prefix_listing() {
     }
     // A listing shows the decoded keys.
     let all = client.get_json("/v1/kv?limit=100").await.unwrap();
-    let listed: Vec<&str> = all["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| item["key"].as_str().unwrap())
-        .collect();
+    let listed = listed_keys(&all);
     let mut sorted = keys.to_vec();
     sorted.sort();
     assert_eq!(listed, sorted, "the listing holds every key, ordered");
@@ -248,24 +243,14 @@ async fn keys_round_trip_and_prefix_listing() {
     assert_eq!(page["truncated"], true, "{page}");
 
     let page = client.get_json("/v1/kv?prefix=p/&limit=10").await.unwrap();
-    let listed: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| item["key"].as_str().unwrap())
-        .collect();
+    let listed = listed_keys(&page);
     assert_eq!(listed, ["p/a", "p/b", "p/c"]);
     assert_eq!(page["truncated"], false, "{page}");
 
     // Deleted keys are not listed.
     client.delete("p/b", None).await.unwrap();
     let page = client.get_json("/v1/kv?prefix=p/&limit=10").await.unwrap();
-    let listed: Vec<&str> = page["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|item| item["key"].as_str().unwrap())
-        .collect();
+    let listed = listed_keys(&page);
     assert_eq!(listed, ["p/a", "p/c"]);
 }
 
@@ -391,4 +376,14 @@ async fn refused_oversized_value_leaves_the_connection_usable() {
         "the 413 response did not say `Connection: close`, yet the connection no longer \
          serves requests (second request got {second:?}); 413 head was:\n{head}"
     );
+}
+
+/// The keys of a `GET /v1/kv` answer, in the order listed.
+fn listed_keys(page: &serde_json::Value) -> Vec<&str> {
+    page["items"]
+        .as_array()
+        .expect("items is an array")
+        .iter()
+        .map(|item| item["key"].as_str().expect("every item has a key"))
+        .collect()
 }

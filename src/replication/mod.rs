@@ -315,11 +315,6 @@ impl Replica {
         &self.shared.id
     }
 
-    /// The configured peers.
-    pub fn peers(&self) -> &[NodeId] {
-        &self.shared.peers
-    }
-
     /// Key and value limits.
     pub fn limits(&self) -> Limits {
         self.shared.options.limits
@@ -423,18 +418,17 @@ impl Replica {
         };
         let mut acks = FuturesUnordered::new();
         for (peer, state, recently_heard) in states {
-            // A peer that is running but not linked yet (it just restarted) counts as
-            // alive: its driver is woken to link now, and drops the waiter at once if
-            // that fails, so the write never waits long on it.
-            let running = state != PeerState::Down || recently_heard;
+            // A peer that dialed us but that our own link has not reached yet (it just
+            // restarted) is running: it counts as alive, and its driver is woken to link
+            // now. If that fails the waiter is dropped at once, so the write never
+            // waits long on it.
+            let joining = state == PeerState::Down && recently_heard;
             let wants_ack = match level {
                 Consistency::One => false,
-                Consistency::Live => {
-                    state == PeerState::Alive || (state == PeerState::Down && recently_heard)
-                }
-                Consistency::Quorum | Consistency::All => running,
+                Consistency::Live => state == PeerState::Alive || joining,
+                Consistency::Quorum | Consistency::All => state != PeerState::Down || joining,
             };
-            if wants_ack && state == PeerState::Down {
+            if wants_ack && joining {
                 self.shared.wake[&peer].notify_one();
             }
             let (waiter, ack) = if wants_ack {

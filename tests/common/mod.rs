@@ -377,12 +377,6 @@ impl TestCluster {
         }
     }
 
-    /// Node `i`'s log so far (every run of it).
-    pub fn log(&self, i: usize) -> String {
-        let path = &self.node(i).log_path;
-        std::fs::read_to_string(path).unwrap_or_else(|e| format!("<no log: {e}>"))
-    }
-
     /// `GET /v1/convergence` of node `i`.
     pub async fn convergence(&self, i: usize) -> Value {
         self.client(i)
