@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{nft_available, TestCluster};
 use futures_util::stream::{self, StreamExt};
-use meshkv::client::Client;
+use meshkv::tools::client::Client;
 
 const WAIT: Duration = Duration::from_secs(60);
 const VALUE_100_BYTES: &str = "0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789";

@@ -2,7 +2,7 @@
 //!
 //! Owns: argument parsing (clap derive), exit codes (0 success, 1 the operation failed,
 //! 2 bad usage), errors printed to stderr as one sentence, logging setup, signals.
-//! Knows nothing of: how a node works inside (it calls [`crate::node`], [`crate::client`]).
+//! Knows nothing of: how a node works inside (it calls [`crate::node`], [`crate::tools::client`]).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Client, ClientError, DEFAULT_TIMEOUT};
 use crate::config::ClusterConfig;
 use crate::node;
+use crate::tools::client::{Client, ClientError, DEFAULT_TIMEOUT};
 
 /// A multi-master, eventually consistent key-value store.
 #[derive(Parser, Debug)]
@@ -71,7 +71,7 @@ enum Command {
         #[arg(long)]
         cluster: PathBuf,
         /// Keep polling up to this long (e.g. 500ms, 10s, 2m) for convergence.
-        #[arg(long, default_value = "0s", value_parser = crate::inspect::parse_duration)]
+        #[arg(long, default_value = "0s", value_parser = crate::tools::inspect::parse_duration)]
         wait: Duration,
         /// Unreachable nodes fail the check too.
         #[arg(long)]
@@ -85,7 +85,7 @@ enum Command {
         target: Target,
     },
     /// Run a test suite against a cluster (API.md §6).
-    Test(crate::suites::TestArgs),
+    Test(crate::tools::suites::TestArgs),
 }
 
 /// Which node a client command talks to.
@@ -196,11 +196,11 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { cluster } => {
-            print!("{}", crate::inspect::status(&load(&cluster)?).await);
+            print!("{}", crate::tools::inspect::status(&load(&cluster)?).await);
             Ok(())
         }
         Command::Check { cluster, wait, all } => {
-            if crate::inspect::check(&load(&cluster)?, wait, all).await {
+            if crate::tools::inspect::check(&load(&cluster)?, wait, all).await {
                 Ok(())
             } else {
                 Err(Failure::failed("the cluster has not converged"))
@@ -215,7 +215,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
-        Command::Test(args) => match crate::suites::run(args).await {
+        Command::Test(args) => match crate::tools::suites::run(args).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::failed("the suite's checks failed")),
             Err(message) => Err(Failure::usage(message)),

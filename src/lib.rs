@@ -18,20 +18,18 @@
 //! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
 //! | 4 edge | [`api`] | the client HTTP API |
 //! | 5 assembly | [`config`], [`node`] | the cluster file; spawning and shutdown of a node |
-//! | 6 tools | [`client`], [`inspect`] | HTTP client; `status` and `check` over the public API |
+//! | 6 tools | [`tools`] | HTTP client, `status`/`check`, the test suites: public API only |
 //! | 7 entry | [`cli`] | the `meshkv` command line |
 
 pub mod api;
 pub mod cli;
-pub mod client;
 pub mod clock;
 pub mod config;
-pub mod inspect;
 pub mod membership;
 pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod replication;
 pub mod store;
-pub mod suites;
+pub mod tools;
 pub mod wire;

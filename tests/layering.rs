@@ -17,9 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 4),
     ("config", 5),
     ("node", 5),
-    ("client", 6),
-    ("inspect", 6),
-    ("suites", 6),
+    ("tools", 6),
     ("cli", 7),
 ];
 
@@ -40,9 +38,7 @@ const FORBIDDEN: &[(&str, &[&str])] = &[
     // The HTTP layer knows nothing of the wire format or peer links.
     ("api", &["wire", "peer"]),
     // Black-box tools speak only the public API, so they work against any server.
-    ("client", INTERNALS),
-    ("inspect", INTERNALS),
-    ("suites", INTERNALS),
+    ("tools", INTERNALS),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{eventually, require_nft, TestCluster};
-use meshkv::client::Client;
+use meshkv::tools::client::Client;
 
 /// Bound of every convergence wait.
 const CONVERGE: Duration = Duration::from_secs(30);

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use meshkv::client::Client;
+use meshkv::tools::client::Client;
 use serde_json::Value;
 
 /// How long a node may take to answer `/health` after it is started.

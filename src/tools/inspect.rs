@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client::Client;
 use crate::config::ClusterConfig;
+use crate::tools::client::Client;
 
 /// Between two polls of `check --wait`.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);

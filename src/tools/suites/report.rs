@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::client::ClientError;
+use crate::tools::client::ClientError;
 
 /// Failed requests and violations listed in full in the human report (all go to JSON,
 /// up to [`JSON_LIST_LIMIT`]).

@@ -5,7 +5,7 @@
 //! context ([`Ctx`]: the nodes' clients, the seed, the fault commands), convergence
 //! waits and final reads, and a small seeded random generator.
 //! Knows nothing of: the server's internals. The suites speak only the client API
-//! through [`crate::client::Client`] and read the node list from the cluster file; they
+//! through [`crate::tools::client::Client`] and read the node list from the cluster file; they
 //! never touch the store, replication or wire modules.
 //!
 //! | file | owns |
@@ -34,8 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
-use crate::client::{Client, DEFAULT_TIMEOUT};
 use crate::config::ClusterConfig;
+use crate::tools::client::{Client, DEFAULT_TIMEOUT};
 
 use self::faults::Faults;
 use self::report::{say, Op, Recorder, SuiteReport};
