@@ -71,16 +71,22 @@ pub async fn run_with_clock(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let me = config.node(id)?.clone();
+    // Refused before anything is bound: every node, this one and its peers, needs a
+    // `peer` address (a cluster file written to test a foreign store may have none).
+    let my_peer_address = config.peer_address(&me)?;
+    let peers = config
+        .peers_of(&me.id)
+        .map(|peer| Ok((peer.clone(), config.peer_address(peer)?)))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     let tuning = &config.tuning;
     let secret = config.secret()?;
     let http_listener = bind("client HTTP", me.http).await?;
-    let peer_listener = bind("peer", me.peer).await?;
+    let peer_listener = bind("peer", my_peer_address).await?;
 
     let metrics = Metrics::new();
-    let peers: Vec<_> = config.peers_of(&me.id).cloned().collect();
     let replica = Replica::new(
         me.id.clone(),
-        peers.iter().map(|peer| peer.id.clone()).collect(),
+        peers.iter().map(|(peer, _)| peer.id.clone()).collect(),
         clock,
         ReplicationOptions {
             limits: tuning.limits(),
@@ -126,11 +132,11 @@ pub async fn run_with_clock(
         Arc::new(replica.clone()),
         shutdown.clone(),
     ));
-    for peer in &peers {
+    for (peer, address) in &peers {
         let target = PeerTarget {
             id: peer.id.clone(),
-            address: peer.peer,
-            local_ip: me.peer.ip(),
+            address: *address,
+            local_ip: my_peer_address.ip(),
         };
         tasks.spawn(driver::run(
             replica.clone(),
@@ -146,7 +152,7 @@ pub async fn run_with_clock(
     info!(
         node = %me.id,
         http = %me.http,
-        peer = %me.peer,
+        peer = %my_peer_address,
         peers = peers.len(),
         authenticated = secret.is_some(),
         "node serving"

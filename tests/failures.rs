@@ -399,7 +399,7 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
     let peer_address = {
         let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
         let config = meshkv::config::ClusterConfig::parse(&text).unwrap();
-        config.nodes[0].peer
+        config.nodes[0].peer.expect("the harness writes peer addresses")
     };
     let local_ip = "127.0.0.1".parse().unwrap();
     let n1 = NodeId::new("n1").unwrap();
@@ -491,7 +491,9 @@ async fn garbage_on_the_peer_port_leaves_the_node_serving() {
     let cluster = TestCluster::start(2, "");
     cluster.wait_mesh(WAIT).await;
     let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
-    let peer_address = meshkv::config::ClusterConfig::parse(&text).unwrap().nodes[0].peer;
+    let peer_address = meshkv::config::ClusterConfig::parse(&text).unwrap().nodes[0]
+        .peer
+        .expect("the harness writes peer addresses");
     let payloads: [&[u8]; 5] = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4],
