@@ -382,7 +382,8 @@ async fn demo(count: usize) -> Result<(), Failure> {
             "  {:<4} {:<22} {:<22} {}",
             spec.id,
             format!("http://{}", spec.http),
-            spec.peer.map_or_else(|| "-".to_owned(), |peer| peer.to_string()),
+            spec.peer
+                .map_or_else(|| "-".to_owned(), |peer| peer.to_string()),
             child.id().map_or_else(|| "?".into(), |pid| pid.to_string())
         );
     }

@@ -438,13 +438,17 @@ mod tests {
         let config = ClusterConfig::parse(text).unwrap();
         assert_eq!(config.nodes[0].peer, None);
         let error = config.peer_address(&config.nodes[0]).unwrap_err();
-        assert!(error.to_string().contains("node a has no peer address"), "{error}");
+        assert!(
+            error.to_string().contains("node a has no peer address"),
+            "{error}"
+        );
         assert_eq!(
             config.peer_address(&config.nodes[1]).unwrap(),
             "127.0.0.1:3".parse().unwrap()
         );
         // Duplicates are still refused, between http and peer addresses alike.
-        let twice = "[[nodes]]\nid=\"a\"\nhttp=\"127.0.0.1:1\"\n[[nodes]]\nid=\"b\"\nhttp=\"127.0.0.1:1\"";
+        let twice =
+            "[[nodes]]\nid=\"a\"\nhttp=\"127.0.0.1:1\"\n[[nodes]]\nid=\"b\"\nhttp=\"127.0.0.1:1\"";
         assert!(ClusterConfig::parse(twice)
             .unwrap_err()
             .to_string()

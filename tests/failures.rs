@@ -399,7 +399,9 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
     let peer_address = {
         let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
         let config = meshkv::config::ClusterConfig::parse(&text).unwrap();
-        config.nodes[0].peer.expect("the harness writes peer addresses")
+        config.nodes[0]
+            .peer
+            .expect("the harness writes peer addresses")
     };
     let local_ip = "127.0.0.1".parse().unwrap();
     let n1 = NodeId::new("n1").unwrap();
