@@ -4,7 +4,7 @@
 //! Owns: the command-line arguments ([`TestArgs`]), dispatch to the suites, the shared
 //! context ([`Ctx`]: the nodes' clients, the seed, the fault commands, what the run
 //! expects), the checks made before each suite, convergence waits and final reads, the
-//! one place where a suite reads or writes a key ([`read`], [`write`]), and a small
+//! one place where a suite reads or writes a key ([`read()`], [`write()`]), and a small
 //! seeded random generator.
 //! Knows nothing of: the server's internals. The suites speak only the client API
 //! through [`crate::tools::client::Client`] and read the node list from the cluster file; they
@@ -464,7 +464,7 @@ async fn settle(ctx: &Ctx) -> Vec<Check> {
 }
 
 /// Reads `key` from node `index`, recording the request: `Ok(None)` when absent.
-/// With [`write`], the only place where the suites look at a value.
+/// With [`write()`], the only place where the suites look at a value.
 pub async fn read(
     ctx: &Ctx,
     index: usize,

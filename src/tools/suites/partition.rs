@@ -337,15 +337,15 @@ pub async fn run(ctx: &Ctx) -> SuiteReport {
         Rule::Cp,
         "no read while partitioned was stale (refusing is allowed)",
         stale_during.is_empty(),
-        format!(
-            "{} stale reads ({}); {reads_text}",
-            stale_during.len(),
-            stale_during
-                .iter()
-                .map(|i| ctx.nodes[*i].id.clone())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        if stale_during.is_empty() {
+            format!("0 stale reads; {reads_text}")
+        } else {
+            format!(
+                "{} stale reads ({}); {reads_text}",
+                stale_during.len(),
+                ctx.node_ids(&stale_during).join(", ")
+            )
+        },
     );
     report.check(
         Rule::Cp,

@@ -42,7 +42,7 @@ pub fn say(message: &str) {
 }
 
 /// One phase of a suite: a bar (or a spinner when the amount of work is unknown) on a
-/// terminal; otherwise a line when it starts, one every [`LINE_INTERVAL`], one when
+/// terminal; otherwise a line when it starts, one every 5 s, one when
 /// it ends. Ends when dropped.
 pub struct Phase {
     bar: ProgressBar,
