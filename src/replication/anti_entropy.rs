@@ -296,7 +296,8 @@ mod tests {
                 },
                 node: NodeId::new(node).unwrap(),
             },
-            value: Some(format!("{key}@{wall_ms}")),
+            value: Some(format!("{key}@{wall_ms}").into()),
+            replaces: None,
         }
     }
 

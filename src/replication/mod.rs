@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, warn};
@@ -136,7 +137,7 @@ pub struct WriteOutcome {
     /// The version stamped on the write.
     pub version: Version,
     /// The value this node held just before (`None`: absent or deleted).
-    pub previous: Option<String>,
+    pub previous: Option<Bytes>,
 }
 
 /// Settings of the replication layer.
@@ -367,7 +368,7 @@ impl Replica {
     pub async fn write(
         &self,
         key: &str,
-        value: Option<String>,
+        value: Option<Bytes>,
         level: Consistency,
     ) -> Result<WriteOutcome, ReplicationError> {
         let (version, previous) = {
@@ -381,9 +382,10 @@ impl Replica {
                 key: key.to_owned(),
                 version: version.clone(),
                 value,
+                replaces: core.store.get(key).map(|register| register.marker.clone()),
             };
             let previous = match core.store.merge(entry) {
-                Merged::Applied { previous } => previous.and_then(|register| register.val),
+                Merged::Applied { previous } => previous.and_then(|register| register.val.value),
                 // Cannot happen: every stored version went through the HLC, so a fresh
                 // stamp is larger. Were it to, the write is lost to a newer one, as
                 // LWW says; panicking here would poison the lock and stop the node.
@@ -394,7 +396,7 @@ impl Replica {
                     );
                     core.store
                         .get(key)
-                        .and_then(|register| register.val.clone())
+                        .and_then(|register| register.val.value.clone())
                 }
             };
             (version, previous)
@@ -590,9 +592,15 @@ impl Replica {
         nodes
     }
 
-    /// Live keys under `prefix`, at most `limit`; the flag says whether more matched.
-    pub fn scan(&self, prefix: &str, limit: usize) -> (Vec<Entry>, bool) {
-        self.core().store.scan(prefix, limit)
+    /// Live keys under `prefix` after `start_after`, at most `limit`; the flag says
+    /// whether more matched.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<Entry>, bool) {
+        self.core().store.scan(prefix, start_after, limit)
     }
 
     /// Counts and digest of the local state.

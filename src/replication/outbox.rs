@@ -191,7 +191,8 @@ mod tests {
                 },
                 node: NodeId::new("n1").unwrap(),
             },
-            value: Some("x".repeat(100)),
+            value: Some("x".repeat(100).into()),
+            replaces: None,
         })
     }
 
@@ -225,7 +226,8 @@ mod tests {
         }
         let batch = outbox.take(1, read).unwrap();
         assert_eq!(batch.entries.len(), 1);
-        let batch = outbox.take(300, read).unwrap();
+        let weight = read("b").unwrap().weight();
+        let batch = outbox.take(2 * weight, read).unwrap();
         assert_eq!(batch.entries.len(), 2);
     }
 

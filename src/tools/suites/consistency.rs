@@ -113,7 +113,7 @@ pub async fn drive(ctx: &Ctx, plan: &Plan) -> Written {
             let result = node.client.put(key, &value, None).await;
             recorder.record(&node.id, Op::Put, sent, &result);
             match result {
-                Ok(reply) => histories[k].acked(value, reply.previous.as_deref()),
+                Ok(reply) => histories[k].acked(value, reply.previous_text().as_deref()),
                 Err(_) => histories[k].failed(value),
             }
             progress.inc();

@@ -414,7 +414,7 @@ async fn read_all(
             recorder.record(&node.id, Op::Get, sent, &result);
             row.push(
                 result
-                    .map(|reply| reply.map(|r| r.value))
+                    .map(|reply| reply.map(|r| r.text().into_owned()))
                     .map_err(|e| e.to_string()),
             );
         }

@@ -7,6 +7,7 @@
 //! whether it is the later write.
 //! Knows nothing of: how the partition is made (the `--partition-cmd` / `--heal-cmd`).
 
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -33,7 +34,7 @@ async fn read(
     let result = node.client.get(key, None).await;
     recorder.record(&node.id, Op::Get, sent, &result);
     result
-        .map(|reply| reply.map(|r| r.value))
+        .map(|reply| reply.map(|r| r.text().into_owned()))
         .map_err(|e| e.to_string())
 }
 
@@ -50,7 +51,7 @@ async fn write(
     let result = node.client.put(key, value, None).await;
     recorder.record(&node.id, Op::Put, sent, &result);
     result
-        .map(|reply| reply.previous)
+        .map(|reply| reply.previous_text().map(Cow::into_owned))
         .map_err(|e| e.to_string())
 }
 
