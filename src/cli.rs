@@ -36,12 +36,20 @@ enum Command {
         /// Data directory (not supported yet: meshkv keeps its data in memory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Stop when the parent process dies (used by `meshkv demo`, so that its nodes
+        /// never outlive it, even after `kill -9` of the demo).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
     },
     /// Start a local cluster of N nodes in the foreground; Ctrl-C stops them all.
     Demo {
         /// Number of nodes (1 to 9).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Client port of the first node; node i listens on 127.0.0.1<i>:PORT+i-1 and
+        /// on PORT+100+i-1 for its peers.
+        #[arg(long, default_value_t = DEMO_HTTP_PORT)]
+        port: u16,
     },
     /// Read a key and write its value, byte for byte, to standard output (exit 1 if it
     /// is absent).
@@ -165,11 +173,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -179,8 +190,17 @@ async fn run(command: Command) -> Result<(), Failure> {
             cluster,
             node,
             data_dir,
-        } => serve(cluster.as_deref(), node.as_deref(), data_dir.as_deref()).await,
-        Command::Demo { nodes } => demo(nodes).await,
+            exit_with_parent,
+        } => {
+            serve(
+                cluster.as_deref(),
+                node.as_deref(),
+                data_dir.as_deref(),
+                exit_with_parent,
+            )
+            .await
+        }
+        Command::Demo { nodes, port } => demo(nodes, port).await,
         Command::Get { key, target } => {
             let client = pick(&target).await?;
             match client.get(&key, target.consistency.as_deref()).await? {
@@ -315,10 +335,22 @@ async fn termination() {
     }
 }
 
+/// Resolves when this process's parent has died (the process was re-parented).
+async fn parent_died() {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
+}
+
 async fn serve(
     cluster: Option<&Path>,
     node: Option<&str>,
     data_dir: Option<&Path>,
+    exit_with_parent: bool,
 ) -> Result<(), Failure> {
     if data_dir.is_some() {
         return Err(Failure::usage(
@@ -341,8 +373,13 @@ async fn serve(
     let shutdown = CancellationToken::new();
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
-        termination().await;
-        tracing::info!("signal received, shutting down");
+        tokio::select! {
+            biased;
+            _ = termination() => tracing::info!("signal received, shutting down"),
+            _ = parent_died(), if exit_with_parent => {
+                tracing::warn!("the parent process died; shutting down");
+            }
+        }
         signal_shutdown.cancel();
     });
     node::run(&config, &id, shutdown)
@@ -356,9 +393,12 @@ async fn serve(
 /// First client port of the demo cluster; peers use `DEMO_HTTP_PORT + 100 + i`.
 const DEMO_HTTP_PORT: u16 = 7001;
 
-async fn demo(count: usize) -> Result<(), Failure> {
+async fn demo(count: usize, port: u16) -> Result<(), Failure> {
     if !(1..=9).contains(&count) {
         return Err(Failure::usage("--nodes must be between 1 and 9"));
+    }
+    if port.checked_add(100 + count as u16).is_none() {
+        return Err(Failure::usage("--port is too high"));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::failed(format!("cannot find the meshkv binary: {e}")))?;
@@ -369,14 +409,24 @@ async fn demo(count: usize) -> Result<(), Failure> {
         .parent()
         .expect("the demo file is inside a directory")
         .to_owned();
+    let text = ClusterConfig::local_file(count, port, port + 100);
+    let config = ClusterConfig::parse(&text).map_err(|e| Failure::failed(e.to_string()))?;
+    // Every address must be free: otherwise the nodes would fail one by one, and a
+    // client could quietly talk to whatever already listens there (an older demo).
+    // Checked before anything is written, so a running demo's files stay as they are.
+    for spec in &config.nodes {
+        for address in [spec.http, spec.peer] {
+            if let Err(error) = std::net::TcpListener::bind(address) {
+                return Err(Failure::failed(format!(
+                    "cannot start the demo: {address} is not free ({error}); is another demo or node running?"
+                )));
+            }
+        }
+    }
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
-    std::fs::write(
-        &cluster_file,
-        ClusterConfig::local_file(count, DEMO_HTTP_PORT, DEMO_HTTP_PORT + 100),
-    )
-    .map_err(|e| Failure::failed(format!("cannot write {}: {e}", cluster_file.display())))?;
-    let config = load(&cluster_file)?;
+    std::fs::write(&cluster_file, text)
+        .map_err(|e| Failure::failed(format!("cannot write {}: {e}", cluster_file.display())))?;
 
     let mut children = Vec::new();
     for spec in &config.nodes {
@@ -389,6 +439,7 @@ async fn demo(count: usize) -> Result<(), Failure> {
             .arg(&cluster_file)
             .arg("--node")
             .arg(spec.id.as_str())
+            .arg("--exit-with-parent")
             .stdin(std::process::Stdio::null())
             .stdout(
                 log.try_clone()
