@@ -32,7 +32,7 @@ fn demo(port: u16, tmp: &std::path::Path) -> Command {
 fn alive(pid: u32) -> bool {
     // /proc/<pid>/stat's third field: Z for a zombie, which no longer runs.
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| !stat.split(' ').nth(2).is_some_and(|state| state == "Z"))
+        .map(|stat| stat.split(' ').nth(2).is_none_or(|state| state != "Z"))
         .unwrap_or(false)
 }
 
