@@ -290,9 +290,8 @@ impl Client {
                 Ok(result) => {
                     if index != self.current {
                         say(format_args!(
-                            "{} failed ({}); now using {server}",
-                            self.servers[self.current],
-                            failures.first().map_or("", String::as_str)
+                            "failed over: {}; now using {server}",
+                            failures.join("; ")
                         ));
                         self.current = index;
                     }
@@ -344,7 +343,125 @@ fn read_error(response: &mut Response<Body>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+    use std::thread;
+
     use super::*;
+    use crate::protocol::parse_server;
+
+    /// A one-shot HTTP server on a free loopback port: answers one connection per
+    /// scripted response, in order, then stops; sends each request's head (lowercase)
+    /// down the channel.
+    fn fake_server(responses: Vec<String>) -> (Server, mpsc::Receiver<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+        let address = listener.local_addr().expect("local address").to_string();
+        let (heads, received) = mpsc::channel();
+        thread::spawn(move || {
+            for response in responses {
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    let line = line.to_ascii_lowercase();
+                    if let Some(value) = line.strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let _ = heads.send(head);
+                let _ = reader.get_mut().write_all(response.as_bytes());
+            }
+        });
+        (parse_server(address.as_bytes()).expect("parses"), received)
+    }
+
+    fn response(status: &str, headers: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nConnection: close\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+            body.len()
+        )
+    }
+
+    #[test]
+    fn the_session_and_access_tokens_go_with_every_request() {
+        let (server, heads) = fake_server(vec![
+            response(
+                "200 OK",
+                "Meshkv-Session: s-1\r\n",
+                r#"{"key":"k","previous":null,"version":"1"}"#,
+            ),
+            response("200 OK", "", "v"),
+        ]);
+        let token = Token::new(b"t0k").expect("valid");
+        let mut client = Client::new(vec![server], Some(token));
+        assert_eq!(client.put("k", b"v").expect("put"), None);
+        assert!(client.has_session());
+        assert_eq!(client.get("k").expect("get"), Some(b"v".to_vec()));
+        let first = heads.recv().expect("first request");
+        assert!(first.starts_with("put /v1/kv/k http/1.1"), "{first}");
+        assert!(first.contains("authorization: bearer t0k"), "{first}");
+        assert!(!first.contains("meshkv-session"), "{first}");
+        let second = heads.recv().expect("second request");
+        assert!(second.contains("meshkv-session: s-1"), "{second}");
+        assert!(second.contains("authorization: bearer t0k"), "{second}");
+    }
+
+    #[test]
+    fn a_503_fails_over_and_the_answering_server_stays_current() {
+        let (starting, starting_heads) = fake_server(vec![response(
+            "503 Service Unavailable",
+            "",
+            r#"{"error":"the node is starting"}"#,
+        )]);
+        let (healthy, healthy_heads) = fake_server(vec![
+            response("200 OK", "", "v"),
+            response("404 Not Found", "", r#"{"error":"no such key"}"#),
+            response("400 Bad Request", "", r#"{"error":"bad key"}"#),
+        ]);
+        let mut client = Client::new(vec![starting, healthy.clone()], None);
+        assert_eq!(client.get("k").expect("fails over"), Some(b"v".to_vec()));
+        assert_eq!(client.current_server(), &healthy);
+        // 404 and 400 are answers, not reasons to fail over.
+        assert_eq!(client.get("gone").expect("absent"), None);
+        let refused = client.get("k").expect_err("refused");
+        assert!(
+            matches!(&refused, ClientError::Refused { status: 400, message, .. } if message == "bad key"),
+            "{refused}"
+        );
+        assert_eq!(client.current_server(), &healthy);
+        assert_eq!(starting_heads.try_iter().count(), 1);
+        assert_eq!(healthy_heads.try_iter().count(), 3);
+    }
+
+    #[test]
+    fn a_stored_value_too_long_for_the_caller_is_an_error_not_a_failover() {
+        let long = "x".repeat(crate::protocol::MAX_VALUE_BYTES + 1);
+        let old = format!(r#"{{"key":"k","previous":"{long}","version":"1"}}"#);
+        let (server, _heads) = fake_server(vec![
+            response("200 OK", "", &long),
+            response("200 OK", "", &old),
+        ]);
+        let mut client = Client::new(vec![server], None);
+        assert!(matches!(
+            client.get("k"),
+            Err(ClientError::Value(ValueError::TooLong))
+        ));
+        assert!(matches!(
+            client.put("k", b"v"),
+            Err(ClientError::OldValue(ValueError::TooLong))
+        ));
+    }
 
     #[test]
     fn tokens_are_visible_ascii_and_never_shown() {
