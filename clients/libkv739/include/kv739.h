@@ -24,7 +24,9 @@
  * Errors: every -1 comes with one line on stderr, starting "kv739: ".
  *
  * Threads: every function is thread-safe; calls run one at a time (one mutex held
- * for the whole call, network included).
+ * for the whole call, network included). Processes: a child of fork() must not use
+ * the parent's state (it would share its pooled connections): fork before
+ * kv739_init, or call kv739_shutdown and then kv739_init in the child.
  *
  * Strings: every char * argument is NULL or a NUL-terminated string. The library
  * never reads more than the limit plus one byte of a key or value, and never writes
