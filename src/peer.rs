@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -22,7 +22,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::clock::NodeId;
+use crate::clock::{Clock, NodeId};
 use crate::metrics::Metrics;
 use crate::wire::codec::{FrameCodec, WireError, HANDSHAKE_MAX_FRAME_BYTES};
 use crate::wire::{Message, PROTOCOL_VERSION};
@@ -78,6 +78,8 @@ pub struct TransportOptions {
     pub max_connections: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The node's clock (rate limits of log lines).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl TransportOptions {
@@ -94,26 +96,37 @@ impl TransportOptions {
 
 /// Logs a given complaint at most once per interval per source, so a misconfigured or
 /// hostile peer cannot flood the log.
-#[derive(Default)]
 pub struct LogLimiter {
-    last: Mutex<HashMap<String, Instant>>,
+    clock: Arc<dyn Clock>,
+    /// Monotonic milliseconds of the last line allowed per source.
+    last: Mutex<HashMap<String, u64>>,
 }
 
 impl LogLimiter {
     /// The quiet interval per source.
     pub const INTERVAL: Duration = Duration::from_secs(10);
 
+    /// A limiter that reads the time from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// True if `source` may be logged now.
     pub fn allow(&self, source: &str) -> bool {
         let mut last = self.last.lock().expect("log limiter lock");
-        let now = Instant::now();
+        let now_ms = self.clock.monotonic_ms();
         match last.get(source) {
-            Some(at) if now.duration_since(*at) < Self::INTERVAL => false,
+            Some(&at_ms) if now_ms.saturating_sub(at_ms) < Self::INTERVAL.as_millis() as u64 => {
+                false
+            }
             _ => {
                 if last.len() > 1024 {
                     last.clear();
                 }
-                last.insert(source.to_owned(), now);
+                last.insert(source.to_owned(), now_ms);
                 true
             }
         }
@@ -278,7 +291,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_connections));
-    let limiter = Arc::new(LogLimiter::default());
+    let limiter = Arc::new(LogLimiter::new(options.clock.clone()));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -401,6 +414,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn identity(node: &str) -> Identity {
         Identity {
@@ -446,7 +460,8 @@ mod tests {
 
     #[test]
     fn the_log_limiter_allows_one_line_per_source_per_interval() {
-        let limiter = LogLimiter::default();
+        let clock = Arc::new(ManualClock::new(0));
+        let limiter = LogLimiter::new(clock.clone());
         assert!(limiter.allow("10.0.0.1:bad_tag"));
         assert!(
             !limiter.allow("10.0.0.1:bad_tag"),
@@ -459,6 +474,11 @@ mod tests {
         assert!(
             limiter.allow("10.0.0.1:not_member"),
             "another reason has its own budget"
+        );
+        clock.advance_ms(LogLimiter::INTERVAL.as_millis() as u64);
+        assert!(
+            limiter.allow("10.0.0.1:bad_tag"),
+            "a source may log again after the interval"
         );
     }
 
@@ -477,6 +497,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_connections: 4,
             metrics: Metrics::new(),
+            clock: Arc::new(ManualClock::new(0)),
         }
     }
 
@@ -486,7 +507,7 @@ mod tests {
         let server_identity = identity("n2");
         let server_task = tokio::spawn(async move {
             let options = options();
-            let limiter = LogLimiter::default();
+            let limiter = LogLimiter::new(options.clock.clone());
             serve_connection(
                 server,
                 "127.0.0.1:1".parse().unwrap(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, require_nft, TestCluster};
-use meshkv::clock::NodeId;
+use meshkv::clock::{ManualClock, NodeId};
 use meshkv::metrics::Metrics;
 use meshkv::peer::{dial, Identity, Link, LinkError, TransportOptions};
 use meshkv::wire::Message;
@@ -375,6 +375,7 @@ fn transport(secret: &[u8]) -> TransportOptions {
         idle_timeout: Duration::from_secs(2),
         max_connections: 4,
         metrics: Metrics::new(),
+        clock: Arc::new(ManualClock::new(0)),
     }
 }
 

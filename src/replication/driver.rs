@@ -77,6 +77,7 @@ pub async fn run(
         warn!(peer = %target.id, "a driver for this peer is already running");
         return;
     };
+    let mut jitter = Jitter::new(&identity.node, &target.id, replica.shared.clock.wall_ms());
     let mut backoff = Duration::from_millis(50);
     let mut was_up = false;
     while !shutdown.is_cancelled() {
@@ -129,8 +130,7 @@ pub async fn run(
         }
         replica.detector().link_down(&target.id, replica.mono_ms());
         replica.shared.outboxes[&target.id].fail_waiters();
-        let jitter = Duration::from_millis(u64::from(rand_jitter()) % 50);
-        let pause = tokio::time::sleep(backoff + jitter);
+        let pause = tokio::time::sleep(backoff + Duration::from_millis(jitter.next_ms(50)));
         tokio::pin!(pause);
         let mut woken = false;
         loop {
@@ -157,13 +157,33 @@ pub async fn run(
     }
 }
 
-/// A few bits of jitter so that nodes restarted together do not reconnect in lockstep.
-fn rand_jitter() -> u16 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.subsec_nanos())
-        .unwrap_or(0);
-    (nanos >> 7) as u16
+/// A few milliseconds of jitter added to each reconnect pause, so that nodes restarted
+/// together do not reconnect in lockstep. A xorshift generator seeded from the two node
+/// ids and the clock: deterministic given the node and its clock, so a simulation
+/// replays the same pauses.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(me: &NodeId, peer: &NodeId, wall_ms: u64) -> Self {
+        // FNV-1a over both ids: stable across Rust versions, unlike `DefaultHasher`.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in me.as_str().bytes().chain([0]).chain(peer.as_str().bytes()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        // Xorshift never leaves the all-zero state, so it must not start there.
+        Self((hash ^ wall_ms).max(1))
+    }
+
+    /// The next pause in `0..below` milliseconds.
+    fn next_ms(&mut self, below: u64) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x % below
+    }
 }
 
 /// Works one link until it fails; returns why.
@@ -341,4 +361,23 @@ async fn exchange(
     let reply = link.request(request, options.request_timeout).await?;
     replica.detector().reply_received(peer, replica.mono_ms());
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_is_deterministic_per_node_pair_and_clock_and_stays_in_range() {
+        let (n1, n2) = (NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap());
+        let draw = |me: &NodeId, peer: &NodeId, wall_ms| {
+            let mut jitter = Jitter::new(me, peer, wall_ms);
+            (0..32).map(|_| jitter.next_ms(50)).collect::<Vec<_>>()
+        };
+        let first = draw(&n1, &n2, 1_000);
+        assert_eq!(first, draw(&n1, &n2, 1_000), "same seed, same pauses");
+        assert_ne!(first, draw(&n2, &n1, 1_000), "another pair, other pauses");
+        assert!(first.iter().all(|&ms| ms < 50));
+        assert!(first.iter().any(|&ms| ms != first[0]), "the pauses vary");
+    }
 }

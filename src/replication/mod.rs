@@ -29,14 +29,14 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::{info, warn};
 
-use crate::clock::{Hlc, NodeId, Version, WallClock};
+use crate::clock::{Clock, Hlc, NodeId, Version};
 use crate::membership::{FailureDetector, PeerState, PeerView};
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::{LogLimiter, Responder};
@@ -172,8 +172,9 @@ struct Shared {
     core: Mutex<Core>,
     outboxes: HashMap<NodeId, Outbox>,
     detector: Mutex<FailureDetector>,
-    clock: Arc<dyn WallClock>,
-    started: Instant,
+    clock: Arc<dyn Clock>,
+    /// The monotonic time at which the replica was made (the node's start).
+    started_ms: u64,
     options: ReplicationOptions,
     metrics: Arc<Metrics>,
     log_limiter: LogLimiter,
@@ -196,7 +197,7 @@ impl Replica {
     pub fn new(
         id: NodeId,
         peers: Vec<NodeId>,
-        clock: Arc<dyn WallClock>,
+        clock: Arc<dyn Clock>,
         options: ReplicationOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -231,11 +232,11 @@ impl Replica {
                 peers,
                 outboxes,
                 detector: Mutex::new(detector),
+                started_ms: clock.monotonic_ms(),
+                log_limiter: LogLimiter::new(clock.clone()),
                 clock,
-                started: Instant::now(),
                 options,
                 metrics,
-                log_limiter: LogLimiter::default(),
                 jobs,
                 job_receivers: Mutex::new(job_receivers),
             }),
@@ -308,7 +309,7 @@ impl Replica {
 
     /// Milliseconds on the monotonic clock the failure detector uses.
     fn mono_ms(&self) -> u64 {
-        self.shared.started.elapsed().as_millis() as u64
+        self.shared.clock.monotonic_ms()
     }
 
     /// This node's id.
@@ -342,7 +343,7 @@ impl Replica {
         if self.shared.ready.load(Ordering::Acquire) {
             return Ok(());
         }
-        let elapsed_ms = self.mono_ms();
+        let elapsed_ms = self.mono_ms().saturating_sub(self.shared.started_ms);
         let ready = self.shared.peers.is_empty()
             || elapsed_ms >= self.shared.options.startup_sync_timeout.as_millis() as u64
             || {
@@ -373,7 +374,7 @@ impl Replica {
     ) -> Result<WriteOutcome, ReplicationError> {
         let (version, previous) = {
             let mut core = self.core();
-            let now = self.shared.clock.now_ms();
+            let now = self.shared.clock.wall_ms();
             let version = Version {
                 timestamp: core.hlc.tick(now),
                 node: self.shared.id.clone(),
@@ -631,7 +632,7 @@ impl Replica {
         let mut worst_skew = None;
         {
             let mut core = self.core();
-            let now = self.shared.clock.now_ms();
+            let now = self.shared.clock.wall_ms();
             for entry in entries {
                 if let Err(skew) = core.hlc.observe(entry.version.timestamp, now) {
                     worst_skew = Some(skew);
