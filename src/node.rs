@@ -12,7 +12,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -24,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::peer::{self, Identity, TransportOptions};
 use crate::replication::driver::{self, DriverOptions, PeerTarget};
 use crate::replication::{Replica, ReplicationOptions};
+use crate::transport::{Listener, TcpTransport, Transport};
 
 /// How long shutdown waits for tasks to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -46,8 +46,13 @@ pub enum NodeError {
     },
 }
 
-async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(address)
+async fn bind(
+    transport: &dyn Transport,
+    what: &'static str,
+    address: SocketAddr,
+) -> Result<Box<dyn Listener>, NodeError> {
+    transport
+        .listen(address)
         .await
         .map_err(|source| NodeError::Bind {
             what,
@@ -100,14 +105,17 @@ impl Clock for SystemClock {
 pub struct NodeEnv {
     /// Wall and monotonic time.
     pub clock: Arc<dyn Clock>,
+    /// Every connection: to peers, from peers, from HTTP clients.
+    pub transport: Arc<dyn Transport>,
     // The storage seam (`persist`, the data directory) joins here.
 }
 
 impl NodeEnv {
-    /// The real world: the system clock.
+    /// The real world: the system clock and TCP.
     pub fn production() -> Self {
         Self {
             clock: Arc::new(SystemClock::new()),
+            transport: Arc::new(TcpTransport),
         }
     }
 }
@@ -131,8 +139,8 @@ pub async fn run_with(
     let me = config.node(id)?.clone();
     let tuning = &config.tuning;
     let secret = config.secret()?;
-    let http_listener = bind("client HTTP", me.http).await?;
-    let peer_listener = bind("peer", me.peer).await?;
+    let http_listener = bind(&*env.transport, "client HTTP", me.http).await?;
+    let peer_listener = bind(&*env.transport, "peer", me.peer).await?;
 
     let metrics = Metrics::new();
     let peers: Vec<_> = config.peers_of(&me.id).cloned().collect();
@@ -194,6 +202,7 @@ pub async fn run_with(
         tasks.spawn(driver::run(
             replica.clone(),
             target,
+            env.transport.clone(),
             identity.clone(),
             transport.clone(),
             driver_options.clone(),

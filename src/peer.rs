@@ -3,8 +3,9 @@
 //! Owns: dialing from the node's own peer IP (bind before connect, so that nftables
 //! rules on IPs partition nodes that share a machine), the `Hello` handshake, the
 //! deadline on every network operation, and the bounded set of inbound connections.
-//! Knows nothing of: what requests mean. Inbound requests go to a [`Responder`];
-//! outbound ones come from whoever holds a [`Link`].
+//! Knows nothing of: what requests mean, and how bytes move: every connection comes
+//! from the node's [`Transport`] (TCP in production). Inbound requests go to a
+//! [`Responder`]; outbound ones come from whoever holds a [`Link`].
 //!
 //! Every await on the network here has a deadline: a partition made by dropping
 //! packets leaves TCP waiting forever, and only a timer notices.
@@ -16,7 +17,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, NodeId};
 use crate::metrics::Metrics;
+use crate::transport::{BoxStream, Listener, Transport};
 use crate::wire::codec::{FrameCodec, WireError, HANDSHAKE_MAX_FRAME_BYTES};
 use crate::wire::{Message, PROTOCOL_VERSION};
 
@@ -134,29 +135,21 @@ impl LogLimiter {
 }
 
 /// An outbound connection to one peer, past the handshake: strict request → reply.
-pub struct Link<S = TcpStream> {
+pub struct Link<S = BoxStream> {
     frames: Framed<S, FrameCodec>,
 }
 
-/// Opens a TCP connection to `remote` from `local_ip` (port chosen by the OS).
+/// Opens a connection to `remote` from `local_ip` through `transport`, within `timeout`.
 pub async fn dial(
+    transport: &dyn Transport,
     local_ip: IpAddr,
     remote: SocketAddr,
     timeout: Duration,
-) -> Result<TcpStream, LinkError> {
-    let socket = match local_ip {
-        IpAddr::V4(_) => TcpSocket::new_v4(),
-        IpAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(WireError::Io)?;
-    socket
-        .bind(SocketAddr::new(local_ip, 0))
-        .map_err(WireError::Io)?;
-    let stream = tokio::time::timeout(timeout, socket.connect(remote))
+) -> Result<BoxStream, LinkError> {
+    let stream = tokio::time::timeout(timeout, transport.dial(local_ip, remote))
         .await
         .map_err(|_| LinkError::Timeout(timeout))?
         .map_err(WireError::Io)?;
-    stream.set_nodelay(true).map_err(WireError::Io)?;
     Ok(stream)
 }
 
@@ -284,7 +277,7 @@ fn check_hello(identity: &Identity, hello: &Message) -> Result<NodeId, (&'static
 
 /// Accepts inbound peer connections until `shutdown`, each served by its own task.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: Box<dyn Listener>,
     identity: Arc<Identity>,
     options: TransportOptions,
     responder: Arc<dyn Responder>,
@@ -312,7 +305,6 @@ pub async fn serve(
             }
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let (identity, options, responder, shutdown, limiter) = (
             identity.clone(),
             options.clone(),

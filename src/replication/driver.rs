@@ -25,6 +25,7 @@ use super::Replica;
 use crate::clock::NodeId;
 use crate::metrics::PeerLabels;
 use crate::peer::{dial, Identity, Link, LinkError, TransportOptions};
+use crate::transport::Transport;
 use crate::wire::Message;
 
 /// Timing of one peer's driver.
@@ -68,6 +69,7 @@ pub struct PeerTarget {
 pub async fn run(
     replica: Replica,
     target: PeerTarget,
+    network: Arc<dyn Transport>,
     identity: Arc<Identity>,
     transport: TransportOptions,
     options: DriverOptions,
@@ -82,7 +84,13 @@ pub async fn run(
     let mut was_up = false;
     while !shutdown.is_cancelled() {
         let opened = async {
-            let stream = dial(target.local_ip, target.address, transport.connect_timeout).await?;
+            let stream = dial(
+                &*network,
+                target.local_ip,
+                target.address,
+                transport.connect_timeout,
+            )
+            .await?;
             Link::open(stream, &identity, &target.id, &transport).await
         };
         let result = tokio::select! {
