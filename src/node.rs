@@ -190,17 +190,20 @@ pub async fn run_with(
         peer_listener,
         identity.clone(),
         transport.clone(),
-        Arc::new(replica.clone()),
+        replica.responder(),
         shutdown.clone(),
     ));
     for peer in &peers {
+        let Some(port) = replica.driver_port(&peer.id) else {
+            warn!(peer = %peer.id, "a driver for this peer is already running");
+            continue;
+        };
         let target = PeerTarget {
-            id: peer.id.clone(),
             address: peer.peer,
             local_ip: me.peer.ip(),
         };
         tasks.spawn(driver::run(
-            replica.clone(),
+            port,
             target,
             env.transport.clone(),
             identity.clone(),
