@@ -287,6 +287,8 @@ pub async fn serve(
     let limiter = Arc::new(LogLimiter::new(options.clock.clone()));
     loop {
         let accepted = tokio::select! {
+            // In order: a stopping node accepts nothing more.
+            biased;
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
@@ -315,6 +317,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             tokio::select! {
+                // In order: a stopping node answers nothing more.
+                biased;
                 _ = shutdown.cancelled() => {}
                 _ = serve_connection(stream, remote, &identity, &options, &*responder, &limiter) => {}
             }
