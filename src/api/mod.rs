@@ -8,7 +8,7 @@ pub mod error;
 pub mod server;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -70,7 +70,9 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    let started = Instant::now();
+    // tokio's clock, not std's: it is the one a simulator (or `tokio::time::pause`)
+    // drives, and it keeps sub-millisecond resolution for the histogram.
+    let started = tokio::time::Instant::now();
     let response = next.run(request).await;
     let metrics = state.replica.metrics();
     metrics
