@@ -36,26 +36,39 @@ enum Command {
         /// Data directory (not supported yet: meshkv keeps its data in memory).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Stop when the parent process dies (used by `meshkv demo`, so that its nodes
+        /// never outlive it, even after `kill -9` of the demo).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
     },
     /// Start a local cluster of N nodes in the foreground; Ctrl-C stops them all.
     Demo {
         /// Number of nodes (1 to 9).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// Client port of the first node; node i listens on 127.0.0.1<i>:PORT+i-1 and
+        /// on PORT+100+i-1 for its peers.
+        #[arg(long, default_value_t = DEMO_HTTP_PORT)]
+        port: u16,
     },
-    /// Read a key (exit 1 if it is absent).
+    /// Read a key and write its value, byte for byte, to standard output (exit 1 if it
+    /// is absent).
     Get {
         /// The key.
         key: String,
         #[command(flatten)]
         target: Target,
     },
-    /// Write a value.
+    /// Write a value: the VALUE argument, a file (--file), or standard input (`-`).
     Put {
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value; `-` reads it from standard input.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file (any bytes).
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
         #[command(flatten)]
         target: Target,
     },
@@ -88,14 +101,16 @@ enum Command {
     Test(crate::tools::suites::TestArgs),
 }
 
-/// Which node a client command talks to.
+/// Which node a client command talks to. Without `--node` or `--cluster`: the cluster
+/// of a running `meshkv demo` if there is one, else the single node that `meshkv serve`
+/// runs with no arguments (http://127.0.0.1:7001).
 #[derive(Args, Debug)]
 struct Target {
-    /// The node's URL, e.g. http://127.0.0.11:7001 (default: http://127.0.0.1:7001).
-    #[arg(long, conflicts_with = "cluster")]
+    /// The node's URL, e.g. http://127.0.0.11:7001.
+    #[arg(long, conflicts_with = "cluster", value_name = "URL")]
     node: Option<String>,
     /// A cluster file: the first node that answers is used.
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
     /// Consistency level: one, live, quorum or all.
     #[arg(long)]
@@ -158,11 +173,14 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(default: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -172,27 +190,36 @@ async fn run(command: Command) -> Result<(), Failure> {
             cluster,
             node,
             data_dir,
-        } => serve(cluster.as_deref(), node.as_deref(), data_dir.as_deref()).await,
-        Command::Demo { nodes } => demo(nodes).await,
+            exit_with_parent,
+        } => {
+            serve(
+                cluster.as_deref(),
+                node.as_deref(),
+                data_dir.as_deref(),
+                exit_with_parent,
+            )
+            .await
+        }
+        Command::Demo { nodes, port } => demo(nodes, port).await,
         Command::Get { key, target } => {
             let client = pick(&target).await?;
             match client.get(&key, target.consistency.as_deref()).await? {
-                Some(reply) => {
-                    println!("{}", reply.value);
-                    Ok(())
-                }
+                Some(reply) => write_value(&reply.value),
                 None => Err(Failure::failed(format!("key {key:?} not found"))),
             }
         }
-        Command::Put { key, value, target } => {
+        Command::Put {
+            key,
+            value,
+            file,
+            target,
+        } => {
+            let value = read_value(value, file).await?;
             let client = pick(&target).await?;
             let reply = client
                 .put(&key, &value, target.consistency.as_deref())
                 .await?;
-            println!(
-                "{}",
-                serde_json::json!({"key": reply.key, "previous": reply.previous, "version": reply.version})
-            );
+            println!("{}", reply.to_json());
             Ok(())
         }
         Command::Status { cluster } => {
@@ -209,10 +236,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Del { key, target } => {
             let client = pick(&target).await?;
             let reply = client.delete(&key, target.consistency.as_deref()).await?;
-            println!(
-                "{}",
-                serde_json::json!({"key": reply.key, "previous": reply.previous, "version": reply.version})
-            );
+            println!("{}", reply.to_json());
             Ok(())
         }
         Command::Test(args) => match crate::tools::suites::run(args).await {
@@ -227,12 +251,62 @@ fn load(path: &Path) -> Result<ClusterConfig, Failure> {
     ClusterConfig::load(path).map_err(|error| Failure::usage(error.to_string()))
 }
 
+/// The value of `put`: the argument, standard input for `-`, or the file's bytes.
+async fn read_value(value: Option<String>, file: Option<PathBuf>) -> Result<Vec<u8>, Failure> {
+    use tokio::io::AsyncReadExt;
+    match (value, file) {
+        (_, Some(path)) => tokio::fs::read(&path)
+            .await
+            .map_err(|e| Failure::failed(format!("cannot read {}: {e}", path.display()))),
+        (Some(dash), None) if dash == "-" => {
+            let mut bytes = Vec::new();
+            tokio::io::stdin()
+                .read_to_end(&mut bytes)
+                .await
+                .map_err(|e| Failure::failed(format!("cannot read standard input: {e}")))?;
+            Ok(bytes)
+        }
+        (Some(text), None) => Ok(text.into_bytes()),
+        (None, None) => Err(Failure::usage("give a VALUE, `-` or --file PATH")),
+    }
+}
+
+/// Writes a value to standard output exactly; on a terminal, a text value that does not
+/// end with a newline gets one, so the prompt starts on its own line.
+fn write_value(value: &[u8]) -> Result<(), Failure> {
+    use std::io::{IsTerminal, Write};
+    let mut stdout = std::io::stdout().lock();
+    let newline = stdout.is_terminal() && !value.ends_with(b"\n");
+    stdout
+        .write_all(value)
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| stdout.flush())
+        .map_err(|e| Failure::failed(format!("cannot write to standard output: {e}")))
+}
+
+/// The cluster file `meshkv demo` writes, which client commands use by default.
+pub fn demo_cluster_file() -> PathBuf {
+    std::env::temp_dir()
+        .join("meshkv-demo")
+        .join("cluster.toml")
+}
+
 /// The client of the node a command should talk to.
 async fn pick(target: &Target) -> Result<Client, Failure> {
-    let Some(path) = &target.cluster else {
-        let url = target.node.as_deref().unwrap_or("http://127.0.0.1:7001");
-        return Ok(Client::new(url, DEFAULT_TIMEOUT));
+    let demo = demo_cluster_file();
+    let path = match (&target.node, &target.cluster) {
+        (Some(url), _) => return Ok(Client::new(url, DEFAULT_TIMEOUT)),
+        (None, Some(path)) => path.clone(),
+        (None, None) if demo.exists() => demo,
+        (None, None) => return Ok(Client::new("http://127.0.0.1:7001", DEFAULT_TIMEOUT)),
     };
+    let path = &path;
     let config = load(path)?;
     for node in &config.nodes {
         let client = Client::new(&node.http.to_string(), DEFAULT_TIMEOUT);
@@ -261,10 +335,22 @@ async fn termination() {
     }
 }
 
+/// Resolves when this process's parent has died (the process was re-parented).
+async fn parent_died() {
+    let parent = std::os::unix::process::parent_id();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if std::os::unix::process::parent_id() != parent {
+            return;
+        }
+    }
+}
+
 async fn serve(
     cluster: Option<&Path>,
     node: Option<&str>,
     data_dir: Option<&Path>,
+    exit_with_parent: bool,
 ) -> Result<(), Failure> {
     if data_dir.is_some() {
         return Err(Failure::usage(
@@ -287,8 +373,13 @@ async fn serve(
     let shutdown = CancellationToken::new();
     let signal_shutdown = shutdown.clone();
     tokio::spawn(async move {
-        termination().await;
-        tracing::info!("signal received, shutting down");
+        tokio::select! {
+            biased;
+            _ = termination() => tracing::info!("signal received, shutting down"),
+            _ = parent_died(), if exit_with_parent => {
+                tracing::warn!("the parent process died; shutting down");
+            }
+        }
         signal_shutdown.cancel();
     });
     node::run(&config, &id, shutdown)
@@ -302,24 +393,40 @@ async fn serve(
 /// First client port of the demo cluster; peers use `DEMO_HTTP_PORT + 100 + i`.
 const DEMO_HTTP_PORT: u16 = 7001;
 
-async fn demo(count: usize) -> Result<(), Failure> {
+async fn demo(count: usize, port: u16) -> Result<(), Failure> {
     if !(1..=9).contains(&count) {
         return Err(Failure::usage("--nodes must be between 1 and 9"));
+    }
+    if port.checked_add(100 + count as u16).is_none() {
+        return Err(Failure::usage("--port is too high"));
     }
     let exe = std::env::current_exe()
         .map_err(|e| Failure::failed(format!("cannot find the meshkv binary: {e}")))?;
     // A fixed place, so that the cluster file has a name people can type; a second
     // demo at the same time would collide on the ports anyway.
-    let dir = std::env::temp_dir().join("meshkv-demo");
+    let cluster_file = demo_cluster_file();
+    let dir = cluster_file
+        .parent()
+        .expect("the demo file is inside a directory")
+        .to_owned();
+    let text = ClusterConfig::local_file(count, port, port + 100);
+    let config = ClusterConfig::parse(&text).map_err(|e| Failure::failed(e.to_string()))?;
+    // Every address must be free: otherwise the nodes would fail one by one, and a
+    // client could quietly talk to whatever already listens there (an older demo).
+    // Checked before anything is written, so a running demo's files stay as they are.
+    for spec in &config.nodes {
+        for address in std::iter::once(spec.http).chain(spec.peer) {
+            if let Err(error) = std::net::TcpListener::bind(address) {
+                return Err(Failure::failed(format!(
+                    "cannot start the demo: {address} is not free ({error}); is another demo or node running?"
+                )));
+            }
+        }
+    }
     std::fs::create_dir_all(&dir)
         .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
-    let cluster_file = dir.join("cluster.toml");
-    std::fs::write(
-        &cluster_file,
-        ClusterConfig::local_file(count, DEMO_HTTP_PORT, DEMO_HTTP_PORT + 100),
-    )
-    .map_err(|e| Failure::failed(format!("cannot write {}: {e}", cluster_file.display())))?;
-    let config = load(&cluster_file)?;
+    std::fs::write(&cluster_file, text)
+        .map_err(|e| Failure::failed(format!("cannot write {}: {e}", cluster_file.display())))?;
 
     let mut children = Vec::new();
     for spec in &config.nodes {
@@ -332,6 +439,7 @@ async fn demo(count: usize) -> Result<(), Failure> {
             .arg(&cluster_file)
             .arg("--node")
             .arg(spec.id.as_str())
+            .arg("--exit-with-parent")
             .stdin(std::process::Stdio::null())
             .stdout(
                 log.try_clone()

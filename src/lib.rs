@@ -14,7 +14,8 @@
 //! | 1 mechanism | [`membership`] | failure detector (pure state machine) |
 //! | 1 mechanism | [`wire`] | protocol messages and authenticated frames |
 //! | 1 mechanism | [`metrics`] | counters and the Prometheus registry |
-//! | 2 transport | [`peer`] | TCP links from the node's own IP, handshakes, request/reply |
+//! | 2 transport | [`transport`] | the network seam: dial, listen; TCP in production |
+//! | 2 transport | [`peer`] | links from the node's own IP, handshakes, request/reply |
 //! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
 //! | 4 edge | [`api`] | the client HTTP API |
 //! | 5 assembly | [`config`], [`node`] | the cluster file; spawning and shutdown of a node |
@@ -32,4 +33,5 @@ pub mod peer;
 pub mod replication;
 pub mod store;
 pub mod tools;
+pub mod transport;
 pub mod wire;

@@ -49,7 +49,7 @@ async fn read_value(client: &Client, key: &str) -> Option<String> {
         .get(key, None)
         .await
         .unwrap_or_else(|e| panic!("GET {key} on {}: {e}", client.url()))
-        .map(|reply| reply.value)
+        .map(|reply| reply.text().into_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +115,8 @@ async fn previous_chains_for_a_client_rotating_nodes() {
             .await
             .unwrap_or_else(|e| panic!("PUT {key}={value} on n{node}: {e}"));
         assert_eq!(
-            reply.previous, last_value,
+            reply.previous_text().map(|text| text.into_owned()),
+            last_value,
             "PUT {value} on n{node}: `previous` must be the value written just before"
         );
         if let Some(last) = &last_version {
@@ -134,7 +135,7 @@ async fn previous_chains_for_a_client_rotating_nodes() {
         .delete(key, None)
         .await
         .unwrap_or_else(|e| panic!("DELETE {key} on n2: {e}"));
-    assert_eq!(deleted.previous.as_deref(), Some("v29"));
+    assert_eq!(deleted.previous_text().as_deref(), Some("v29"));
     assert!(deleted.version > last_version.unwrap());
     for node in 1..=3 {
         assert_eq!(
@@ -199,7 +200,7 @@ async fn killed_node_leaves_others_serving() {
         .delete("after/0", None)
         .await
         .expect("DELETE with n3 down");
-    assert_eq!(deleted.previous.as_deref(), Some("value 0"));
+    assert_eq!(deleted.previous_text().as_deref(), Some("value 0"));
     assert_eq!(read_value(&c1, "after/0").await, None);
 }
 
@@ -285,7 +286,7 @@ async fn restarted_empty_node_catches_up() {
                     .get(&key, None)
                     .await
                     .unwrap_or_else(|e| panic!("GET {key} on n3: {e}"))
-                    .map(|reply| reply.value);
+                    .map(|reply| reply.text().into_owned());
                 assert_eq!(got, value, "{key} on the restarted n3");
             }
         });
@@ -325,7 +326,7 @@ async fn partition_heals_and_later_write_wins() {
             .put(key, &format!("minority {key}"), None)
             .await
             .unwrap_or_else(|e| panic!("PUT {key} on n1 during the partition: {e}"));
-        assert_eq!(reply.previous.as_deref(), Some("initial"));
+        assert_eq!(reply.previous_text().as_deref(), Some("initial"));
         minority.push(reply.version);
     }
     let mut majority = Vec::new();
@@ -336,7 +337,7 @@ async fn partition_heals_and_later_write_wins() {
             .await
             .unwrap_or_else(|e| panic!("PUT {key} on n2 during the partition: {e}"));
         assert_eq!(
-            reply.previous.as_deref(),
+            reply.previous_text().as_deref(),
             Some("initial"),
             "n2 cannot have seen n1's write through the partition"
         );
@@ -472,7 +473,7 @@ async fn a_restarted_node_serves_only_once_caught_up() {
     for i in 0..300 {
         let value = reader.get(&format!("gate{i}"), Some("one")).await.unwrap();
         assert_eq!(
-            value.map(|read| read.value),
+            value.map(|read| read.text().into_owned()),
             Some(format!("v{i}")),
             "gate{i} on n3 once ready"
         );

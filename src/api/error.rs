@@ -5,7 +5,6 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::json;
 
 use crate::replication::ReplicationError;
@@ -48,7 +47,7 @@ impl From<InputError> for ApiError {
         let status = match error {
             InputError::KeyTooLong { .. } => StatusCode::URI_TOO_LONG,
             InputError::ValueTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            InputError::EmptyKey | InputError::KeyControlCharacter | InputError::NotUtf8(_) => {
+            InputError::EmptyKey | InputError::KeyControlCharacter | InputError::KeyNotUtf8 => {
                 StatusCode::BAD_REQUEST
             }
         };
@@ -79,7 +78,7 @@ impl IntoResponse for ApiError {
             Some(applied) => json!({ "error": self.message, "applied_locally": applied }),
             None => json!({ "error": self.message }),
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.status, super::json_response(body)).into_response();
         if self.status == StatusCode::PAYLOAD_TOO_LARGE {
             // The rest of an oversized body is never read, so the connection cannot
             // carry another request: say so, or a pooling client would reuse it.

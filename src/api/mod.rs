@@ -8,7 +8,7 @@ pub mod error;
 pub mod server;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -17,13 +17,14 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use axum::{Json, Router};
+use axum::Router;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::metrics::{RequestLabels, RouteLabels};
 use crate::replication::{Consistency, Replica};
+use crate::store::InputError;
 pub use error::ApiError;
 
 /// Items returned by a listing when `limit` is not given.
@@ -69,7 +70,9 @@ async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
     );
-    let started = Instant::now();
+    // tokio's clock, not std's: it is the one a simulator (or `tokio::time::pause`)
+    // drives, and it keeps sub-millisecond resolution for the histogram.
+    let started = tokio::time::Instant::now();
     let response = next.run(request).await;
     let metrics = state.replica.metrics();
     metrics
@@ -159,7 +162,7 @@ fn key_of(uri: &Uri, replica: &Replica) -> Result<String, ApiError> {
     let raw = uri.path().strip_prefix(KV_PREFIX).unwrap_or_default();
     let key = percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| ApiError::bad_request("the key is not valid UTF-8"))?
+        .map_err(|_| InputError::KeyNotUtf8)?
         .into_owned();
     replica.limits().check_key(&key)?;
     Ok(key)
@@ -194,15 +197,19 @@ async fn kv(
                 .and_then(|accept| accept.to_str().ok())
                 .is_some_and(|accept| accept.contains("application/json"));
             let mut response = if wants_json {
-                Json(json!({
-                    "key": key,
-                    "value": value,
-                    "version": entry.version.to_string(),
-                    "node": replica.id().as_str(),
-                }))
-                .into_response()
+                let mut object = serde_json::Map::new();
+                object.insert("key".into(), key.into());
+                insert_value(&mut object, "value", Some(&value));
+                object.insert("version".into(), entry.version.to_string().into());
+                object.insert("node".into(), replica.id().as_str().into());
+                json_response(Value::Object(object))
             } else {
-                ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], value).into_response()
+                let content_type = if std::str::from_utf8(&value).is_ok() {
+                    "text/plain; charset=utf-8"
+                } else {
+                    "application/octet-stream"
+                };
+                ([(header::CONTENT_TYPE, content_type)], value).into_response()
             };
             response.headers_mut().insert(header::ETAG, etag);
             Ok(response)
@@ -225,18 +232,18 @@ async fn kv(
                         ))
                     }
                 })?;
-                Some(replica.limits().check_value(&body)?)
+                replica.limits().check_value(&body)?;
+                Some(body)
             } else {
                 None
             };
             replica.check_ready()?;
             let outcome = replica.write(&key, value, level).await?;
-            Ok(Json(json!({
-                "key": key,
-                "previous": outcome.previous,
-                "version": outcome.version.to_string(),
-            }))
-            .into_response())
+            let mut object = serde_json::Map::new();
+            object.insert("key".into(), key.into());
+            insert_value(&mut object, "previous", outcome.previous.as_deref());
+            object.insert("version".into(), outcome.version.to_string().into());
+            Ok(json_response(Value::Object(object)))
         }
         other => Err(method_not_allowed(other).await),
     }
@@ -246,13 +253,15 @@ async fn kv(
 struct ListParams {
     prefix: Option<String>,
     limit: Option<String>,
+    start_after: Option<String>,
 }
 
-/// `GET /v1/kv?prefix=P&limit=N`.
+/// `GET /v1/kv?prefix=P&limit=N&start_after=K`: one page of live keys in key order;
+/// `next` is the `start_after` of the following page (`null` on the last one).
 async fn list(
     State(state): State<Arc<AppState>>,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(params) = params
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
     let limit = match params.limit.as_deref() {
@@ -267,14 +276,28 @@ async fn list(
         },
     };
     state.replica.check_ready()?;
-    let (items, truncated) = state
-        .replica
-        .scan(params.prefix.as_deref().unwrap_or(""), limit);
+    let (items, truncated) = state.replica.scan(
+        params.prefix.as_deref().unwrap_or(""),
+        params.start_after.as_deref(),
+        limit,
+    );
+    let next = match items.last() {
+        Some(last) if truncated => Value::from(last.key.as_str()),
+        _ => Value::Null,
+    };
     let items: Vec<Value> = items
         .into_iter()
-        .map(|entry| json!({"key": entry.key, "value": entry.value, "version": entry.version.to_string()}))
+        .map(|entry| {
+            let mut object = serde_json::Map::new();
+            object.insert("key".into(), entry.key.into());
+            insert_value(&mut object, "value", entry.value.as_deref());
+            object.insert("version".into(), entry.version.to_string().into());
+            Value::Object(object)
+        })
         .collect();
-    Ok(Json(json!({ "items": items, "truncated": truncated })))
+    Ok(json_response(
+        json!({ "items": items, "truncated": truncated, "next": next }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -287,7 +310,7 @@ struct ConvergenceParams {
 async fn convergence(
     State(state): State<Arc<AppState>>,
     params: Result<Query<ConvergenceParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(params) = params
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
     let cluster = match params.cluster.as_deref() {
@@ -297,7 +320,7 @@ async fn convergence(
     };
     if !cluster {
         let summary = state.replica.summary();
-        return Ok(Json(json!({
+        return Ok(json_response(json!({
             "node": state.replica.id().as_str(),
             "keys": summary.keys,
             "tombstones": summary.tombstones,
@@ -325,11 +348,13 @@ async fn convergence(
             })
         })
         .collect();
-    Ok(Json(json!({ "converged": converged, "nodes": nodes })))
+    Ok(json_response(
+        json!({ "converged": converged, "nodes": nodes }),
+    ))
 }
 
 /// `GET /v1/cluster`: this node's failure-detector view of its peers.
-async fn cluster(State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn cluster(State(state): State<Arc<AppState>>) -> Response {
     let peers: Vec<Value> = state
         .replica
         .peer_views()
@@ -344,7 +369,7 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Json<Value> {
             })
         })
         .collect();
-    Json(json!({ "node": state.replica.id().as_str(), "peers": peers }))
+    json_response(json!({ "node": state.replica.id().as_str(), "peers": peers }))
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -370,4 +395,31 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         metrics.render(),
     )
         .into_response()
+}
+
+/// A JSON reply, ending with a newline so that a shell prompt after `curl` starts on a
+/// line of its own.
+pub(crate) fn json_response(value: Value) -> Response {
+    let mut body = serde_json::to_vec(&value).expect("a JSON value always serializes");
+    body.push(b'\n');
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Puts `value` into a JSON object under `field` as a string when it is valid UTF-8, else
+/// under `<field>_base64` in standard base64 (API.md §3); `None` is `field: null`.
+fn insert_value(object: &mut serde_json::Map<String, Value>, field: &str, value: Option<&[u8]>) {
+    use base64::Engine as _;
+    match value.map(std::str::from_utf8) {
+        None => {
+            object.insert(field.to_owned(), Value::Null);
+        }
+        Some(Ok(text)) => {
+            object.insert(field.to_owned(), text.into());
+        }
+        Some(Err(_)) => {
+            let encoded =
+                base64::engine::general_purpose::STANDARD.encode(value.unwrap_or_default());
+            object.insert(format!("{field}_base64"), encoded.into());
+        }
+    }
 }

@@ -13,7 +13,7 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 1024 * 1024;
 pub struct Limits {
     /// Longest key, in bytes of UTF-8.
     pub max_key_bytes: usize,
-    /// Longest value, in bytes of UTF-8.
+    /// Longest value, in bytes (values are arbitrary bytes).
     pub max_value_bytes: usize,
 }
 
@@ -43,9 +43,9 @@ pub enum InputError {
     /// The key contains a control character.
     #[error("the key contains a control character")]
     KeyControlCharacter,
-    /// The key or value is not valid UTF-8.
-    #[error("the {0} is not valid UTF-8")]
-    NotUtf8(&'static str),
+    /// The key is not valid UTF-8.
+    #[error("the key is not valid UTF-8")]
+    KeyNotUtf8,
     /// The value is longer than `max_value_bytes`.
     #[error("the value is {len} bytes long; the limit is {max} bytes")]
     ValueTooLarge {
@@ -74,15 +74,15 @@ impl Limits {
         Ok(())
     }
 
-    /// Checks a value's bytes: at most `max_value_bytes`, valid UTF-8.
-    pub fn check_value(&self, bytes: &[u8]) -> Result<String, InputError> {
+    /// Checks a value's size: at most `max_value_bytes` bytes. Any bytes are allowed.
+    pub fn check_value(&self, bytes: &[u8]) -> Result<(), InputError> {
         if bytes.len() > self.max_value_bytes {
             return Err(InputError::ValueTooLarge {
                 len: bytes.len(),
                 max: self.max_value_bytes,
             });
         }
-        String::from_utf8(bytes.to_vec()).map_err(|_| InputError::NotUtf8("value"))
+        Ok(())
     }
 }
 
@@ -119,15 +119,16 @@ mod tests {
             max_key_bytes: 4,
             max_value_bytes: 4,
         };
-        assert_eq!(limits.check_value(b"").unwrap(), "");
-        assert_eq!(limits.check_value(b"abcd").unwrap(), "abcd");
+        assert_eq!(limits.check_value(b""), Ok(()));
+        assert_eq!(limits.check_value(b"abcd"), Ok(()));
+        assert_eq!(
+            limits.check_value(&[0xff, 0, 0xfe]),
+            Ok(()),
+            "values are bytes"
+        );
         assert!(matches!(
             limits.check_value(b"abcde"),
             Err(InputError::ValueTooLarge { .. })
         ));
-        assert_eq!(
-            limits.check_value(&[0xff]),
-            Err(InputError::NotUtf8("value"))
-        );
     }
 }

@@ -1,21 +1,26 @@
 //! The replicated state: a map from key to last-writer-wins register.
 //!
 //! Owns: [`Store`] (registers, tombstones, the incremental [`Digest`] and the bucket
-//! index that anti-entropy reads), [`Entry`] (one register as it travels) and the
-//! input [`Limits`].
+//! index that anti-entropy reads), [`Entry`] (one register as it travels and as it is
+//! written to disk) and the input [`Limits`].
 //! Knows nothing of: clocks (versions arrive already stamped), the network, I/O.
 //!
 //! # Semantics
-//! Each key holds a [`Register`]: `crdts::LWWReg` over `Option<String>` (a value, or
-//! `None` for a tombstone) with a [`Version`] as its marker. Merging two registers keeps
-//! the one with the larger version, so merge is commutative, associative and idempotent,
-//! and a store is just the pointwise merge of its registers: any two stores that have
-//! merged the same entries, in any order and grouping, are equal. Versions are unique
-//! per write, so two different values never carry the same marker.
+//! Each key holds a [`Register`]: `crdts::LWWReg` over a [`Cell`] (the value as bytes,
+//! or `None` for a tombstone, and the version the writer replaced) with a [`Version`]
+//! as its marker. Merging two registers keeps the one with the larger version, so merge
+//! is commutative, associative and idempotent, and a store is just the pointwise merge
+//! of its registers: any two stores that have merged the same entries, in any order and
+//! grouping, are equal. Versions are unique per write, so two different cells never
+//! carry the same marker.
 //!
 //! Deletes write tombstones, which are kept (and replicated, and hashed into the digest)
-//! like values: a delete is never undone by a replica that missed it. Tombstones are not
-//! yet collected; see DESIGN.md.
+//! like values: a delete is never undone by a replica that missed it. Tombstones are
+//! collected only once every node holds them; see DESIGN.md.
+//!
+//! `replaces` does not take part in the merge. It records what the writer had seen of
+//! the key when it wrote (the version it overwrote), so that a node can tell an
+//! overwrite that knew its predecessor from a concurrent one that did not.
 
 pub mod digest;
 pub mod limits;
@@ -24,6 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use crdts::{CvRDT, LWWReg};
 use serde::{Deserialize, Serialize};
 
@@ -31,29 +37,65 @@ use crate::clock::Version;
 pub use digest::{BucketId, Digest};
 pub use limits::{InputError, Limits};
 
-/// One key's register: the value (`None` = tombstone) and the version that wrote it.
-pub type Register = LWWReg<Option<String>, Version>;
+/// What a register holds besides its version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cell {
+    /// The value, or `None` for a tombstone.
+    pub value: Option<Bytes>,
+    /// The version the writer overwrote (`None`: the key was absent there).
+    pub replaces: Option<Version>,
+}
 
-/// One register with its key: the unit of replication.
+/// One key's register: the cell and the version that wrote it.
+pub type Register = LWWReg<Cell, Version>;
+
+/// One register with its key: the unit of replication and of the on-disk log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The key.
     pub key: String,
     /// The version of the write that produced this state.
     pub version: Version,
-    /// The value, or `None` for a tombstone.
-    pub value: Option<String>,
+    /// The value, or `None` for a tombstone. Any bytes.
+    pub value: Option<Bytes>,
+    /// The version the writer overwrote when it wrote (`None`: it held nothing).
+    pub replaces: Option<Version>,
 }
 
 impl Entry {
     /// An upper bound of the entry's encoded size, for batching against byte budgets:
-    /// the strings plus their MessagePack headers (≤ 5 bytes each), the timestamp
-    /// (≤ 14), the node id and the array headers.
+    /// the key and value plus their MessagePack headers (≤ 5 bytes each), two versions
+    /// (≤ 14 bytes of timestamp each, plus the node ids) and the array headers.
     pub fn weight(&self) -> usize {
         self.key.len()
-            + self.value.as_ref().map_or(0, String::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
             + self.version.node.as_str().len()
-            + 40
+            + self
+                .replaces
+                .as_ref()
+                .map_or(0, |version| version.node.as_str().len())
+            + 56
+    }
+
+    /// The entry of `key` held in `register`.
+    fn of(key: &str, register: &Register) -> Self {
+        Entry {
+            key: key.to_owned(),
+            version: register.marker.clone(),
+            value: register.val.value.clone(),
+            replaces: register.val.replaces.clone(),
+        }
+    }
+
+    fn into_register(self) -> (String, Register) {
+        let register = Register {
+            val: Cell {
+                value: self.value,
+                replaces: self.replaces,
+            },
+            marker: self.version,
+        };
+        (self.key, register)
     }
 }
 
@@ -91,7 +133,8 @@ pub struct Summary {
 /// let write = |wall_ms, node: &str, value: &str| Entry {
 ///     key: "k".into(),
 ///     version: Version { timestamp: Timestamp { wall_ms, logical: 0 }, node: NodeId::new(node).unwrap() },
-///     value: Some(value.into()),
+///     value: Some(value.as_bytes().to_vec().into()),
+///     replaces: None,
 /// };
 /// // Two replicas receive the same writes in opposite orders…
 /// let (mut a, mut b) = (Store::new(), Store::new());
@@ -100,7 +143,7 @@ pub struct Summary {
 /// b.merge(write(2, "n2", "new"));
 /// b.merge(write(1, "n1", "old"));
 /// // …and end equal: the later write wins, and the digests agree.
-/// assert_eq!(a.get("k").unwrap().val.as_deref(), Some("new"));
+/// assert_eq!(a.get("k").unwrap().val.value.as_deref(), Some(&b"new"[..]));
 /// assert_eq!(a.summary(), b.summary());
 /// ```
 #[derive(Debug, Default, Clone)]
@@ -126,24 +169,14 @@ impl Store {
 
     /// The key's current entry, tombstones included.
     pub fn entry(&self, key: &str) -> Option<Entry> {
-        self.registers.get(key).map(|register| Entry {
-            key: key.to_owned(),
-            version: register.marker.clone(),
-            value: register.val.clone(),
-        })
+        self.registers
+            .get(key)
+            .map(|register| Entry::of(key, register))
     }
 
     /// Merges one entry: it replaces the key's register if its version is larger.
     pub fn merge(&mut self, entry: Entry) -> Merged {
-        let Entry {
-            key,
-            version,
-            value,
-        } = entry;
-        let incoming = Register {
-            val: value,
-            marker: version,
-        };
+        let (key, incoming) = entry.into_register();
         let bucket = digest::bucket_of(&key);
         let previous = match self.registers.get_mut(key.as_str()) {
             Some(current) if current.marker >= incoming.marker => return Merged::Stale,
@@ -169,7 +202,7 @@ impl Store {
 
     /// Counts a register into the digest and the counters.
     fn remember(&mut self, bucket: BucketId, key: &str, register: &Register) {
-        let tombstone = register.val.is_none();
+        let tombstone = register.val.value.is_none();
         self.digest
             .toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
         self.tombstones += tombstone as usize;
@@ -180,7 +213,7 @@ impl Store {
 
     /// Counts a register out of the digest and the counters.
     fn forget(&mut self, bucket: BucketId, key: &str, register: &Register) {
-        let tombstone = register.val.is_none();
+        let tombstone = register.val.value.is_none();
         self.digest
             .toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
         self.tombstones -= tombstone as usize;
@@ -195,31 +228,35 @@ impl Store {
 
     /// Every entry, in key order. Walks the map: for tests and tools, not request paths.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
-        self.registers.iter().map(|(key, register)| Entry {
-            key: key.to_string(),
-            version: register.marker.clone(),
-            value: register.val.clone(),
-        })
+        self.registers
+            .iter()
+            .map(|(key, register)| Entry::of(key, register))
     }
 
-    /// Live keys (tombstones skipped) starting with `prefix`, in key order, at most
-    /// `limit` of them; the flag says whether more matched.
-    pub fn scan(&self, prefix: &str, limit: usize) -> (Vec<Entry>, bool) {
+    /// Live keys (tombstones skipped) starting with `prefix` and, if given, strictly
+    /// after `start_after`, in key order, at most `limit` of them; the flag says whether
+    /// more matched.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> (Vec<Entry>, bool) {
+        let start = match start_after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
         let mut items = Vec::new();
         let range = self
             .registers
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<str, _>((start, Bound::Unbounded))
             .take_while(|(key, _)| key.starts_with(prefix))
-            .filter(|(_, register)| register.val.is_some());
+            .filter(|(_, register)| register.val.value.is_some());
         for (key, register) in range {
             if items.len() == limit {
                 return (items, true);
             }
-            items.push(Entry {
-                key: key.to_string(),
-                version: register.marker.clone(),
-                value: register.val.clone(),
-            });
+            items.push(Entry::of(key, register));
         }
         (items, false)
     }
@@ -250,7 +287,7 @@ impl Store {
     /// The root hash, recomputed from scratch. For tests of the incremental digest.
     pub fn recompute_root(&self) -> u64 {
         self.registers.iter().fold(0, |root, (key, register)| {
-            root ^ digest::entry_hash(key, &register.marker, register.val.is_none())
+            root ^ digest::entry_hash(key, &register.marker, register.val.value.is_none())
         })
     }
 }
@@ -275,8 +312,15 @@ mod tests {
         Entry {
             key: key.into(),
             version: version(wall_ms, node),
-            value: value.map(str::to_owned),
+            value: value.map(|text| Bytes::copy_from_slice(text.as_bytes())),
+            replaces: None,
         }
+    }
+
+    fn value_of(store: &Store, key: &str) -> Option<Bytes> {
+        store
+            .get(key)
+            .and_then(|register| register.val.value.clone())
     }
 
     #[test]
@@ -287,13 +331,13 @@ mod tests {
             Merged::Applied { previous: None }
         );
         assert_eq!(store.merge(put("k", 1, "n2", Some("old"))), Merged::Stale);
-        assert_eq!(store.get("k").unwrap().val.as_deref(), Some("new"));
+        assert_eq!(value_of(&store, "k").as_deref(), Some(&b"new"[..]));
         // Same timestamp: the node id breaks the tie.
         let merged = store.merge(put("k", 2, "n2", Some("tie")));
         assert!(
-            matches!(merged, Merged::Applied { previous: Some(ref p) } if p.val.as_deref() == Some("new"))
+            matches!(merged, Merged::Applied { previous: Some(ref p) } if p.val.value.as_deref() == Some(&b"new"[..]))
         );
-        assert_eq!(store.get("k").unwrap().val.as_deref(), Some("tie"));
+        assert_eq!(value_of(&store, "k").as_deref(), Some(&b"tie"[..]));
     }
 
     #[test]
@@ -314,7 +358,7 @@ mod tests {
         let summary = store.summary();
         assert_eq!((summary.keys, summary.tombstones), (1, 1));
         assert_eq!(summary.max_version, Some(version(2, "n1")));
-        let (items, truncated) = store.scan("", 10);
+        let (items, truncated) = store.scan("", None, 10);
         assert_eq!(
             items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
             ["b"]
@@ -336,15 +380,20 @@ mod tests {
         for key in ["user/2", "user/1", "users", "admin", "user/3"] {
             store.merge(put(key, 1, "n1", Some("v")));
         }
-        let (items, truncated) = store.scan("user/", 2);
-        assert_eq!(
-            items.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(),
-            ["user/1", "user/2"]
-        );
+        let keys = |items: &[Entry]| items.iter().map(|e| e.key.clone()).collect::<Vec<_>>();
+        let (items, truncated) = store.scan("user/", None, 2);
+        assert_eq!(keys(&items), ["user/1", "user/2"]);
         assert!(truncated);
-        let (items, truncated) = store.scan("user/", 3);
+        // The next page starts strictly after the last key of this one.
+        let (items, truncated) = store.scan("user/", Some("user/2"), 2);
+        assert_eq!(keys(&items), ["user/3"]);
+        assert!(!truncated);
+        let (items, truncated) = store.scan("user/", None, 3);
         assert_eq!(items.len(), 3);
         assert!(!truncated);
+        // A cursor before the prefix starts at the prefix; one past it yields nothing.
+        assert_eq!(keys(&store.scan("user/", Some("a"), 10).0).len(), 3);
+        assert!(store.scan("user/", Some("user/9"), 10).0.is_empty());
     }
 
     #[test]
@@ -370,20 +419,26 @@ mod tests {
                 timestamp: Timestamp { wall_ms, logical },
                 node: NodeId::new(format!("n{node}")).unwrap(),
             };
-            let value = (logical != 0).then(|| format!("v{version}"));
+            let value = (logical != 0).then(|| Bytes::from(format!("v{version}")));
+            // What the writer had seen is a function of the write, like its value.
+            let replaces = (wall_ms > 0).then(|| Version {
+                timestamp: Timestamp {
+                    wall_ms: wall_ms - 1,
+                    logical,
+                },
+                node: version.node.clone(),
+            });
             Entry {
                 key: format!("k{key}"),
                 version,
                 value,
+                replaces,
             }
         })
     }
 
     fn register(entry: &Entry) -> Register {
-        Register {
-            val: entry.value.clone(),
-            marker: entry.version.clone(),
-        }
+        entry.clone().into_register().1
     }
 
     fn merged(mut a: Register, b: Register) -> Register {

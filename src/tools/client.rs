@@ -4,8 +4,10 @@
 //! Knows nothing of: the server's internals; it speaks only the documented API, so it
 //! works against any implementation of the contract.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
+use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use reqwest::StatusCode;
 use serde::Deserialize;
@@ -77,27 +79,112 @@ impl ClientError {
 }
 
 /// The answer to a PUT or DELETE.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteReply {
     /// The key.
     pub key: String,
-    /// The value the node held before the write.
-    pub previous: Option<String>,
+    /// The value the node held before the write, exactly as stored.
+    pub previous: Option<Bytes>,
     /// The write's version.
     pub version: String,
 }
 
+impl WriteReply {
+    /// The previous value as text (invalid UTF-8 replaced), for values known to be text.
+    pub fn previous_text(&self) -> Option<Cow<'_, str>> {
+        self.previous
+            .as_ref()
+            .map(|value| String::from_utf8_lossy(value))
+    }
+}
+
 /// A value read with its version.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadReply {
     /// The key.
     pub key: String,
-    /// The value.
-    pub value: String,
+    /// The value, exactly as stored.
+    pub value: Bytes,
     /// Its version.
     pub version: String,
     /// The node that answered.
     pub node: String,
+}
+
+impl ReadReply {
+    /// The value as text (invalid UTF-8 replaced), for values known to be text.
+    pub fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.value)
+    }
+}
+
+/// A JSON object with a value under `name` (UTF-8) or `name_base64` (other bytes), as
+/// API.md §3 gives them.
+fn decode_value(object: &Value, name: &str) -> Result<Option<Bytes>, String> {
+    use base64::Engine as _;
+    if let Some(text) = object.get(name).and_then(Value::as_str) {
+        return Ok(Some(Bytes::copy_from_slice(text.as_bytes())));
+    }
+    match object.get(format!("{name}_base64")).and_then(Value::as_str) {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map(|bytes| Some(Bytes::from(bytes)))
+            .map_err(|error| format!("{name}_base64 is not base64: {error}")),
+        None => Ok(None),
+    }
+}
+
+fn string_field(object: &Value, name: &str) -> Result<String, String> {
+    object
+        .get(name)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| format!("the reply has no {name:?} string"))
+}
+
+impl WriteReply {
+    /// The reply as API.md §3 shapes it: `previous` as text when it is UTF-8, else
+    /// `previous_base64`.
+    pub fn to_json(&self) -> Value {
+        use base64::Engine as _;
+        let mut object = serde_json::Map::new();
+        object.insert("key".into(), self.key.clone().into());
+        match self.previous.as_deref().map(std::str::from_utf8) {
+            None => {
+                object.insert("previous".into(), Value::Null);
+            }
+            Some(Ok(text)) => {
+                object.insert("previous".into(), text.into());
+            }
+            Some(Err(_)) => {
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode(self.previous.as_deref().unwrap_or_default());
+                object.insert("previous_base64".into(), encoded.into());
+            }
+        }
+        object.insert("version".into(), self.version.clone().into());
+        Value::Object(object)
+    }
+
+    fn from_json(object: &Value) -> Result<Self, String> {
+        Ok(Self {
+            key: string_field(object, "key")?,
+            previous: decode_value(object, "previous")?,
+            version: string_field(object, "version")?,
+        })
+    }
+}
+
+impl ReadReply {
+    fn from_json(object: &Value) -> Result<Self, String> {
+        Ok(Self {
+            key: string_field(object, "key")?,
+            value: decode_value(object, "value")?
+                .ok_or_else(|| "the reply has no value".to_owned())?,
+            version: string_field(object, "version")?,
+            node: string_field(object, "node")?,
+        })
+    }
 }
 
 /// A client of one node.
@@ -184,6 +271,19 @@ impl Client {
         })
     }
 
+    /// A JSON reply turned into `T` by `convert`.
+    fn reply<T>(
+        &self,
+        body: &str,
+        convert: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Result<T, ClientError> {
+        let json: Value = self.parse(body)?;
+        convert(&json).map_err(|reason| ClientError::Protocol {
+            url: self.base.clone(),
+            reason,
+        })
+    }
+
     /// Reads a key; `Ok(None)` when it is absent (404).
     pub async fn get(
         &self,
@@ -195,25 +295,25 @@ impl Client {
             .get(self.key_url(key, consistency))
             .header(reqwest::header::ACCEPT, "application/json");
         match self.send(request).await {
-            Ok((_, body)) => self.parse(&body).map(Some),
+            Ok((_, body)) => self.reply(&body, ReadReply::from_json).map(Some),
             Err(ClientError::Status { status: 404, .. }) => Ok(None),
             Err(error) => Err(error),
         }
     }
 
-    /// Writes a value.
+    /// Writes a value (any bytes).
     pub async fn put(
         &self,
         key: &str,
-        value: &str,
+        value: impl AsRef<[u8]>,
         consistency: Option<&str>,
     ) -> Result<WriteReply, ClientError> {
         let request = self
             .http
             .put(self.key_url(key, consistency))
-            .body(value.to_owned());
+            .body(value.as_ref().to_vec());
         let (_, body) = self.send(request).await?;
-        self.parse(&body)
+        self.reply(&body, WriteReply::from_json)
     }
 
     /// Deletes a key (writes a tombstone).
@@ -225,7 +325,7 @@ impl Client {
         let (_, body) = self
             .send(self.http.delete(self.key_url(key, consistency)))
             .await?;
-        self.parse(&body)
+        self.reply(&body, WriteReply::from_json)
     }
 
     /// `GET path` as JSON, e.g. `/v1/convergence`.
@@ -245,6 +345,27 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_decode_from_text_or_base64() {
+        let reply = ReadReply::from_json(
+            &json!({"key": "k", "value_base64": "AP8=", "version": "1-0-n1", "node": "n1"}),
+        )
+        .unwrap();
+        assert_eq!(&reply.value[..], &[0x00, 0xff]);
+        let reply =
+            WriteReply::from_json(&json!({"key": "k", "previous": "old", "version": "v"})).unwrap();
+        assert_eq!(reply.previous_text().as_deref(), Some("old"));
+        let reply =
+            WriteReply::from_json(&json!({"key": "k", "previous": null, "version": "v"})).unwrap();
+        assert_eq!(reply.previous, None);
+        assert!(WriteReply::from_json(
+            &json!({"key": "k", "previous_base64": "!!", "version": "v"})
+        )
+        .is_err());
+        assert!(ReadReply::from_json(&json!({"key": "k", "version": "v", "node": "n1"})).is_err());
+    }
 
     #[test]
     fn keys_are_escaped_but_slashes_kept() {

@@ -160,6 +160,7 @@ mod tests {
                     node: NodeId::new("n1").unwrap(),
                 },
                 value: Some("v".into()),
+                replaces: None,
             }],
         }
     }

@@ -29,7 +29,7 @@ use crate::clock::{NodeId, Version};
 use crate::store::{BucketId, Entry};
 
 /// Bumped on every incompatible change of [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Every frame of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -38,6 +38,7 @@ pub mod stress_partition;
 pub mod throughput;
 pub mod views;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -476,7 +477,7 @@ pub async fn read(
     let result = node.client.get(key, None).await;
     recorder.record(&node.id, Op::Get, sent, &result);
     result
-        .map(|reply| reply.map(|r| r.value))
+        .map(|reply| reply.map(|r| r.text().into_owned()))
         .map_err(|e| e.to_string())
 }
 
@@ -493,7 +494,7 @@ pub async fn write(
     let result = node.client.put(key, value, None).await;
     recorder.record(&node.id, Op::Put, sent, &result);
     result
-        .map(|reply| reply.previous)
+        .map(|reply| reply.previous_text().map(Cow::into_owned))
         .map_err(|e| e.to_string())
 }
 
