@@ -200,6 +200,9 @@ impl Replica {
         options: ReplicationOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
+        for peer in &peers {
+            metrics.add_peer(peer.as_str(), &Message::KINDS);
+        }
         let outboxes = peers
             .iter()
             .map(|peer| (peer.clone(), Outbox::new(options.outbox_max_keys)))
