@@ -3,22 +3,22 @@
 //! Owns: the HTTP accept loop, the cap on concurrent connections, the deadline for a
 //! client to send its request headers (which also closes idle keep-alive connections),
 //! the deadline for each response write to make progress, and graceful shutdown of
-//! open connections. Per-request deadlines are a middleware
-//! in [`super`]. `axum::serve` offers none of these knobs, so this drives hyper directly,
-//! as `axum::serve` itself does.
+//! open connections. Per-request deadlines are kept by the [`Api`] service.
+//! `axum::serve` offers none of these knobs, so this drives hyper directly, as
+//! `axum::serve` itself does.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use super::Api;
 
 /// Client-facing bounds.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +38,7 @@ pub struct ServerOptions {
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    router: Api,
     options: ServerOptions,
     shutdown: CancellationToken,
 ) {
@@ -65,7 +65,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let service = router.clone();
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(options.write_timeout));
         let io = TokioIo::new(Box::pin(stream));

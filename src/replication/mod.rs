@@ -560,6 +560,26 @@ impl Replica {
         Ok(newest.filter(|entry| entry.value.is_some()))
     }
 
+    /// [`Replica::read`] for a client: the version and value of a live key. At `one` and
+    /// `live` it copies two handles under the lock and nothing else (no key, no
+    /// predecessor), which is the whole cost of the common read.
+    pub async fn read_value(
+        &self,
+        key: &str,
+        level: Consistency,
+    ) -> Result<Option<(Version, Bytes)>, ReplicationError> {
+        if matches!(level, Consistency::One | Consistency::Live) {
+            let core = self.core();
+            return Ok(core.store.get(key).and_then(|register| {
+                let value = register.val.value.clone()?;
+                Some((register.marker.clone(), value))
+            }));
+        }
+        // Boxed: the cluster read's future is large; the common read should not carry it.
+        let entry = Box::pin(self.read(key, level)).await?;
+        Ok(entry.and_then(|entry| Some((entry.version, entry.value?))))
+    }
+
     /// Every node's counts and digest, this one's included; nodes that do not answer
     /// within the strong timeout are reported without a summary.
     pub async fn cluster_summaries(&self) -> Vec<NodeSummary> {
