@@ -18,7 +18,8 @@ use std::borrow::Cow;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Query;
-use axum::http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
@@ -50,11 +51,12 @@ enum BodyError {
 
 /// Answers one `/v1/kv/{key}` request whose key part is not empty (the caller checked).
 pub(super) async fn serve(
-    replica: &Replica,
+    replica: Replica,
     body_limit: usize,
-    request: Request<Incoming>,
+    parts: Parts,
+    body: Incoming,
 ) -> Result<Response, ApiError> {
-    let (parts, body) = request.into_parts();
+    let replica = &replica;
     // The body is read first, whatever the method, as axum's extractors did; only a PUT
     // looks at the outcome. A request without a body skips this.
     let body = if body.is_end_stream() {
@@ -117,7 +119,9 @@ pub(super) async fn serve(
                 None
             };
             replica.check_ready()?;
-            let outcome = replica.write(&key, value, level).await?;
+            // Boxed: the write's future is the largest of this one's; inline, it would
+            // push every request's future past the allocator's small-size cache.
+            let outcome = Box::pin(replica.write(&key, value, level)).await?;
             let version = outcome.version.text();
             let mut headers = parts.headers;
             headers.clear();

@@ -19,6 +19,8 @@ use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use futures_util::future::Either;
+use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -93,56 +95,61 @@ impl hyper::service::Service<Request<Incoming>> for Api {
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let api = self.clone();
-        Box::pin(async move { Ok(api.answer(request).await) })
-    }
-}
-
-impl Api {
     /// Answers one request within the deadline (408 past it, slow body included), and
     /// records it. A write cut off while waiting for acks stays applied locally and
     /// replicates; the error says so.
-    async fn answer(self, request: Request<Incoming>) -> Response {
+    ///
+    /// Built from combinators rather than nested `async` blocks: each of those would
+    /// hold its own copy of the request, and a future over 1 KiB costs more to allocate
+    /// than all the rest of the service.
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
         let route = route_of(request.method(), request.uri().path());
         let timeout = self.shared.request_timeout;
         let deadline = tokio::time::Instant::from_std(started) + timeout;
-        let response = match tokio::time::timeout_at(deadline, self.dispatch(request)).await {
-            Ok(response) => response,
-            Err(_) => ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                format!(
-                    "the request did not complete within {timeout:?}; a write may have been applied"
-                ),
-            )
-            .into_response(),
-        };
-        self.shared.replica.metrics().record_request(
-            route,
-            response.status().as_u16(),
-            started.elapsed(),
-        );
-        response
+        let shared = self.shared.clone();
+        let answer = tokio::time::timeout_at(deadline, dispatch(&self.shared, request));
+        Box::pin(answer.map(move |answer| {
+            let response = answer.unwrap_or_else(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request did not complete within {timeout:?}; a write may have been applied"
+                    ),
+                )
+                .into_response()
+            });
+            shared.replica.metrics().record_request(
+                route,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            Ok(response)
+        }))
     }
+}
 
-    async fn dispatch(&self, request: Request<Incoming>) -> Response {
-        let shared = &*self.shared;
-        let is_key = request
-            .uri()
-            .path()
-            .strip_prefix(KV_PREFIX)
-            .is_some_and(|raw| !raw.is_empty());
-        if is_key {
-            return kv::serve(&shared.replica, shared.body_limit, request)
-                .await
-                .unwrap_or_else(IntoResponse::into_response);
-        }
+/// Key requests to [`kv`], the others to the router.
+fn dispatch(
+    shared: &Shared,
+    request: Request<Incoming>,
+) -> impl Future<Output = Response> + Send + 'static {
+    let is_key = request
+        .uri()
+        .path()
+        .strip_prefix(KV_PREFIX)
+        .is_some_and(|raw| !raw.is_empty());
+    if is_key {
+        let (parts, body) = request.into_parts();
+        let answer = kv::serve(shared.replica.clone(), shared.body_limit, parts, body);
+        Either::Left(answer.map(|answer| answer.unwrap_or_else(IntoResponse::into_response)))
+    } else {
         // Boxed: the router's future is large, and only the rare routes need it.
-        match Box::pin(shared.routes.clone().oneshot(request)).await {
+        let answer = Box::pin(shared.routes.clone().oneshot(request));
+        Either::Right(answer.map(|answer| match answer {
             Ok(response) => response,
             Err(never) => match never {},
-        }
+        }))
     }
 }
 
