@@ -46,8 +46,8 @@ struct AppState {
 ///
 /// Every request is timed, counted by route and status, and cut off with 408 at the
 /// request deadline, right here rather than in middleware layers. Key requests
-/// (`/v1/kv/{key}`, the hot path) are answered by [`kv`] directly; every other route
-/// goes through an axum [`Router`].
+/// (`/v1/kv/{key}`, the hot path) are answered by the `kv` module directly; every other
+/// route goes through an axum [`Router`].
 #[derive(Clone)]
 pub struct Api {
     shared: Arc<Shared>,
@@ -100,8 +100,8 @@ impl hyper::service::Service<Request<Incoming>> for Api {
     /// replicates; the error says so.
     ///
     /// Built from combinators rather than nested `async` blocks: each of those would
-    /// hold its own copy of the request, and a future over 1 KiB costs more to allocate
-    /// than all the rest of the service.
+    /// hold its own copy of the request, and a future over 1 KiB misses glibc's cache of
+    /// small blocks, which costs some 400 instructions per request to allocate and free.
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let started = Instant::now();
         let route = route_of(request.method(), request.uri().path());
