@@ -173,14 +173,13 @@ impl VersionText {
     }
 
     /// `number` in decimal, zero-padded to `width` digits.
-    fn push_padded(&mut self, mut number: u64, width: usize) {
-        let digits = number.checked_ilog10().map_or(1, |log| log as usize + 1);
-        let end = self.len + digits.max(width);
-        for digit in self.bytes[self.len..end].iter_mut().rev() {
-            *digit = b'0' + (number % 10) as u8;
-            number /= 10;
-        }
-        self.len = end;
+    fn push_padded(&mut self, number: u64, width: usize) {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(number).as_bytes();
+        let zeros = width.saturating_sub(digits.len());
+        self.bytes[self.len..self.len + zeros].fill(b'0');
+        self.len += zeros;
+        self.push(digits);
     }
 }
 
