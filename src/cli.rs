@@ -415,7 +415,7 @@ async fn demo(count: usize, port: u16) -> Result<(), Failure> {
     // client could quietly talk to whatever already listens there (an older demo).
     // Checked before anything is written, so a running demo's files stay as they are.
     for spec in &config.nodes {
-        for address in [spec.http, spec.peer] {
+        for address in std::iter::once(spec.http).chain(spec.peer) {
             if let Err(error) = std::net::TcpListener::bind(address) {
                 return Err(Failure::failed(format!(
                     "cannot start the demo: {address} is not free ({error}); is another demo or node running?"
@@ -490,7 +490,8 @@ async fn demo(count: usize, port: u16) -> Result<(), Failure> {
             "  {:<4} {:<22} {:<22} {}",
             spec.id,
             format!("http://{}", spec.http),
-            spec.peer,
+            spec.peer
+                .map_or_else(|| "-".to_owned(), |peer| peer.to_string()),
             child.id().map_or_else(|| "?".into(), |pid| pid.to_string())
         );
     }

@@ -1,8 +1,10 @@
 //! Hybrid logical clock (HLC) and the versions it stamps.
 //!
 //! Owns: [`Timestamp`], [`Version`], [`NodeId`], the [`Hlc`] state machine and the
-//! [`WallClock`] seam through which physical time enters the process.
-//! Knows nothing of: the store, the network, tokio.
+//! [`Clock`] seam through which time (wall and monotonic) enters the node, with
+//! [`ManualClock`], a clock driven by hand for tests and simulations.
+//! Knows nothing of: the store, the network, tokio (the production clock, which reads
+//! tokio's time, lives in `node`).
 //!
 //! # The algorithm (Kulkarni et al., 2014)
 //! A timestamp is `(wall_ms, logical)`. When the node stamps a local event it takes
@@ -25,8 +27,8 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -214,23 +216,63 @@ impl FromStr for Version {
     }
 }
 
-/// The source of physical time. Injected so that tests and the planned deterministic
-/// simulator can drive time by hand.
-pub trait WallClock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch. May jump in either direction.
-    fn now_ms(&self) -> u64;
+/// The one source of time of a node: every reading of the wall or the monotonic clock
+/// in the server goes through it (or through tokio's timers, which a simulator drives
+/// too). Injected, so that tests and a deterministic simulator can drive time.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch, for HLC stamps. May jump in either direction.
+    fn wall_ms(&self) -> u64;
+
+    /// Milliseconds since an arbitrary origin fixed for the clock's life; never goes
+    /// back. For durations: the failure detector, the startup gate, log rate limits.
+    fn monotonic_ms(&self) -> u64;
 }
 
-/// The operating system's real-time clock.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct SystemClock;
+/// A [`Clock`] that moves only when told to: for unit tests and simulations.
+///
+/// ```
+/// use meshkv::clock::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new(1_000);
+/// clock.advance_ms(250);
+/// assert_eq!((clock.wall_ms(), clock.monotonic_ms()), (1_250, 250));
+/// clock.set_wall_ms(900); // a wall clock may jump back; the monotonic one may not
+/// assert_eq!((clock.wall_ms(), clock.monotonic_ms()), (900, 250));
+/// ```
+#[derive(Debug, Default)]
+pub struct ManualClock {
+    wall_ms: AtomicU64,
+    monotonic_ms: AtomicU64,
+}
 
-impl WallClock for SystemClock {
-    fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_millis() as u64)
-            .unwrap_or(0)
+impl ManualClock {
+    /// A clock whose wall time reads `wall_ms` and whose monotonic time reads 0.
+    pub fn new(wall_ms: u64) -> Self {
+        Self {
+            wall_ms: AtomicU64::new(wall_ms),
+            monotonic_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Moves both clocks forward by `ms`.
+    pub fn advance_ms(&self, ms: u64) {
+        self.wall_ms.fetch_add(ms, Ordering::Relaxed);
+        self.monotonic_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+
+    /// Sets the wall clock alone (it may jump back, as a real one can).
+    pub fn set_wall_ms(&self, wall_ms: u64) {
+        self.wall_ms.store(wall_ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for ManualClock {
+    fn wall_ms(&self) -> u64 {
+        self.wall_ms.load(Ordering::Relaxed)
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.monotonic_ms.load(Ordering::Relaxed)
     }
 }
 

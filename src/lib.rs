@@ -14,10 +14,12 @@
 //! | 1 mechanism | [`membership`] | failure detector (pure state machine) |
 //! | 1 mechanism | [`wire`] | protocol messages and authenticated frames |
 //! | 1 mechanism | [`metrics`] | counters and the Prometheus registry |
-//! | 2 transport | [`peer`] | TCP links from the node's own IP, handshakes, request/reply |
+//! | 2 transport | [`transport`] | the network seam: dial, listen; TCP in production |
+//! | 2 transport | [`peer`] | links from the node's own IP, handshakes, request/reply |
 //! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
 //! | 4 edge | [`api`] | the client HTTP API |
 //! | 5 assembly | [`config`], [`node`] | the cluster file; spawning and shutdown of a node |
+//! | 5 assembly | `fuzz_checks` (hidden) | the bodies of the fuzz targets, replayed by `cargo test` |
 //! | 6 tools | [`tools`] | HTTP client, `status`/`check`, the test suites: public API only |
 //! | 7 entry | [`cli`] | the `meshkv` command line |
 
@@ -25,6 +27,8 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod membership;
 pub mod metrics;
 pub mod node;
@@ -32,4 +36,5 @@ pub mod peer;
 pub mod replication;
 pub mod store;
 pub mod tools;
+pub mod transport;
 pub mod wire;

@@ -1,27 +1,29 @@
 //! One running node: turns the cluster file into tasks, and stops them.
 //!
-//! Owns: binding the two listeners, spawning the peer server, one driver per peer and
-//! the HTTP server, and the shutdown sequence (one [`CancellationToken`] that every
-//! task watches; the root waits for all of them, with a deadline).
+//! Owns: the node's environment ([`NodeEnv`]: the seams through which the outside world
+//! enters, and their production implementations), binding the two listeners, spawning
+//! the peer server, one driver per peer and the HTTP server, and the shutdown sequence
+//! (one [`CancellationToken`] that every task watches; the root waits for all of them,
+//! with a deadline).
 //! Knows nothing of: request semantics.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::api::server::ServerOptions;
-use crate::clock::{SystemClock, WallClock};
+use crate::clock::Clock;
 use crate::config::{ClusterConfig, ConfigError, Tuning};
 use crate::metrics::Metrics;
 use crate::peer::{self, Identity, TransportOptions};
 use crate::replication::driver::{self, DriverOptions, PeerTarget};
 use crate::replication::{Replica, ReplicationOptions};
+use crate::transport::{Listener, TcpTransport, Transport};
 
 /// How long shutdown waits for tasks to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -44,8 +46,13 @@ pub enum NodeError {
     },
 }
 
-async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, NodeError> {
-    TcpListener::bind(address)
+async fn bind(
+    transport: &dyn Transport,
+    what: &'static str,
+    address: SocketAddr,
+) -> Result<Box<dyn Listener>, NodeError> {
+    transport
+        .listen(address)
         .await
         .map_err(|source| NodeError::Bind {
             what,
@@ -54,34 +61,99 @@ async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, No
         })
 }
 
+/// The production [`Clock`]: wall time from the operating system, monotonic time from
+/// tokio's `Instant`, so that it agrees with tokio's timers (which `tokio::time::pause`
+/// and a simulator drive).
+#[derive(Debug, Clone, Copy)]
+pub struct SystemClock {
+    origin: tokio::time::Instant,
+}
+
+impl SystemClock {
+    /// A clock whose monotonic time starts at 0 now.
+    pub fn new() -> Self {
+        Self {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn wall_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
+    }
+}
+
+/// The outside world of one node: the seams through which time and the network reach
+/// it. [`run`] uses [`NodeEnv::production`]; a deterministic simulator builds its own
+/// (simulated time, simulated TCP) and calls [`run_with`] once per node, all in one
+/// process.
+#[derive(Clone)]
+pub struct NodeEnv {
+    /// Wall and monotonic time.
+    pub clock: Arc<dyn Clock>,
+    /// Every connection: to peers, from peers, from HTTP clients.
+    pub transport: Arc<dyn Transport>,
+    // The storage seam (`persist`, the data directory) joins here.
+}
+
+impl NodeEnv {
+    /// The real world: the system clock and TCP.
+    pub fn production() -> Self {
+        Self {
+            clock: Arc::new(SystemClock::new()),
+            transport: Arc::new(TcpTransport),
+        }
+    }
+}
+
 /// Runs node `id` of `config` until `shutdown` is cancelled.
 pub async fn run(
     config: &ClusterConfig,
     id: &str,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    run_with_clock(config, id, Arc::new(SystemClock), shutdown).await
+    run_with(config, id, NodeEnv::production(), shutdown).await
 }
 
-/// [`run`], with the wall clock injected (tests and simulations drive time).
-pub async fn run_with_clock(
+/// [`run`] in the environment `env` (tests and simulations drive time and the network).
+pub async fn run_with(
     config: &ClusterConfig,
     id: &str,
-    clock: Arc<dyn WallClock>,
+    env: NodeEnv,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let me = config.node(id)?.clone();
+    // Refused before anything is bound: every node, this one and its peers, needs a
+    // `peer` address (a cluster file written to test a foreign store may have none).
+    let my_peer_address = config.peer_address(&me)?;
+    let peers = config
+        .peers_of(&me.id)
+        .map(|peer| Ok((peer.clone(), config.peer_address(peer)?)))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     let tuning = &config.tuning;
     let secret = config.secret()?;
-    let http_listener = bind("client HTTP", me.http).await?;
-    let peer_listener = bind("peer", me.peer).await?;
+    let http_listener = bind(&*env.transport, "client HTTP", me.http).await?;
+    let peer_listener = bind(&*env.transport, "peer", my_peer_address).await?;
 
     let metrics = Metrics::new();
-    let peers: Vec<_> = config.peers_of(&me.id).cloned().collect();
     let replica = Replica::new(
         me.id.clone(),
-        peers.iter().map(|peer| peer.id.clone()).collect(),
-        clock,
+        peers.iter().map(|(peer, _)| peer.id.clone()).collect(),
+        env.clock.clone(),
         ReplicationOptions {
             limits: tuning.limits(),
             max_clock_skew_ms: tuning.max_clock_skew_ms,
@@ -110,6 +182,7 @@ pub async fn run_with_clock(
         idle_timeout: Tuning::ms(tuning.peer_idle_timeout_ms),
         max_connections: tuning.max_peer_connections,
         metrics: metrics.clone(),
+        clock: env.clock.clone(),
     };
     let driver_options = DriverOptions {
         anti_entropy_interval: Tuning::ms(tuning.anti_entropy_interval_ms),
@@ -123,18 +196,22 @@ pub async fn run_with_clock(
         peer_listener,
         identity.clone(),
         transport.clone(),
-        Arc::new(replica.clone()),
+        replica.responder(),
         shutdown.clone(),
     ));
-    for peer in &peers {
+    for (peer, address) in &peers {
+        let Some(port) = replica.driver_port(&peer.id) else {
+            warn!(peer = %peer.id, "a driver for this peer is already running");
+            continue;
+        };
         let target = PeerTarget {
-            id: peer.id.clone(),
-            address: peer.peer,
-            local_ip: me.peer.ip(),
+            address: *address,
+            local_ip: my_peer_address.ip(),
         };
         tasks.spawn(driver::run(
-            replica.clone(),
+            port,
             target,
+            env.transport.clone(),
             identity.clone(),
             transport.clone(),
             driver_options.clone(),
@@ -146,7 +223,7 @@ pub async fn run_with_clock(
     info!(
         node = %me.id,
         http = %me.http,
-        peer = %me.peer,
+        peer = %my_peer_address,
         peers = peers.len(),
         authenticated = secret.is_some(),
         "node serving"

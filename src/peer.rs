@@ -3,8 +3,9 @@
 //! Owns: dialing from the node's own peer IP (bind before connect, so that nftables
 //! rules on IPs partition nodes that share a machine), the `Hello` handshake, the
 //! deadline on every network operation, and the bounded set of inbound connections.
-//! Knows nothing of: what requests mean. Inbound requests go to a [`Responder`];
-//! outbound ones come from whoever holds a [`Link`].
+//! Knows nothing of: what requests mean, and how bytes move: every connection comes
+//! from the node's [`Transport`] (TCP in production). Inbound requests go to a
+//! [`Responder`]; outbound ones come from whoever holds a [`Link`].
 //!
 //! Every await on the network here has a deadline: a partition made by dropping
 //! packets leaves TCP waiting forever, and only a timer notices.
@@ -12,18 +13,18 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::clock::NodeId;
+use crate::clock::{Clock, NodeId};
 use crate::metrics::Metrics;
+use crate::transport::{BoxStream, Listener, Transport};
 use crate::wire::codec::{FrameCodec, WireError, HANDSHAKE_MAX_FRAME_BYTES};
 use crate::wire::{Message, PROTOCOL_VERSION};
 
@@ -78,6 +79,8 @@ pub struct TransportOptions {
     pub max_connections: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// The node's clock (rate limits of log lines).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl TransportOptions {
@@ -94,26 +97,37 @@ impl TransportOptions {
 
 /// Logs a given complaint at most once per interval per source, so a misconfigured or
 /// hostile peer cannot flood the log.
-#[derive(Default)]
 pub struct LogLimiter {
-    last: Mutex<HashMap<String, Instant>>,
+    clock: Arc<dyn Clock>,
+    /// Monotonic milliseconds of the last line allowed per source.
+    last: Mutex<HashMap<String, u64>>,
 }
 
 impl LogLimiter {
     /// The quiet interval per source.
     pub const INTERVAL: Duration = Duration::from_secs(10);
 
+    /// A limiter that reads the time from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            clock,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// True if `source` may be logged now.
     pub fn allow(&self, source: &str) -> bool {
         let mut last = self.last.lock().expect("log limiter lock");
-        let now = Instant::now();
+        let now_ms = self.clock.monotonic_ms();
         match last.get(source) {
-            Some(at) if now.duration_since(*at) < Self::INTERVAL => false,
+            Some(&at_ms) if now_ms.saturating_sub(at_ms) < Self::INTERVAL.as_millis() as u64 => {
+                false
+            }
             _ => {
                 if last.len() > 1024 {
                     last.clear();
                 }
-                last.insert(source.to_owned(), now);
+                last.insert(source.to_owned(), now_ms);
                 true
             }
         }
@@ -121,29 +135,21 @@ impl LogLimiter {
 }
 
 /// An outbound connection to one peer, past the handshake: strict request → reply.
-pub struct Link<S = TcpStream> {
+pub struct Link<S = BoxStream> {
     frames: Framed<S, FrameCodec>,
 }
 
-/// Opens a TCP connection to `remote` from `local_ip` (port chosen by the OS).
+/// Opens a connection to `remote` from `local_ip` through `transport`, within `timeout`.
 pub async fn dial(
+    transport: &dyn Transport,
     local_ip: IpAddr,
     remote: SocketAddr,
     timeout: Duration,
-) -> Result<TcpStream, LinkError> {
-    let socket = match local_ip {
-        IpAddr::V4(_) => TcpSocket::new_v4(),
-        IpAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(WireError::Io)?;
-    socket
-        .bind(SocketAddr::new(local_ip, 0))
-        .map_err(WireError::Io)?;
-    let stream = tokio::time::timeout(timeout, socket.connect(remote))
+) -> Result<BoxStream, LinkError> {
+    let stream = tokio::time::timeout(timeout, transport.dial(local_ip, remote))
         .await
         .map_err(|_| LinkError::Timeout(timeout))?
         .map_err(WireError::Io)?;
-    stream.set_nodelay(true).map_err(WireError::Io)?;
     Ok(stream)
 }
 
@@ -271,16 +277,18 @@ fn check_hello(identity: &Identity, hello: &Message) -> Result<NodeId, (&'static
 
 /// Accepts inbound peer connections until `shutdown`, each served by its own task.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: Box<dyn Listener>,
     identity: Arc<Identity>,
     options: TransportOptions,
     responder: Arc<dyn Responder>,
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_connections));
-    let limiter = Arc::new(LogLimiter::default());
+    let limiter = Arc::new(LogLimiter::new(options.clock.clone()));
     loop {
         let accepted = tokio::select! {
+            // In order: a stopping node accepts nothing more.
+            biased;
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
@@ -299,7 +307,6 @@ pub async fn serve(
             }
             continue;
         };
-        let _ = stream.set_nodelay(true);
         let (identity, options, responder, shutdown, limiter) = (
             identity.clone(),
             options.clone(),
@@ -310,6 +317,8 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             tokio::select! {
+                // In order: a stopping node answers nothing more.
+                biased;
                 _ = shutdown.cancelled() => {}
                 _ = serve_connection(stream, remote, &identity, &options, &*responder, &limiter) => {}
             }
@@ -401,6 +410,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
     fn identity(node: &str) -> Identity {
         Identity {
@@ -446,7 +456,8 @@ mod tests {
 
     #[test]
     fn the_log_limiter_allows_one_line_per_source_per_interval() {
-        let limiter = LogLimiter::default();
+        let clock = Arc::new(ManualClock::new(0));
+        let limiter = LogLimiter::new(clock.clone());
         assert!(limiter.allow("10.0.0.1:bad_tag"));
         assert!(
             !limiter.allow("10.0.0.1:bad_tag"),
@@ -459,6 +470,11 @@ mod tests {
         assert!(
             limiter.allow("10.0.0.1:not_member"),
             "another reason has its own budget"
+        );
+        clock.advance_ms(LogLimiter::INTERVAL.as_millis() as u64);
+        assert!(
+            limiter.allow("10.0.0.1:bad_tag"),
+            "a source may log again after the interval"
         );
     }
 
@@ -477,6 +493,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_connections: 4,
             metrics: Metrics::new(),
+            clock: Arc::new(ManualClock::new(0)),
         }
     }
 
@@ -486,7 +503,7 @@ mod tests {
         let server_identity = identity("n2");
         let server_task = tokio::spawn(async move {
             let options = options();
-            let limiter = LogLimiter::default();
+            let limiter = LogLimiter::new(options.clock.clone());
             serve_connection(
                 server,
                 "127.0.0.1:1".parse().unwrap(),

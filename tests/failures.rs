@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{eventually, require_nft, TestCluster};
-use meshkv::clock::NodeId;
+use meshkv::clock::{ManualClock, NodeId};
 use meshkv::metrics::Metrics;
 use meshkv::peer::{dial, Identity, Link, LinkError, TransportOptions};
+use meshkv::transport::TcpTransport;
 use meshkv::wire::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -375,6 +376,7 @@ fn transport(secret: &[u8]) -> TransportOptions {
         idle_timeout: Duration::from_secs(2),
         max_connections: 4,
         metrics: Metrics::new(),
+        clock: Arc::new(ManualClock::new(0)),
     }
 }
 
@@ -399,15 +401,22 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
     let peer_address = {
         let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
         let config = meshkv::config::ClusterConfig::parse(&text).unwrap();
-        config.nodes[0].peer
+        config.nodes[0]
+            .peer
+            .expect("the harness writes peer addresses")
     };
     let local_ip = "127.0.0.1".parse().unwrap();
     let n1 = NodeId::new("n1").unwrap();
 
     // Claiming to be n2, with the wrong secret.
-    let stream = dial(local_ip, peer_address, Duration::from_secs(2))
-        .await
-        .unwrap();
+    let stream = dial(
+        &TcpTransport,
+        local_ip,
+        peer_address,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     let result = Link::open(
         stream,
         &identity("n2"),
@@ -420,9 +429,14 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
         "a wrong secret must not pass the handshake"
     );
     // The right secret but not a member.
-    let stream = dial(local_ip, peer_address, Duration::from_secs(2))
-        .await
-        .unwrap();
+    let stream = dial(
+        &TcpTransport,
+        local_ip,
+        peer_address,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     let result = Link::open(
         stream,
         &identity("n9"),
@@ -436,9 +450,14 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
         result.err()
     );
     // The right secret and a member: accepted.
-    let stream = dial(local_ip, peer_address, Duration::from_secs(2))
-        .await
-        .unwrap();
+    let stream = dial(
+        &TcpTransport,
+        local_ip,
+        peer_address,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     let mut link = Link::open(
         stream,
         &identity("n2"),
@@ -491,7 +510,9 @@ async fn garbage_on_the_peer_port_leaves_the_node_serving() {
     let cluster = TestCluster::start(2, "");
     cluster.wait_mesh(WAIT).await;
     let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
-    let peer_address = meshkv::config::ClusterConfig::parse(&text).unwrap().nodes[0].peer;
+    let peer_address = meshkv::config::ClusterConfig::parse(&text).unwrap().nodes[0]
+        .peer
+        .expect("the harness writes peer addresses");
     let payloads: [&[u8]; 5] = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4],

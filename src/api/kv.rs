@@ -23,11 +23,10 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
-use hyper::body::{Body as _, Incoming};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
-use super::{method_not_allowed_error, ApiError, KV_PREFIX};
+use super::{method_not_allowed_error, ApiError, RequestBody, KV_PREFIX};
 use crate::clock::VersionText;
 use crate::replication::{Consistency, Replica};
 use crate::store::InputError;
@@ -50,11 +49,11 @@ enum BodyError {
 }
 
 /// Answers one `/v1/kv/{key}` request whose key part is not empty (the caller checked).
-pub(super) async fn serve(
+pub(super) async fn serve<B: RequestBody>(
     replica: Replica,
     body_limit: usize,
     parts: Parts,
-    body: Incoming,
+    body: B,
 ) -> Result<Response, ApiError> {
     let replica = &replica;
     // The body is read first, whatever the method, as axum's extractors did; only a PUT
@@ -136,7 +135,7 @@ pub(super) async fn serve(
 }
 
 /// The whole body, at most `limit` bytes; a body of one chunk is not copied.
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+async fn read_body<B: RequestBody>(body: B, limit: usize) -> Result<Bytes, BodyError> {
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<LengthLimitError>() => Err(BodyError::TooLarge),

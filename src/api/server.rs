@@ -1,4 +1,4 @@
-//! Serving the router over TCP with every client-facing bound in place.
+//! Serving the router on the node's transport with every client-facing bound in place.
 //!
 //! Owns: the HTTP accept loop, the cap on concurrent connections, the deadline for a
 //! client to send its request headers (which also closes idle keep-alive connections),
@@ -6,19 +6,21 @@
 //! open connections. Per-request deadlines are kept by the [`Api`] service.
 //! `axum::serve` offers none of these knobs, so this drives hyper directly, as
 //! `axum::serve` itself does.
+//! Knows nothing of: how connections are made (the [`Listener`] comes from the node's
+//! transport: TCP in production).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::Api;
+use crate::transport::Listener;
 
 /// Client-facing bounds.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +39,7 @@ pub struct ServerOptions {
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
 pub async fn serve(
-    listener: TcpListener,
+    mut listener: Box<dyn Listener>,
     router: Api,
     options: ServerOptions,
     shutdown: CancellationToken,
@@ -48,11 +50,14 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout);
     loop {
+        // Both selects in order: a stopping node accepts nothing more.
         let slot = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
         };
         let (stream, remote) = tokio::select! {
+            biased;
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -64,7 +69,6 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         let service = router.clone();
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(options.write_timeout));

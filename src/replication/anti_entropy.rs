@@ -21,6 +21,11 @@
 //! the bytes exchanged follow the size of the difference, not of the store. A round
 //! ends when every differing bucket has been handled; writes that land meanwhile are
 //! left to the next round. Either side may initiate; both do, on their own timers.
+//!
+//! The session's state is an explicit phase: `Start`, `Awaiting` the reply to one of
+//! `Root`, `Buckets`, `Push` or `Fetch` (which carries the keys asked for), `Between`
+//! two requests, `Finished`. A reply that does not fit the request in flight abandons
+//! the round.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -56,16 +61,55 @@ pub struct Outcome {
     pub fetched: usize,
 }
 
+/// Where a round stands.
+#[derive(Debug, Default)]
+enum Phase {
+    /// Nothing sent yet: the next request is `SyncRoot`.
+    #[default]
+    Start,
+    /// A request is in flight; only a reply that fits it is accepted.
+    Awaiting(Awaiting),
+    /// Between two requests: the next one is planned from the queues.
+    Between,
+    /// The round is over: in sync, every difference handled, or abandoned.
+    Finished,
+}
+
+/// The request in flight, and so the reply expected.
+#[derive(Debug)]
+enum Awaiting {
+    /// `SyncRoot`: `InSync` or `SyncGroups`.
+    Root,
+    /// `SyncBuckets`: `BucketVersions`.
+    Buckets,
+    /// `Push`: `PushAck`.
+    Push,
+    /// `Fetch` of these keys: `Entries` for a prefix of them.
+    Fetch {
+        /// The keys asked for, in order.
+        keys: Vec<String>,
+    },
+}
+
+impl Awaiting {
+    /// The kind of the request in flight, as [`Message::kind`] names it.
+    fn sent(&self) -> &'static str {
+        match self {
+            Awaiting::Root => "sync_root",
+            Awaiting::Buckets => "sync_buckets",
+            Awaiting::Push => "push",
+            Awaiting::Fetch { .. } => "fetch",
+        }
+    }
+}
+
 /// The initiator's side of one anti-entropy round.
 #[derive(Debug, Default)]
 pub struct SyncSession {
-    started: bool,
-    finished: bool,
-    awaiting: Option<&'static str>,
+    phase: Phase,
     buckets: VecDeque<BucketId>,
     to_push: VecDeque<String>,
     to_fetch: VecDeque<String>,
-    fetch_in_flight: Vec<String>,
     outcome: Outcome,
 }
 
@@ -83,78 +127,89 @@ impl SyncSession {
     /// The next request to send, or `None` when the round is over. `budget` bounds the
     /// bytes of entries in one `Push`.
     pub fn next_request(&mut self, store: &Store, budget: usize) -> Option<Message> {
-        debug_assert!(self.awaiting.is_none(), "one request at a time");
-        if self.finished {
-            return None;
-        }
-        let request = if !self.started {
-            self.started = true;
-            Message::SyncRoot {
-                root: store.digest().root(),
-            }
-        } else if !self.to_push.is_empty() {
-            let mut entries = Vec::new();
-            let mut bytes = 0;
-            while let Some(key) = self.to_push.front() {
-                let Some(entry) = store.entry(key) else {
-                    self.to_push.pop_front();
-                    continue;
-                };
-                if !entries.is_empty() && bytes + entry.weight() > budget {
-                    break;
+        debug_assert!(
+            !matches!(self.phase, Phase::Awaiting(_)),
+            "one request at a time"
+        );
+        let (request, awaiting) = match self.phase {
+            Phase::Finished => return None,
+            Phase::Start => (
+                Message::SyncRoot {
+                    root: store.digest().root(),
+                },
+                Awaiting::Root,
+            ),
+            Phase::Awaiting(_) | Phase::Between => {
+                if !self.to_push.is_empty() {
+                    let mut entries = Vec::new();
+                    let mut bytes = 0;
+                    while let Some(key) = self.to_push.front() {
+                        let Some(entry) = store.entry(key) else {
+                            self.to_push.pop_front();
+                            continue;
+                        };
+                        if !entries.is_empty() && bytes + entry.weight() > budget {
+                            break;
+                        }
+                        bytes += entry.weight();
+                        entries.push(entry);
+                        self.to_push.pop_front();
+                    }
+                    if entries.is_empty() {
+                        return self.next_request(store, budget);
+                    }
+                    self.outcome.pushed += entries.len();
+                    (Message::Push { entries }, Awaiting::Push)
+                } else if !self.to_fetch.is_empty() {
+                    let mut bytes = 0;
+                    let mut keys = Vec::new();
+                    while let Some(key) = self.to_fetch.front() {
+                        if !keys.is_empty() && bytes + key.len() > budget / 4 {
+                            break;
+                        }
+                        bytes += key.len();
+                        keys.extend(self.to_fetch.pop_front());
+                    }
+                    let request = Message::Fetch { keys: keys.clone() };
+                    (request, Awaiting::Fetch { keys })
+                } else if !self.buckets.is_empty() {
+                    let count = self.buckets.len().min(BUCKETS_PER_REQUEST);
+                    let buckets = self
+                        .buckets
+                        .drain(..count)
+                        .map(|bucket| (bucket, store.digest().bucket(bucket)))
+                        .collect();
+                    (Message::SyncBuckets { buckets }, Awaiting::Buckets)
+                } else {
+                    self.phase = Phase::Finished;
+                    return None;
                 }
-                bytes += entry.weight();
-                entries.push(entry);
-                self.to_push.pop_front();
             }
-            if entries.is_empty() {
-                return self.next_request(store, budget);
-            }
-            self.outcome.pushed += entries.len();
-            Message::Push { entries }
-        } else if !self.to_fetch.is_empty() {
-            let mut bytes = 0;
-            self.fetch_in_flight.clear();
-            while let Some(key) = self.to_fetch.front() {
-                if !self.fetch_in_flight.is_empty() && bytes + key.len() > budget / 4 {
-                    break;
-                }
-                bytes += key.len();
-                self.fetch_in_flight.extend(self.to_fetch.pop_front());
-            }
-            Message::Fetch {
-                keys: self.fetch_in_flight.clone(),
-            }
-        } else if !self.buckets.is_empty() {
-            let count = self.buckets.len().min(BUCKETS_PER_REQUEST);
-            let buckets = self
-                .buckets
-                .drain(..count)
-                .map(|bucket| (bucket, store.digest().bucket(bucket)))
-                .collect();
-            Message::SyncBuckets { buckets }
-        } else {
-            self.finished = true;
-            return None;
         };
-        self.awaiting = Some(request.kind());
+        debug_assert_eq!(awaiting.sent(), request.kind());
+        self.phase = Phase::Awaiting(awaiting);
         Some(request)
     }
 
     /// Takes the reply to the last request. Returns entries to merge locally (only
-    /// after a `Fetch`).
+    /// after a `Fetch`). A reply that does not fit the request abandons the round.
     pub fn on_reply(&mut self, reply: Message, store: &Store) -> Result<Vec<Entry>, SyncError> {
-        let sent = self.awaiting.take().unwrap_or("nothing");
-        let unexpected = |got: &Message| SyncError::Unexpected {
-            sent,
-            got: got.kind(),
-        };
-        match (sent, reply) {
-            ("sync_root", Message::InSync) => {
-                self.outcome.in_sync = true;
-                self.finished = true;
+        let awaiting = match std::mem::replace(&mut self.phase, Phase::Between) {
+            Phase::Awaiting(awaiting) => awaiting,
+            other => {
+                self.phase = other;
+                return Err(SyncError::Unexpected {
+                    sent: "nothing",
+                    got: reply.kind(),
+                });
             }
-            ("sync_root", Message::SyncGroups { groups }) if groups.len() == GROUPS => {
+        };
+        match (awaiting, reply) {
+            (Awaiting::Root, Message::InSync) => {
+                self.outcome.in_sync = true;
+                self.phase = Phase::Finished;
+            }
+            (Awaiting::Root, Message::SyncGroups { groups }) if groups.len() == GROUPS => {
                 let local = store.digest();
                 for (group, remote_hash) in groups.iter().enumerate() {
                     if local.groups()[group] != *remote_hash {
@@ -164,7 +219,7 @@ impl SyncSession {
                 }
             }
             (
-                "sync_buckets",
+                Awaiting::Buckets,
                 Message::BucketVersions {
                     covered,
                     versions,
@@ -178,11 +233,11 @@ impl SyncSession {
                 }
                 self.plan_repairs(store, &covered, versions);
             }
-            ("push", Message::PushAck { .. }) => {}
-            ("fetch", Message::Entries { entries, served }) => {
-                let served = (served as usize).min(self.fetch_in_flight.len());
+            (Awaiting::Push, Message::PushAck { .. }) => {}
+            (Awaiting::Fetch { mut keys }, Message::Entries { entries, served }) => {
+                let served = (served as usize).min(keys.len());
                 // Keys asked for but not answered yet go back to the front of the queue.
-                for key in self.fetch_in_flight.drain(served..).rev() {
+                for key in keys.drain(served..).rev() {
                     self.to_fetch.push_front(key);
                 }
                 if served == 0 {
@@ -192,7 +247,13 @@ impl SyncSession {
                 self.outcome.fetched += entries.len();
                 return Ok(entries);
             }
-            (_, other) => return Err(unexpected(&other)),
+            (awaiting, other) => {
+                self.phase = Phase::Finished;
+                return Err(SyncError::Unexpected {
+                    sent: awaiting.sent(),
+                    got: other.kind(),
+                });
+            }
         }
         Ok(Vec::new())
     }
@@ -400,5 +461,78 @@ mod tests {
         session.next_request(&store, 1024).unwrap();
         let error = session.on_reply(Message::SyncGroups { groups: vec![1, 2] }, &store);
         assert!(error.is_err(), "a malformed group list is refused");
+    }
+
+    /// Runs a round between `initiator` and `replier` until the next request is of
+    /// `kind`, and returns the session with that request in flight.
+    fn session_awaiting(initiator: &Store, replier: &Store, kind: &str) -> SyncSession {
+        let mut session = SyncSession::new();
+        loop {
+            let request = session
+                .next_request(initiator, 1 << 20)
+                .unwrap_or_else(|| panic!("the round ended before a {kind} request"));
+            if request.kind() == kind {
+                return session;
+            }
+            let answer = reply(&mut replier.clone(), request, 1 << 20);
+            session.on_reply(answer, initiator).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_reply_that_fits_another_state_abandons_the_round_in_every_state() {
+        let mut a = Store::new();
+        let mut b = Store::new();
+        a.merge(entry("only_a", 1, "n1"));
+        b.merge(entry("only_b", 1, "n2"));
+        let entries = Message::Entries {
+            entries: vec![],
+            served: 0,
+        };
+        let bucket_versions = Message::BucketVersions {
+            covered: vec![],
+            versions: vec![],
+            remaining: vec![],
+        };
+        // In each state, a reply that would be right in some other state.
+        let cases = [
+            ("sync_root", bucket_versions, "bucket_versions"),
+            ("sync_buckets", Message::InSync, "in_sync"),
+            ("push", entries, "entries"),
+            ("fetch", Message::PushAck { refused: vec![] }, "push_ack"),
+        ];
+        for (state, wrong, got) in cases {
+            let mut session = session_awaiting(&a, &b, state);
+            let error = session.on_reply(wrong, &a).unwrap_err();
+            assert_eq!(error, SyncError::Unexpected { sent: state, got });
+            assert!(
+                session.next_request(&a, 1 << 20).is_none(),
+                "an abandoned round ({state}) is over"
+            );
+        }
+    }
+
+    #[test]
+    fn a_reply_with_nothing_in_flight_is_unexpected() {
+        let store = Store::new();
+        let mut session = SyncSession::new();
+        let error = session.on_reply(Message::InSync, &store).unwrap_err();
+        assert_eq!(
+            error,
+            SyncError::Unexpected {
+                sent: "nothing",
+                got: "in_sync"
+            }
+        );
+        // Before the first request: the round can still start.
+        assert!(matches!(
+            session.next_request(&store, 1024),
+            Some(Message::SyncRoot { .. })
+        ));
+        session.on_reply(Message::InSync, &store).unwrap();
+        // After the last reply: still nothing in flight.
+        let error = session.on_reply(Message::InSync, &store).unwrap_err();
+        assert_eq!(error.to_string(), "unexpected in_sync in reply to nothing");
+        assert!(session.next_request(&store, 1024).is_none());
     }
 }

@@ -35,6 +35,7 @@ pub enum Enqueued {
 #[derive(Default)]
 struct State {
     queue: VecDeque<String>,
+    /// The waiters of every queued key: its keys are exactly those of `queue`.
     waiters: HashMap<String, Vec<AckWaiter>>,
     in_flight: usize,
 }
@@ -162,10 +163,16 @@ impl Outbox {
         }
     }
 
-    /// The link failed: every waiter is told the peer will not ack soon.
+    /// The link failed: every waiter is told the peer will not ack soon, in queue
+    /// order (not the map's, which varies from run to run: the order in which writes
+    /// wake up must not).
     pub fn fail_waiters(&self) {
-        for waiters in self.state().waiters.values_mut() {
-            waiters.clear();
+        let mut state = self.state();
+        let State { queue, waiters, .. } = &mut *state;
+        for key in queue.iter() {
+            if let Some(waiters) = waiters.get_mut(key) {
+                waiters.clear();
+            }
         }
     }
 
