@@ -28,13 +28,23 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The identity of a node as written in the cluster file: `[a-z0-9_-]{1,32}`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct NodeId(String);
+///
+/// Shared, not owned: every stored version carries one, and versions are cloned on every
+/// read and write, so a clone must not allocate.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NodeId(Arc<str>);
+
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl TryFrom<String> for NodeId {
     type Error = InvalidNodeId;
@@ -46,7 +56,7 @@ impl TryFrom<String> for NodeId {
 
 impl From<NodeId> for String {
     fn from(id: NodeId) -> Self {
-        id.0
+        id.0.as_ref().to_owned()
     }
 }
 
@@ -68,7 +78,7 @@ impl NodeId {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
         if valid {
-            Ok(Self(id))
+            Ok(Self(Arc::from(id)))
         } else {
             Err(InvalidNodeId(id))
         }
@@ -112,15 +122,72 @@ pub struct Version {
 #[error("version {0:?} is not of the form <wall_ms>-<logical>-<node>")]
 pub struct InvalidVersion(pub String);
 
+impl Version {
+    /// The version as text, in a buffer on the stack: what `Display` prints, without
+    /// the formatting machinery or an allocation (the API prints one per request).
+    pub fn text(&self) -> VersionText {
+        let mut text = VersionText {
+            bytes: [0; VersionText::MAX_BYTES],
+            len: 0,
+        };
+        text.push_padded(self.timestamp.wall_ms, 13);
+        text.push(b"-");
+        text.push_padded(self.timestamp.logical.into(), 10);
+        text.push(b"-");
+        text.push(self.node.as_str().as_bytes());
+        text
+    }
+}
+
 impl fmt::Display for Version {
     /// Zero-padded so that the strings sort like the versions they print:
-    /// `1764127282000-0000000003-n1`.
+    /// `1764127282000-0000000003-n1` (`{wall_ms:013}-{logical:010}-{node}`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:013}-{:010}-{}",
-            self.timestamp.wall_ms, self.timestamp.logical, self.node
-        )
+        f.write_str(self.text().as_str())
+    }
+}
+
+/// A printed [`Version`], held on the stack.
+#[derive(Clone, Copy)]
+pub struct VersionText {
+    bytes: [u8; VersionText::MAX_BYTES],
+    len: usize,
+}
+
+impl VersionText {
+    /// The longest printed version: a 20-digit `wall_ms`, a 10-digit `logical`, two
+    /// dashes and the longest node id.
+    pub const MAX_BYTES: usize = 20 + 1 + 10 + 1 + NodeId::MAX_LEN;
+
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("digits, dashes and a node id are ASCII")
+    }
+
+    /// The text as bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    /// `number` in decimal, zero-padded to `width` digits.
+    fn push_padded(&mut self, number: u64, width: usize) {
+        let mut digits = itoa::Buffer::new();
+        let digits = digits.format(number).as_bytes();
+        let zeros = width.saturating_sub(digits.len());
+        self.bytes[self.len..self.len + zeros].fill(b'0');
+        self.len += zeros;
+        self.push(digits);
+    }
+}
+
+impl fmt::Debug for VersionText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -380,6 +447,19 @@ mod tests {
         assert!(a < b && b < c);
         assert!(a.to_string() < b.to_string() && b.to_string() < c.to_string());
         assert_eq!(a.to_string(), "1764127282000-0000000003-n1");
+        let widest = Version {
+            timestamp: ts(u64::MAX, u32::MAX),
+            node: NodeId::new("x".repeat(NodeId::MAX_LEN)).unwrap(),
+        };
+        assert_eq!(
+            widest.text().as_str(),
+            format!("{}-{}-{}", u64::MAX, u32::MAX, widest.node)
+        );
+        let small = Version {
+            timestamp: ts(7, 0),
+            node: NodeId::new("n1").unwrap(),
+        };
+        assert_eq!(small.to_string(), "0000000000007-0000000000-n1");
         assert_eq!(a.to_string().parse::<Version>().unwrap(), a);
         assert!("12-x-n1".parse::<Version>().is_err());
         assert!("12-3-N1".parse::<Version>().is_err());

@@ -10,7 +10,8 @@
 //! Every check builds its own state (store, replica, codec) from scratch, so an input
 //! replays the same way alone as in the middle of a fuzzing run. Time is a
 //! [`ManualClock`], never the system's, and nothing touches a socket: peer connections
-//! are in-memory duplex pipes and HTTP requests go to the router through `oneshot`.
+//! are in-memory duplex pipes and HTTP requests go to the API service through
+//! `Service::call`.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -23,7 +24,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::codec::{Decoder, Encoder};
-use tower::ServiceExt;
 
 use crate::clock::{ManualClock, NodeId, Timestamp, Version};
 use crate::config::{ClusterConfig, Tuning};
@@ -511,10 +511,9 @@ async fn serve_request(request: Request<Body>) {
     let before = replica.summary();
     let is_head = request.method() == Method::HEAD;
     let router = crate::api::router(replica.clone(), Duration::from_secs(10));
-    let response = router
-        .oneshot(request)
+    let response = hyper::service::Service::call(&router, request)
         .await
-        .expect("the router is infallible");
+        .expect("the service is infallible");
     let status = response.status();
     let content_type = response
         .headers()

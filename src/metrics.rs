@@ -7,9 +7,16 @@
 //! Bytes and frames between nodes are counted per peer, message kind and direction at
 //! the codec, so the figures in DESIGN.md (bytes per write, idle bytes per second) are
 //! read off `/metrics` rather than estimated.
+//!
+//! Every series whose labels are known in advance (routes, reasons, configured peers)
+//! exists at 0 from the start: a family that appears only with its first event hides
+//! that event from `rate()` and from alerts, and is missing from dashboards until then.
+//! The per-request counters of the client API are resolved once into handles, so a
+//! request costs two atomic increments and a histogram update, no label hashing.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -64,6 +71,105 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 18))
 }
 
+/// The routes of the client API, as the `route` label of the HTTP families names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// `GET /v1/kv/{key}`.
+    KvGet,
+    /// `PUT /v1/kv/{key}`.
+    KvPut,
+    /// `DELETE /v1/kv/{key}`.
+    KvDelete,
+    /// Any other method on `/v1/kv/{key}`, and `/v1/kv/` (no key).
+    KvOther,
+    /// `/v1/kv`: listing.
+    KvList,
+    /// `/v1/convergence`.
+    Convergence,
+    /// `/v1/cluster`.
+    Cluster,
+    /// `/health`.
+    Health,
+    /// `/metrics`.
+    Metrics,
+    /// No route.
+    Unmatched,
+}
+
+impl Route {
+    /// Every route.
+    pub const ALL: [Route; 10] = [
+        Route::KvGet,
+        Route::KvPut,
+        Route::KvDelete,
+        Route::KvOther,
+        Route::KvList,
+        Route::Convergence,
+        Route::Cluster,
+        Route::Health,
+        Route::Metrics,
+        Route::Unmatched,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::KvGet => "kv_get",
+            Route::KvPut => "kv_put",
+            Route::KvDelete => "kv_delete",
+            Route::KvOther => "kv_other",
+            Route::KvList => "kv_list",
+            Route::Convergence => "convergence",
+            Route::Cluster => "cluster",
+            Route::Health => "health",
+            Route::Metrics => "metrics",
+            Route::Unmatched => "unmatched",
+        }
+    }
+
+    /// The status a route normally answers: its series exists from the start.
+    fn usual_status(self) -> u16 {
+        match self {
+            Route::Unmatched => 404,
+            _ => 200,
+        }
+    }
+}
+
+/// The statuses the client API answers, each with a request counter handle per route.
+/// Any other status is still counted, through the family's label lookup.
+const HTTP_STATUSES: [u16; 11] = [200, 400, 401, 403, 404, 405, 408, 413, 414, 500, 503];
+
+/// Every `reason` of `meshkv_peer_frames_rejected_total` the transport reports.
+pub const REJECT_REASONS: [&str; 11] = [
+    "too_many_connections",
+    "handshake_timeout",
+    "no_hello",
+    "protocol",
+    "cluster",
+    "not_member",
+    "wrong_node",
+    "bad_tag",
+    "bad_frame",
+    "oversized_frame",
+    "unexpected",
+];
+
+/// Every `reason` (outcome) of `meshkv_anti_entropy_rounds_total`.
+pub const ROUND_OUTCOMES: [&str; 3] = ["in_sync", "repaired", "failed"];
+
+/// Every `reason` (how) of `meshkv_keys_repaired_total`.
+pub const REPAIR_KINDS: [&str; 3] = ["pushed", "fetched", "read_repair"];
+
+/// Every `reason` (bound) of `meshkv_bounds_hit_total`.
+pub const BOUNDS: [&str; 1] = ["job_queue"];
+
+/// The handles of one route: its latency histogram and its request counter per status.
+struct RouteHandles {
+    seconds: Histogram,
+    requests: [OnceLock<Counter>; HTTP_STATUSES.len()],
+}
+
 /// Every metric of one node. Cheap to share: clone the `Arc`.
 pub struct Metrics {
     registry: Registry,
@@ -102,18 +208,31 @@ pub struct Metrics {
     pub link_down: Family<PeerLabels, Counter>,
     /// Bounds reached, by bound (`job_queue`, …), other than those counted above.
     pub bounds_hit: Family<ReasonLabels, Counter>,
+    /// Handles into `requests` and `request_seconds`, indexed by [`Route`].
+    routes: [RouteHandles; Route::ALL.len()],
 }
 
 impl Metrics {
     /// A registry with every family registered under the `meshkv_` prefix.
     pub fn new() -> Arc<Self> {
         let mut registry = Registry::with_prefix("meshkv");
+        let request_seconds: Family<RouteLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        let routes = Route::ALL.map(|route| RouteHandles {
+            // A clone shares the family's histogram.
+            seconds: request_seconds
+                .get_or_create(&RouteLabels {
+                    route: route.as_str(),
+                })
+                .clone(),
+            requests: std::array::from_fn(|_| OnceLock::new()),
+        });
         let metrics = Self {
             frames: Family::default(),
             frame_bytes: Family::default(),
             frames_rejected: Family::default(),
             requests: Family::default(),
-            request_seconds: Family::new_with_constructor(latency_histogram),
+            request_seconds,
             pushed_entries: Counter::default(),
             push_batches: Counter::default(),
             pushes_coalesced: Counter::default(),
@@ -126,8 +245,22 @@ impl Metrics {
             peer_state: Family::default(),
             link_down: Family::default(),
             bounds_hit: Family::default(),
+            routes,
             registry: Registry::default(),
         };
+        for route in Route::ALL {
+            metrics.request_handle(route, route.usual_status());
+        }
+        for (family, reasons) in [
+            (&metrics.frames_rejected, &REJECT_REASONS[..]),
+            (&metrics.anti_entropy_rounds, &ROUND_OUTCOMES[..]),
+            (&metrics.keys_repaired, &REPAIR_KINDS[..]),
+            (&metrics.bounds_hit, &BOUNDS[..]),
+        ] {
+            for &reason in reasons {
+                let _ = family.get_or_create(&ReasonLabels { reason });
+            }
+        }
         registry.register(
             "peer_frames",
             "Frames between nodes",
@@ -215,6 +348,56 @@ impl Metrics {
         })
     }
 
+    /// Creates the series of a configured peer at 0: its pushes dropped, its link
+    /// failures, and its frames and bytes of every message kind in both directions.
+    pub fn add_peer(&self, peer: &str, kinds: &[&'static str]) {
+        let labels = PeerLabels {
+            peer: peer.to_owned(),
+        };
+        let _ = self.pushes_dropped.get_or_create(&labels);
+        let _ = self.link_down.get_or_create(&labels);
+        for &kind in kinds {
+            for direction in ["sent", "received"] {
+                let labels = FrameLabels {
+                    peer: peer.to_owned(),
+                    kind,
+                    direction,
+                };
+                let _ = self.frames.get_or_create(&labels);
+                let _ = self.frame_bytes.get_or_create(&labels);
+            }
+        }
+    }
+
+    /// Counts one client request of `route` answered with `status` after `elapsed`.
+    pub fn record_request(&self, route: Route, status: u16, elapsed: Duration) {
+        let labels = || RequestLabels {
+            route: route.as_str(),
+            status,
+        };
+        match self.request_handle(route, status) {
+            Some(counter) => counter.inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
+        self.routes[route as usize]
+            .seconds
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The request counter of `route` and `status`, resolved on first use, for the
+    /// statuses the API answers.
+    fn request_handle(&self, route: Route, status: u16) -> Option<&Counter> {
+        let index = HTTP_STATUSES.iter().position(|&known| known == status)?;
+        Some(self.routes[route as usize].requests[index].get_or_init(|| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    route: route.as_str(),
+                    status,
+                })
+                .clone()
+        }))
+    }
+
     /// Counts one frame of `bytes` bytes.
     pub fn record_frame(
         &self,
@@ -252,6 +435,70 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The families of `text` (Prometheus text format) that list no series.
+    fn families_without_series(text: &str) -> Vec<&str> {
+        text.lines()
+            .filter_map(|line| line.strip_prefix("# TYPE "))
+            .filter_map(|rest| rest.split(' ').next())
+            .filter(|family| {
+                !text.lines().any(|line| {
+                    line.strip_prefix(family)
+                        .is_some_and(|tail| tail.starts_with(['{', '_', ' ']))
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_family_lists_its_known_series_at_zero_from_the_start() {
+        let metrics = Metrics::new();
+        metrics.add_peer("n2", &["push", "push_ack"]);
+        // Set when scraped, from the failure detector.
+        metrics
+            .peer_state
+            .get_or_create(&PeerLabels { peer: "n2".into() })
+            .set(2);
+        let text = metrics.render();
+        assert_eq!(families_without_series(&text), Vec::<&str>::new(), "{text}");
+        assert_eq!(text.matches("# TYPE ").count(), 17, "{text}");
+        for series in [
+            r#"meshkv_peer_frames_rejected_total{reason="bad_tag"} 0"#,
+            r#"meshkv_peer_frames_rejected_total{reason="too_many_connections"} 0"#,
+            r#"meshkv_keys_repaired_total{reason="read_repair"} 0"#,
+            r#"meshkv_anti_entropy_rounds_total{reason="failed"} 0"#,
+            r#"meshkv_bounds_hit_total{reason="job_queue"} 0"#,
+            r#"meshkv_pushes_dropped_total{peer="n2"} 0"#,
+            r#"meshkv_peer_link_down_total{peer="n2"} 0"#,
+            r#"meshkv_peer_bytes_total{peer="n2",kind="push_ack",direction="received"} 0"#,
+            r#"meshkv_http_requests_total{route="kv_get",status="200"} 0"#,
+            r#"meshkv_http_requests_total{route="unmatched",status="404"} 0"#,
+            r#"meshkv_http_request_duration_seconds_count{route="kv_put"} 0"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_route_and_status() {
+        let metrics = Metrics::new();
+        let elapsed = Duration::from_millis(3);
+        metrics.record_request(Route::KvGet, 200, elapsed);
+        metrics.record_request(Route::KvGet, 200, elapsed);
+        metrics.record_request(Route::KvPut, 503, elapsed);
+        // A status without a handle is counted through the family.
+        metrics.record_request(Route::KvPut, 418, elapsed);
+        let text = metrics.render();
+        for series in [
+            r#"meshkv_http_requests_total{route="kv_get",status="200"} 2"#,
+            r#"meshkv_http_requests_total{route="kv_put",status="503"} 1"#,
+            r#"meshkv_http_requests_total{route="kv_put",status="418"} 1"#,
+            r#"meshkv_http_request_duration_seconds_count{route="kv_get"} 2"#,
+            r#"meshkv_http_request_duration_seconds_count{route="kv_put"} 2"#,
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+    }
 
     #[test]
     fn renders_recorded_frames() {

@@ -5,26 +5,30 @@
 //! Knows nothing of: the wire format or peer links (it talks to [`Replica`] only).
 
 pub mod error;
+mod kv;
 pub mod server;
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::middleware::{self, Next};
+use axum::extract::{Query, State};
+use axum::http::{header, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use axum::BoxError;
 use axum::Router;
-use percent_encoding::percent_decode_str;
+use futures_util::future::Either;
+use futures_util::FutureExt as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use tower::ServiceExt as _;
 
-use crate::metrics::{RequestLabels, RouteLabels};
-use crate::replication::{Consistency, Replica};
-use crate::store::InputError;
+use crate::metrics::Route;
+use crate::replication::Replica;
 pub use error::ApiError;
 
 /// Items returned by a listing when `limit` is not given.
@@ -39,12 +43,33 @@ struct AppState {
     replica: Replica,
 }
 
-/// The router of the client API; every request must finish within `request_timeout`.
-pub fn router(replica: Replica, request_timeout: Duration) -> Router {
+/// The client API as one hyper service. Cheap to clone.
+///
+/// Every request is timed, counted by route and status, and cut off with 408 at the
+/// request deadline, right here rather than in middleware layers. Key requests
+/// (`/v1/kv/{key}`, the hot path) are answered by the `kv` module directly; every other
+/// route goes through an axum [`Router`].
+#[derive(Clone)]
+pub struct Api {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    replica: Replica,
+    request_timeout: Duration,
+    /// One byte over the largest value, so that a value just over the limit is read
+    /// whole and refused with its size.
+    body_limit: usize,
+    routes: Router,
+}
+
+/// The client API; every request must finish within `request_timeout`.
+pub fn router(replica: Replica, request_timeout: Duration) -> Api {
     let body_limit = replica.limits().max_value_bytes + 1;
-    let state = Arc::new(AppState { replica });
-    Router::new()
-        .route("/v1/kv/{*key}", any(kv))
+    let state = Arc::new(AppState {
+        replica: replica.clone(),
+    });
+    let routes = Router::new()
         .route("/v1/kv/", any(empty_key))
         .route("/v1/kv", get(list).fallback(method_not_allowed))
         .route(
@@ -55,68 +80,112 @@ pub fn router(replica: Replica, request_timeout: Duration) -> Router {
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(request_timeout, deadline))
-        .layer(middleware::from_fn_with_state(state.clone(), record))
-        .with_state(state)
-}
-
-/// Counts every request by route and status, and times it.
-async fn record(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = route_name(
-        request.method(),
-        request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str),
-    );
-    // tokio's clock, not std's: it is the one a simulator (or `tokio::time::pause`)
-    // drives, and it keeps sub-millisecond resolution for the histogram.
-    let started = tokio::time::Instant::now();
-    let response = next.run(request).await;
-    let metrics = state.replica.metrics();
-    metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    metrics
-        .request_seconds
-        .get_or_create(&RouteLabels { route })
-        .observe(started.elapsed().as_secs_f64());
-    response
-}
-
-/// Answers 408 to a request (slow body included) not done within the deadline. A write
-/// cut off while waiting for acks stays applied locally and replicates; the error
-/// says so.
-async fn deadline(State(timeout): State<Duration>, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            format!(
-                "the request did not complete within {timeout:?}; a write may have been applied"
-            ),
-        )
-        .into_response(),
+        .with_state(state);
+    Api {
+        shared: Arc::new(Shared {
+            replica,
+            request_timeout,
+            body_limit,
+            routes,
+        }),
     }
 }
 
-fn route_name(method: &Method, path: Option<&str>) -> &'static str {
-    match (path, method.as_str()) {
-        (Some("/v1/kv/{*key}"), "GET") => "kv_get",
-        (Some("/v1/kv/{*key}"), "PUT") => "kv_put",
-        (Some("/v1/kv/{*key}"), "DELETE") => "kv_delete",
-        (Some("/v1/kv/{*key}" | "/v1/kv/"), _) => "kv_other",
-        (Some("/v1/kv"), _) => "kv_list",
-        (Some("/v1/convergence"), _) => "convergence",
-        (Some("/v1/cluster"), _) => "cluster",
-        (Some("/health"), _) => "health",
-        (Some("/metrics"), _) => "metrics",
-        _ => "unmatched",
+/// What the service reads a request body from: hyper's `Incoming` when serving, any
+/// in-memory body in tests and fuzzing.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static
+{
+}
+
+impl<B: RequestBody> hyper::service::Service<Request<B>> for Api {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    /// Answers one request within the deadline (408 past it, slow body included), and
+    /// records it. A write cut off while waiting for acks stays applied locally and
+    /// replicates; the error says so.
+    ///
+    /// Built from combinators rather than nested `async` blocks: each of those would
+    /// hold its own copy of the request, and a future over 1 KiB misses glibc's cache of
+    /// small blocks, which costs some 400 instructions per request to allocate and free.
+    fn call(&self, request: Request<B>) -> Self::Future {
+        // tokio's clock, not std's: it is the one a simulator (or `tokio::time::pause`)
+        // drives, and it keeps sub-millisecond resolution for the histogram.
+        let started = tokio::time::Instant::now();
+        let route = route_of(request.method(), request.uri().path());
+        let timeout = self.shared.request_timeout;
+        let deadline = started + timeout;
+        let shared = self.shared.clone();
+        let answer = tokio::time::timeout_at(deadline, dispatch(&self.shared, request));
+        Box::pin(answer.map(move |answer| {
+            let response = answer.unwrap_or_else(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request did not complete within {timeout:?}; a write may have been applied"
+                    ),
+                )
+                .into_response()
+            });
+            shared.replica.metrics().record_request(
+                route,
+                response.status().as_u16(),
+                started.elapsed(),
+            );
+            Ok(response)
+        }))
+    }
+}
+
+/// Key requests to [`kv`], the others to the router.
+fn dispatch<B: RequestBody>(
+    shared: &Shared,
+    request: Request<B>,
+) -> impl Future<Output = Response> + Send + 'static {
+    let is_key = request
+        .uri()
+        .path()
+        .strip_prefix(KV_PREFIX)
+        .is_some_and(|raw| !raw.is_empty());
+    if is_key {
+        let (parts, body) = request.into_parts();
+        let answer = kv::serve(shared.replica.clone(), shared.body_limit, parts, body);
+        Either::Left(answer.map(|answer| answer.unwrap_or_else(IntoResponse::into_response)))
+    } else {
+        // Boxed: the router's future is large, and only the rare routes need it.
+        let answer = Box::pin(shared.routes.clone().oneshot(request));
+        Either::Right(answer.map(|answer| match answer {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }))
+    }
+}
+
+/// The route of a request, as metrics name it.
+fn route_of(method: &Method, path: &str) -> Route {
+    match path.strip_prefix(KV_PREFIX) {
+        Some("") => Route::KvOther,
+        Some(_) => match *method {
+            Method::GET => Route::KvGet,
+            Method::PUT => Route::KvPut,
+            Method::DELETE => Route::KvDelete,
+            _ => Route::KvOther,
+        },
+        None => match path {
+            "/v1/kv" => Route::KvList,
+            "/v1/convergence" => Route::Convergence,
+            "/v1/cluster" => Route::Cluster,
+            "/health" => Route::Health,
+            "/metrics" => Route::Metrics,
+            _ => Route::Unmatched,
+        },
     }
 }
 
@@ -131,6 +200,10 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {
+    method_not_allowed_error(&method)
+}
+
+fn method_not_allowed_error(method: &Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {method} is not allowed here"),
@@ -139,114 +212,6 @@ async fn method_not_allowed(method: Method) -> ApiError {
 
 async fn empty_key() -> ApiError {
     ApiError::bad_request("the key is empty")
-}
-
-#[derive(Deserialize)]
-struct KvParams {
-    consistency: Option<String>,
-}
-
-fn consistency(params: &KvParams, default: Consistency) -> Result<Consistency, ApiError> {
-    match &params.consistency {
-        None => Ok(default),
-        Some(name) => name
-            .parse()
-            .map_err(|e: crate::replication::UnknownConsistency| {
-                ApiError::bad_request(e.to_string())
-            }),
-    }
-}
-
-/// The key of a `/v1/kv/{key}` request: percent-decoded, UTF-8, within limits.
-fn key_of(uri: &Uri, replica: &Replica) -> Result<String, ApiError> {
-    let raw = uri.path().strip_prefix(KV_PREFIX).unwrap_or_default();
-    let key = percent_decode_str(raw)
-        .decode_utf8()
-        .map_err(|_| InputError::KeyNotUtf8)?
-        .into_owned();
-    replica.limits().check_key(&key)?;
-    Ok(key)
-}
-
-/// `GET`, `PUT` and `DELETE` on one key.
-async fn kv(
-    State(state): State<Arc<AppState>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    params: Result<Query<KvParams>, axum::extract::rejection::QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let replica = &state.replica;
-    let Query(params) = params
-        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
-    match method {
-        Method::GET | Method::HEAD => {
-            let key = key_of(&uri, replica)?;
-            let level = consistency(&params, Consistency::One)?;
-            replica.check_ready()?;
-            let entry = replica
-                .read(&key, level)
-                .await?
-                .ok_or_else(|| ApiError::not_found(&key))?;
-            let value = entry.value.unwrap_or_default();
-            let etag = HeaderValue::from_str(&format!("\"{}\"", entry.version))
-                .expect("versions are ASCII");
-            let wants_json = headers
-                .get(header::ACCEPT)
-                .and_then(|accept| accept.to_str().ok())
-                .is_some_and(|accept| accept.contains("application/json"));
-            let mut response = if wants_json {
-                let mut object = serde_json::Map::new();
-                object.insert("key".into(), key.into());
-                insert_value(&mut object, "value", Some(&value));
-                object.insert("version".into(), entry.version.to_string().into());
-                object.insert("node".into(), replica.id().as_str().into());
-                json_response(Value::Object(object))
-            } else {
-                let content_type = if std::str::from_utf8(&value).is_ok() {
-                    "text/plain; charset=utf-8"
-                } else {
-                    "application/octet-stream"
-                };
-                ([(header::CONTENT_TYPE, content_type)], value).into_response()
-            };
-            response.headers_mut().insert(header::ETAG, etag);
-            Ok(response)
-        }
-        Method::PUT | Method::DELETE => {
-            let key = key_of(&uri, replica)?;
-            let level = consistency(&params, Consistency::Live)?;
-            let value = if method == Method::PUT {
-                let body = body.map_err(|rejection| {
-                    let max = replica.limits().max_value_bytes;
-                    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                        ApiError::new(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            format!("the value is larger than the limit of {max} bytes"),
-                        )
-                    } else {
-                        ApiError::bad_request(format!(
-                            "cannot read the request body: {}",
-                            rejection.body_text()
-                        ))
-                    }
-                })?;
-                replica.limits().check_value(&body)?;
-                Some(body)
-            } else {
-                None
-            };
-            replica.check_ready()?;
-            let outcome = replica.write(&key, value, level).await?;
-            let mut object = serde_json::Map::new();
-            object.insert("key".into(), key.into());
-            insert_value(&mut object, "previous", outcome.previous.as_deref());
-            object.insert("version".into(), outcome.version.to_string().into());
-            Ok(json_response(Value::Object(object)))
-        }
-        other => Err(method_not_allowed(other).await),
-    }
 }
 
 #[derive(Deserialize)]

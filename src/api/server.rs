@@ -3,24 +3,23 @@
 //! Owns: the HTTP accept loop, the cap on concurrent connections, the deadline for a
 //! client to send its request headers (which also closes idle keep-alive connections),
 //! the deadline for each response write to make progress, and graceful shutdown of
-//! open connections. Per-request deadlines are a middleware
-//! in [`super`]. `axum::serve` offers none of these knobs, so this drives hyper directly,
-//! as `axum::serve` itself does.
+//! open connections. Per-request deadlines are kept by the [`Api`] service.
+//! `axum::serve` offers none of these knobs, so this drives hyper directly, as
+//! `axum::serve` itself does.
 //! Knows nothing of: how connections are made (the [`Listener`] comes from the node's
 //! transport: TCP in production).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::sync::Semaphore;
 use tokio_io_timeout::TimeoutStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::Api;
 use crate::transport::Listener;
 
 /// Client-facing bounds.
@@ -41,7 +40,7 @@ pub struct ServerOptions {
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
 pub async fn serve(
     mut listener: Box<dyn Listener>,
-    router: Router,
+    router: Api,
     options: ServerOptions,
     shutdown: CancellationToken,
 ) {
@@ -70,7 +69,7 @@ pub async fn serve(
                 }
             },
         };
-        let service = TowerToHyperService::new(router.clone());
+        let service = router.clone();
         let mut stream = TimeoutStream::new(stream);
         stream.set_write_timeout(Some(options.write_timeout));
         let io = TokioIo::new(Box::pin(stream));

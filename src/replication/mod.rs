@@ -35,11 +35,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::clock::{Clock, NodeId};
+use crate::clock::{Clock, NodeId, Version};
 use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
 use crate::store::{Entry, Limits, Summary};
+use crate::wire::Message;
 use driver::DriverPort;
 use gate::StartupGate;
 pub use level::{Consistency, ReplicationError, UnknownConsistency};
@@ -67,6 +68,9 @@ impl Replica {
         options: ReplicationOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
+        for peer in &peers {
+            metrics.add_peer(peer.as_str(), &Message::KINDS);
+        }
         let outbox_max_keys = options.outbox_max_keys;
         let node = NodeState::new(id, &peers, clock, options, metrics);
         Self {
@@ -128,6 +132,27 @@ impl Replica {
         level: Consistency,
     ) -> Result<Option<Entry>, ReplicationError> {
         read::read(&self.node, &self.peers, key, level).await
+    }
+
+    /// [`Replica::read`] for a client: the version and value of a live key. At `one` and
+    /// `live` it copies two handles under the lock and nothing else (no key, no
+    /// predecessor), which is the whole cost of the common read.
+    pub async fn read_value(
+        &self,
+        key: &str,
+        level: Consistency,
+    ) -> Result<Option<(Version, Bytes)>, ReplicationError> {
+        if matches!(level, Consistency::One | Consistency::Live) {
+            return Ok(self.node.with_store(|store| {
+                store.get(key).and_then(|register| {
+                    let value = register.val.value.clone()?;
+                    Some((register.marker.clone(), value))
+                })
+            }));
+        }
+        // Boxed: the cluster read's future is large; the common read should not carry it.
+        let entry = Box::pin(self.read(key, level)).await?;
+        Ok(entry.and_then(|entry| Some((entry.version, entry.value?))))
     }
 
     /// Every node's counts and digest, this one's included; nodes that do not answer

@@ -120,6 +120,26 @@ pub enum Message {
 }
 
 impl Message {
+    /// Every [`Message::kind`], for metrics that exist before the first frame.
+    pub const KINDS: [&'static str; 16] = [
+        "hello",
+        "welcome",
+        "refuse",
+        "ping",
+        "pong",
+        "push",
+        "push_ack",
+        "sync_root",
+        "in_sync",
+        "sync_groups",
+        "sync_buckets",
+        "bucket_versions",
+        "fetch",
+        "entries",
+        "summarize",
+        "summary",
+    ];
+
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -140,5 +160,79 @@ impl Message {
             Message::Summarize => "summarize",
             Message::Summary { .. } => "summary",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One message of every kind. The match has no wildcard, so a new variant does not
+    /// compile until it is added here, and then to `KINDS`.
+    fn one_of_each() -> Vec<Message> {
+        let id = NodeId::new("n1").unwrap();
+        let every = vec![
+            Message::Hello {
+                protocol: PROTOCOL_VERSION,
+                cluster: String::new(),
+                from: id.clone(),
+                to: id,
+            },
+            Message::Welcome,
+            Message::Refuse {
+                reason: String::new(),
+            },
+            Message::Ping,
+            Message::Pong,
+            Message::Push { entries: vec![] },
+            Message::PushAck { refused: vec![] },
+            Message::SyncRoot { root: 0 },
+            Message::InSync,
+            Message::SyncGroups { groups: vec![] },
+            Message::SyncBuckets { buckets: vec![] },
+            Message::BucketVersions {
+                covered: vec![],
+                versions: vec![],
+                remaining: vec![],
+            },
+            Message::Fetch { keys: vec![] },
+            Message::Entries {
+                entries: vec![],
+                served: 0,
+            },
+            Message::Summarize,
+            Message::Summary {
+                keys: 0,
+                tombstones: 0,
+                digest: 0,
+            },
+        ];
+        for message in &every {
+            match message {
+                Message::Hello { .. }
+                | Message::Welcome
+                | Message::Refuse { .. }
+                | Message::Ping
+                | Message::Pong
+                | Message::Push { .. }
+                | Message::PushAck { .. }
+                | Message::SyncRoot { .. }
+                | Message::InSync
+                | Message::SyncGroups { .. }
+                | Message::SyncBuckets { .. }
+                | Message::BucketVersions { .. }
+                | Message::Fetch { .. }
+                | Message::Entries { .. }
+                | Message::Summarize
+                | Message::Summary { .. } => {}
+            }
+        }
+        every
+    }
+
+    #[test]
+    fn kinds_lists_every_kind_once() {
+        let kinds: Vec<&str> = one_of_each().iter().map(Message::kind).collect();
+        assert_eq!(kinds, Message::KINDS);
     }
 }
