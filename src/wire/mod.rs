@@ -1,7 +1,8 @@
 //! The node-to-node protocol: every message two nodes exchange, and how it is framed.
 //!
 //! Owns: [`Message`] (one enum for the whole protocol), [`PROTOCOL_VERSION`] and the
-//! [`codec`] that turns messages into authenticated, length-prefixed MessagePack frames.
+//! [`codec`] that turns messages into authenticated, length-prefixed frames, whose
+//! payload is the compact binary [`encoding`] of one message.
 //! Knows nothing of: sockets, the store's internals, HTTP.
 //!
 //! # Conversation
@@ -22,17 +23,16 @@
 //! initiator; replies never travel unasked.
 
 pub mod codec;
-
-use serde::{Deserialize, Serialize};
+pub mod encoding;
 
 use crate::clock::{NodeId, Version};
 use crate::store::{BucketId, Entry};
 
 /// Bumped on every incompatible change of [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Every frame of the protocol.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// First frame from the initiator.
     Hello {
@@ -169,7 +169,7 @@ mod tests {
 
     /// One message of every kind. The match has no wildcard, so a new variant does not
     /// compile until it is added here, and then to `KINDS`.
-    fn one_of_each() -> Vec<Message> {
+    pub(super) fn one_of_each() -> Vec<Message> {
         let id = NodeId::new("n1").unwrap();
         let every = vec![
             Message::Hello {
