@@ -2,7 +2,7 @@
 //! DESIGN.md. Run with `cargo bench --bench cluster` (as root: the partition figures
 //! need nftables; without it they are skipped and said so). `cargo bench --bench
 //! cluster -- quick` runs one repetition of each, for a smoke check; section names
-//! (`catch_up heal bytes idle detection minority`) run only those.
+//! (`catch_up heal heal_dropped bytes idle detection minority`) run only those.
 //!
 //! Each figure is the median of several repetitions, measured in one run: the machine
 //! is shared and noisy, so compare figures of the same run, not across runs.
@@ -161,6 +161,43 @@ async fn heal(reps: usize) {
     }
     report(
         "converge after heal, 1 000 divergent keys (from heal)",
+        &samples,
+        "ms",
+    );
+}
+
+/// Like [`heal`], but the partition lasts until both sides have dropped their links
+/// (peer state `down`), so the heal waits for fresh connections: the case a long
+/// partition leaves.
+async fn heal_after_links_dropped(reps: usize) {
+    if !nft_available() {
+        println!("SKIPPED heal_dropped figure: needs root and nft");
+        return;
+    }
+    let mut samples = Vec::new();
+    for _ in 0..reps {
+        let mut cluster = TestCluster::start(3, "");
+        cluster.wait_mesh(WAIT).await;
+        cluster.partition(&[&[1], &[2, 3]]);
+        load(&cluster.client(1), "split", 1000, "one").await;
+        load(&cluster.client(2), "split", 1000, "one").await;
+        let since = Instant::now();
+        for (i, j) in [(1, 2), (1, 3), (2, 1), (3, 1)] {
+            while cluster.peer_state(i, j).await.as_deref() != Some("down") {
+                assert!(since.elapsed() < WAIT, "the links never dropped");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let started = Instant::now();
+        cluster.heal();
+        cluster
+            .wait_converged(WAIT)
+            .await
+            .expect("converges after heal");
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    report(
+        "converge after heal, links dropped, 1 000 divergent keys",
         &samples,
         "ms",
     );
@@ -361,7 +398,15 @@ async fn main() {
     }
     let reps = if quick { 1 } else { 5 };
     // Section names given as arguments run only those sections.
-    let sections = ["catch_up", "heal", "bytes", "idle", "detection", "minority"];
+    let sections = [
+        "catch_up",
+        "heal",
+        "heal_dropped",
+        "bytes",
+        "idle",
+        "detection",
+        "minority",
+    ];
     let chosen: Vec<String> = std::env::args()
         .filter(|arg| sections.contains(&arg.as_str()))
         .collect();
@@ -372,6 +417,9 @@ async fn main() {
     }
     if run("heal") {
         heal(reps).await;
+    }
+    if run("heal_dropped") {
+        heal_after_links_dropped(reps).await;
     }
     if run("bytes") {
         bytes_per_write(reps).await;

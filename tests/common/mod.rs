@@ -182,7 +182,10 @@ impl TestCluster {
             .open(&node.log_path)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", node.log_path.display()));
         let log_err = log.try_clone().expect("clone a log file handle");
-        let child = Command::new(env!("CARGO_BIN_EXE_meshkv"))
+        // MESHKV_BIN runs the nodes from another build (a benchmark's "before").
+        let binary =
+            std::env::var_os("MESHKV_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshkv").into());
+        let child = Command::new(binary)
             .arg("serve")
             .arg("--cluster")
             .arg(&cluster_file)
