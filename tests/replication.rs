@@ -479,3 +479,33 @@ async fn a_restarted_node_serves_only_once_caught_up() {
         );
     }
 }
+
+/// Many `quorum` reads at once through one node: its drivers merge the `Fetch`
+/// requests queued behind a busy link into one, and every read must still get its own
+/// key's value (written at `quorum` through another node, so a quorum read must see it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_quorum_reads_each_get_their_own_key() {
+    let cluster = start_linked(3).await;
+    let writer = cluster.client(2);
+    let keys: Vec<String> = (0..200).map(|i| format!("q/{i}")).collect();
+    for key in &keys {
+        writer
+            .put(key, &format!("value of {key}"), Some("quorum"))
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key}: {e}"));
+    }
+    let reader = cluster.client(1);
+    let reads = keys.iter().map(|key| {
+        let reader = reader.clone();
+        async move {
+            let reply = reader
+                .get(key, Some("quorum"))
+                .await
+                .unwrap_or_else(|e| panic!("GET {key} at quorum: {e}"));
+            (key.clone(), reply.map(|reply| reply.text().into_owned()))
+        }
+    });
+    for (key, value) in futures_util::future::join_all(reads).await {
+        assert_eq!(value, Some(format!("value of {key}")), "{key}");
+    }
+}

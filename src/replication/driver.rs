@@ -11,8 +11,10 @@
 //!
 //! A link carries one request at a time. While a push is in flight, new writes queue
 //! up and leave together in the next batch: under load, batching happens by itself,
-//! and at low load a write leaves at once.
+//! and at low load a write leaves at once. Jobs batch the same way: the `Fetch`
+//! requests of the `quorum` reads queued while the link was busy leave as one.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +31,7 @@ use super::state::NodeState;
 use crate::clock::NodeId;
 use crate::metrics::PeerLabels;
 use crate::peer::{dial, Identity, Link, LinkError, TransportOptions};
+use crate::store::Entry;
 use crate::transport::Transport;
 use crate::wire::Message;
 
@@ -282,6 +285,12 @@ impl Jitter {
 }
 
 /// Works one link until it fails; returns why.
+///
+/// The order of work: pushes first (fresh writes that clients may wait on), then
+/// queued jobs (reads, summaries), then the anti-entropy round, then a ping when idle.
+/// Fairness: after each push batch, the others get a turn before the next push (one
+/// batch of jobs, and one step of a round in progress), so sustained writes slow
+/// `quorum` reads, `?cluster=true` and anti-entropy down but never starve them.
 async fn drive(
     node: &NodeState,
     peer: &Peer,
@@ -292,13 +301,37 @@ async fn drive(
     let peer_id = peer.id();
     let outbox = peer.outbox();
     let budget = node.options().batch_bytes;
-    let mut session: Option<SyncSession> = None;
-    let anti_entropy = !options.anti_entropy_interval.is_zero();
-    // The first round starts at once: a restarted node catches up without waiting.
-    let mut next_round = Instant::now();
+    let mut round = Round {
+        session: None,
+        // The first round starts at once: a restarted node catches up without waiting.
+        next: Instant::now(),
+        enabled: !options.anti_entropy_interval.is_zero(),
+    };
     let mut last_request = Instant::now();
+    // A push went last: the other work gets its turn first.
+    let mut owed = false;
     loop {
-        // 1. Pushes come first: they carry fresh writes that clients may be waiting on.
+        if owed {
+            owed = false;
+            let mut worked = false;
+            if let Ok(job) = jobs.try_recv() {
+                if let Err(error) = run_jobs(node, peer_id, &mut link, job, jobs, options).await {
+                    return error;
+                }
+                worked = true;
+            }
+            if round.session.is_some() {
+                match round.step(node, peer_id, &mut link, options, budget).await {
+                    Ok(_) => worked = true,
+                    Err(error) => return error,
+                }
+            }
+            if worked {
+                last_request = Instant::now();
+            }
+        }
+
+        // 1. Pushes: they carry fresh writes that clients may be waiting on.
         let batch = outbox.take(budget, |key| node.with_store(|store| store.entry(key)));
         if let Some(batch) = batch {
             let request = Message::Push {
@@ -323,12 +356,13 @@ async fn drive(
                 }
             }
             last_request = Instant::now();
+            owed = true;
             continue;
         }
 
         // 2. Then requests handed in by other tasks.
         if let Ok(job) = jobs.try_recv() {
-            if let Err(error) = run_job(node, peer_id, &mut link, job, options).await {
+            if let Err(error) = run_jobs(node, peer_id, &mut link, job, jobs, options).await {
                 return error;
             }
             last_request = Instant::now();
@@ -336,64 +370,16 @@ async fn drive(
         }
 
         // 3. Then the anti-entropy round in progress, one step at a time.
-        if let Some(round) = session.as_mut() {
-            let request = node.with_store(|store| round.next_request(store, budget));
-            match request {
-                Some(request) => {
-                    let reply = match exchange(node, peer_id, &mut link, &request, options).await {
-                        Ok(reply) => reply,
-                        Err(error) => {
-                            node.count_round("failed");
-                            return error;
-                        }
-                    };
-                    let fetched = node.with_store(|store| round.on_reply(reply, store));
-                    match fetched {
-                        Ok(entries) if entries.is_empty() => {}
-                        Ok(entries) => {
-                            node.apply_remote(peer_id, entries);
-                        }
-                        Err(error) => {
-                            node.count_round("failed");
-                            if node.may_log(&format!("round:{peer_id}")) {
-                                warn!(peer = %peer_id, %error, "anti-entropy round abandoned");
-                            }
-                            session = None;
-                            // Not at once: a peer that keeps answering wrongly would
-                            // otherwise get rounds back to back.
-                            next_round = Instant::now() + options.anti_entropy_interval;
-                        }
-                    }
-                    last_request = Instant::now();
-                }
-                None => {
-                    let outcome = round.outcome();
-                    node.count_round(if outcome.in_sync {
-                        "in_sync"
-                    } else {
-                        "repaired"
-                    });
-                    node.count_repaired("pushed", outcome.pushed);
-                    node.count_repaired("fetched", outcome.fetched);
-                    if outcome.pushed + outcome.fetched > 0 {
-                        debug!(peer = %peer_id, pushed = outcome.pushed, fetched = outcome.fetched, "anti-entropy repaired");
-                    }
-                    node.detector().synced(peer_id, node.now_ms());
-                    session = None;
-                    // A round that found differences is soon followed by another, until
-                    // the replicas agree; an idle one waits for the timer.
-                    next_round = Instant::now()
-                        + if outcome.in_sync {
-                            options.anti_entropy_interval
-                        } else {
-                            options.anti_entropy_interval.min(REPAIR_FOLLOW_UP)
-                        };
-                }
+        if round.session.is_some() {
+            match round.step(node, peer_id, &mut link, options, budget).await {
+                Ok(true) => last_request = Instant::now(),
+                Ok(false) => {}
+                Err(error) => return error,
             }
             continue;
         }
-        if anti_entropy && Instant::now() >= next_round {
-            session = Some(SyncSession::new());
+        if round.enabled && Instant::now() >= round.next {
+            round.session = Some(SyncSession::new());
             continue;
         }
 
@@ -407,12 +393,12 @@ async fn drive(
             error = link.closed() => return error,
             _ = outbox.wait_for_work() => {}
             Some(job) = jobs.recv() => {
-                if let Err(error) = run_job(node, peer_id, &mut link, job, options).await {
+                if let Err(error) = run_jobs(node, peer_id, &mut link, job, jobs, options).await {
                     return error;
                 }
                 last_request = Instant::now();
             }
-            _ = tokio::time::sleep_until(next_round), if anti_entropy => {}
+            _ = tokio::time::sleep_until(round.next), if round.enabled => {}
             _ = tokio::time::sleep_until(heartbeat_at) => {
                 match exchange(node, peer_id, &mut link, &Message::Ping, options).await {
                     Ok(Message::Pong) => last_request = Instant::now(),
@@ -422,6 +408,189 @@ async fn drive(
             }
         }
     }
+}
+
+/// The anti-entropy rounds of one link.
+struct Round {
+    /// The round in progress.
+    session: Option<SyncSession>,
+    /// When the next round starts.
+    next: Instant,
+    /// False when rounds are switched off (`anti_entropy_interval` 0).
+    enabled: bool,
+}
+
+impl Round {
+    /// One step of the round in progress: a request and its reply, or the round's end.
+    /// True if a request went out.
+    async fn step(
+        &mut self,
+        node: &NodeState,
+        peer_id: &NodeId,
+        link: &mut Link,
+        options: &DriverOptions,
+        budget: usize,
+    ) -> Result<bool, LinkError> {
+        let Some(round) = self.session.as_mut() else {
+            return Ok(false);
+        };
+        let request = node.with_store(|store| round.next_request(store, budget));
+        let Some(request) = request else {
+            let outcome = round.outcome();
+            node.count_round(if outcome.in_sync {
+                "in_sync"
+            } else {
+                "repaired"
+            });
+            node.count_repaired("pushed", outcome.pushed);
+            node.count_repaired("fetched", outcome.fetched);
+            if outcome.pushed + outcome.fetched > 0 {
+                debug!(peer = %peer_id, pushed = outcome.pushed, fetched = outcome.fetched, "anti-entropy repaired");
+            }
+            node.detector().synced(peer_id, node.now_ms());
+            self.session = None;
+            // A round that found differences is soon followed by another, until the
+            // replicas agree; an idle one waits for the timer.
+            self.next = Instant::now()
+                + if outcome.in_sync {
+                    options.anti_entropy_interval
+                } else {
+                    options.anti_entropy_interval.min(REPAIR_FOLLOW_UP)
+                };
+            return Ok(false);
+        };
+        let reply = match exchange(node, peer_id, link, &request, options).await {
+            Ok(reply) => reply,
+            Err(error) => {
+                node.count_round("failed");
+                return Err(error);
+            }
+        };
+        let fetched = node.with_store(|store| round.on_reply(reply, store));
+        match fetched {
+            Ok(entries) if entries.is_empty() => {}
+            Ok(entries) => {
+                node.apply_remote(peer_id, entries);
+            }
+            Err(error) => {
+                node.count_round("failed");
+                if node.may_log(&format!("round:{peer_id}")) {
+                    warn!(peer = %peer_id, %error, "anti-entropy round abandoned");
+                }
+                self.session = None;
+                // Not at once: a peer that keeps answering wrongly would otherwise get
+                // rounds back to back.
+                self.next = Instant::now() + options.anti_entropy_interval;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Most jobs taken off the queue together: their `Fetch` requests (single-key
+/// `quorum` reads) leave as one.
+const MAX_MERGED_JOBS: usize = 64;
+
+/// Runs `first` and the jobs queued behind it (up to [`MAX_MERGED_JOBS`]): every
+/// `Fetch` among them as one request for all their keys, the others one by one.
+async fn run_jobs(
+    node: &NodeState,
+    peer: &NodeId,
+    link: &mut Link,
+    first: Job,
+    jobs: &mut mpsc::Receiver<Job>,
+    options: &DriverOptions,
+) -> Result<(), LinkError> {
+    let mut fetches = Vec::new();
+    let mut others = Vec::new();
+    let mut next = Some(first);
+    while let Some(job) = next {
+        if matches!(job.request, Message::Fetch { .. }) {
+            fetches.push(job);
+        } else {
+            others.push(job);
+        }
+        next = if fetches.len() + others.len() < MAX_MERGED_JOBS {
+            jobs.try_recv().ok()
+        } else {
+            None
+        };
+    }
+    let mut outcome = match fetches.len() {
+        0 => Ok(()),
+        1 => run_job(node, peer, link, fetches.pop().expect("one fetch"), options).await,
+        _ => run_fetches(node, peer, link, fetches, options).await,
+    };
+    for job in others {
+        if outcome.is_err() {
+            let _ = job.reply.send(Err(LinkError::Closed));
+        } else {
+            outcome = run_job(node, peer, link, job, options).await;
+        }
+    }
+    outcome
+}
+
+/// Several `Fetch` jobs as one request (asked again for the rest if the reply covers
+/// only part of the keys); each job gets the `Entries` of its own keys.
+async fn run_fetches(
+    node: &NodeState,
+    peer: &NodeId,
+    link: &mut Link,
+    fetches: Vec<Job>,
+    options: &DriverOptions,
+) -> Result<(), LinkError> {
+    let mut keys = Vec::new();
+    let mut spans = Vec::with_capacity(fetches.len());
+    for job in &fetches {
+        if let Message::Fetch { keys: asked } = &job.request {
+            spans.push(keys.len()..keys.len() + asked.len());
+            keys.extend(asked.iter().cloned());
+        }
+    }
+    let mut found: HashMap<String, Entry> = HashMap::new();
+    let mut served = 0;
+    while served < keys.len() {
+        let request = Message::Fetch {
+            keys: keys[served..].to_vec(),
+        };
+        let failed = match exchange(node, peer, link, &request, options).await {
+            Ok(Message::Entries {
+                entries,
+                served: answered,
+            }) => {
+                found.extend(entries.into_iter().map(|entry| (entry.key.clone(), entry)));
+                if answered == 0 {
+                    // No progress: the jobs get what was served (a prefix, as a reply
+                    // to each of them would have been).
+                    break;
+                }
+                served = (served + answered as usize).min(keys.len());
+                continue;
+            }
+            Ok(other) => LinkError::Unexpected {
+                sent: "fetch",
+                got: other.kind(),
+            },
+            Err(error) => error,
+        };
+        for job in fetches {
+            let _ = job.reply.send(Err(LinkError::Closed));
+        }
+        return Err(failed);
+    }
+    for (job, span) in fetches.into_iter().zip(spans) {
+        let answered = served.clamp(span.start, span.end) - span.start;
+        let entries = keys[span.start..span.start + answered]
+            .iter()
+            .filter_map(|key| found.get(key).cloned())
+            .collect();
+        let _ = job.reply.send(Ok(Message::Entries {
+            entries,
+            served: answered as u32,
+        }));
+    }
+    Ok(())
 }
 
 /// Sends a job's request and hands the reply back. A failed link fails the job too.
