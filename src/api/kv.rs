@@ -6,13 +6,13 @@
 //! them around this), the wire format.
 //!
 //! Served straight from hyper's request, without axum's router and extractors: a key
-//! request copies neither the headers, nor the key (unless percent-decoded), nor the
-//! value; it parses a query string only when there is one, reads the store under its
-//! lock for two handles (version and value) and nothing else, prints the version once
-//! into a stack buffer, writes its JSON directly, and answers in the request's own
-//! header map. The value travels as the `Bytes` the store holds, from the request body
-//! into the store and from the store into the response. Answers are byte for byte those
-//! of the axum handlers they replace.
+//! request copies neither the headers nor the key (unless percent-decoded); it parses
+//! a query string only when there is one, reads the store under its lock for two
+//! handles (version and value) and nothing else, prints the version once into a stack
+//! buffer, writes its JSON directly, and answers in the request's own header map. A
+//! value is copied once, from the request body into an allocation of its own that the
+//! store holds, and goes from the store into a response uncopied. Answers are byte for
+//! byte those of the axum handlers they replace.
 
 use std::borrow::Cow;
 
@@ -113,7 +113,10 @@ pub(super) async fn serve<B: RequestBody>(
                     }
                 })?;
                 replica.limits().check_value(&body)?;
-                Some(body)
+                // Copied into an allocation of its own size: the body is a slice of
+                // the connection's read buffer (kilobytes), which a stored value would
+                // otherwise keep alive as long as the store holds it (4.5 KB per key).
+                Some(Bytes::copy_from_slice(&body))
             } else {
                 None
             };
