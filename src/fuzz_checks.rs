@@ -66,7 +66,7 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
 }
 
 /// A frame as the codec writes it, around any payload: length prefix, tag (with a
-/// secret), payload. Lets a check reach the payload decoder behind a valid tag,
+/// secret), payload. Lets a check reach the MessagePack decoder behind a valid tag,
 /// which a fuzzer cannot forge.
 pub fn frame(payload: &[u8], secret: Option<&[u8]>) -> Vec<u8> {
     let mut body = Vec::new();
@@ -125,7 +125,7 @@ fn assert_round_trips(message: &Message, secret: Option<&[u8]>) {
 ///
 /// The first byte picks the setting: bit 0 a cluster secret; bit 1 the rest is a list
 /// of payloads that the check frames itself with valid tags (see [`frame`]), so the
-/// payload decoder is reached behind the tag; bit 2 the handshake's frame cap
+/// MessagePack decoder is reached behind the tag; bit 2 the handshake's frame cap
 /// rather than the configured one; bits 3–5 the size of the chunks the bytes arrive in.
 /// Every message decoded must re-encode to itself; an error ends the connection, as
 /// it does in the node.

@@ -248,7 +248,7 @@ fn messages() -> Vec<(&'static str, Message)> {
     ]
 }
 
-/// The payload of a message, without frame.
+/// The MessagePack payload of a message, without frame.
 fn payload(message: &Message) -> Vec<u8> {
     frame_message(message, None)[4..].to_vec()
 }

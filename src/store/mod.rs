@@ -64,8 +64,8 @@ pub struct Entry {
 
 impl Entry {
     /// An upper bound of the entry's encoded size, for batching against byte budgets:
-    /// the key and value plus their length headers (≤ 5 bytes each), two versions
-    /// (≤ 20 bytes each, plus the node ids) and a flag byte.
+    /// the key and value plus their MessagePack headers (≤ 5 bytes each), two versions
+    /// (≤ 14 bytes of timestamp each, plus the node ids) and the array headers.
     pub fn weight(&self) -> usize {
         self.key.len()
             + self.value.as_ref().map_or(0, Bytes::len)

@@ -1,5 +1,5 @@
 //! Frames: a 4-byte big-endian length, then (with a cluster secret) a 32-byte
-//! HMAC-SHA256 tag, then the payload: one [`Message`] as [`super::encoding`] writes it.
+//! HMAC-SHA256 tag, then the MessagePack encoding of one [`Message`].
 //!
 //! Owns: [`FrameCodec`], the frame size cap and frame authentication.
 //! Knows nothing of: what messages mean.
@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Bytes, BytesMut};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use super::encoding::{self, DecodeError};
 use super::Message;
 use crate::metrics::Metrics;
 
@@ -39,13 +38,15 @@ pub enum WireError {
     BadTag,
     /// The frame is authentic (or unauthenticated) but not a message of this protocol.
     #[error("frame does not decode: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(#[from] rmp_serde::decode::Error),
+    /// A message could not be encoded (never expected).
+    #[error("frame does not encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
 }
 
 /// Message ⇄ frame codec for one connection.
 pub struct FrameCodec {
     frames: LengthDelimitedCodec,
-    max_frame_bytes: usize,
     key: Option<Arc<[u8]>>,
     metrics: Arc<Metrics>,
     peer: String,
@@ -58,7 +59,6 @@ impl FrameCodec {
             frames: LengthDelimitedCodec::builder()
                 .max_frame_length(max_frame_bytes)
                 .new_codec(),
-            max_frame_bytes,
             key: secret,
             metrics,
             peer: "unknown".to_owned(),
@@ -68,7 +68,6 @@ impl FrameCodec {
     /// Changes the frame cap: small until the handshake has named a member, then the
     /// configured one.
     pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
-        self.max_frame_bytes = max_frame_bytes;
         self.frames.set_max_frame_length(max_frame_bytes);
     }
 
@@ -87,33 +86,22 @@ impl FrameCodec {
 impl Encoder<&Message> for FrameCodec {
     type Error = WireError;
 
-    /// Writes the frame straight into `dst`: the prefix and tag are filled in once the
-    /// payload is there, so nothing is copied.
     fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
-        let start = dst.len();
-        let tag_bytes = if self.key.is_some() { TAG_BYTES } else { 0 };
-        dst.put_bytes(0, PREFIX_BYTES + tag_bytes);
-        encoding::encode(message, dst);
-        let body = dst.len() - start - PREFIX_BYTES;
-        if body > self.max_frame_bytes {
-            dst.truncate(start);
-            return Err(WireError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "a {} frame of {body} bytes is over the cap of {}",
-                    message.kind(),
-                    self.max_frame_bytes
-                ),
-            )));
-        }
-        let payload_at = start + PREFIX_BYTES + tag_bytes;
-        if let Some(key) = &self.key {
-            let tag = Self::tag(key, &dst[payload_at..]).finalize().into_bytes();
-            dst[start + PREFIX_BYTES..payload_at].copy_from_slice(&tag);
-        }
-        dst[start..start + PREFIX_BYTES].copy_from_slice(&(body as u32).to_be_bytes());
+        let payload = rmp_serde::to_vec(message)?;
+        let frame = match &self.key {
+            Some(key) => {
+                let tag = Self::tag(key, &payload).finalize().into_bytes();
+                let mut frame = Vec::with_capacity(TAG_BYTES + payload.len());
+                frame.extend_from_slice(&tag);
+                frame.extend_from_slice(&payload);
+                frame
+            }
+            None => payload,
+        };
+        let bytes = frame.len() + PREFIX_BYTES;
+        self.frames.encode(Bytes::from(frame), dst)?;
         self.metrics
-            .record_frame(&self.peer, message.kind(), "sent", body + PREFIX_BYTES);
+            .record_frame(&self.peer, message.kind(), "sent", bytes);
         Ok(())
     }
 }
@@ -126,7 +114,6 @@ impl Decoder for FrameCodec {
         let Some(frame) = self.frames.decode(src)? else {
             return Ok(None);
         };
-        let bytes = frame.len() + PREFIX_BYTES;
         let payload = match &self.key {
             Some(key) => {
                 if frame.len() < TAG_BYTES {
@@ -140,9 +127,13 @@ impl Decoder for FrameCodec {
             }
             None => &frame[..],
         };
-        let message = encoding::decode(payload)?;
-        self.metrics
-            .record_frame(&self.peer, message.kind(), "received", bytes);
+        let message: Message = rmp_serde::from_slice(payload)?;
+        self.metrics.record_frame(
+            &self.peer,
+            message.kind(),
+            "received",
+            frame.len() + PREFIX_BYTES,
+        );
         Ok(Some(message))
     }
 }
