@@ -24,7 +24,7 @@ use tokio::sync::{watch, Semaphore};
 
 use super::lease::LeaseFile;
 use super::meta::{sync_dir, DirLock, Meta, META_FILE};
-use super::record::{RecordBatch, SEGMENT_HEADER_BYTES};
+use super::record::{RecordBatch, RecordFault, SEGMENT_HEADER_BYTES};
 use super::writer::{Request, Writer};
 use super::{
     io_error, segment, CompactionReport, FsyncPolicy, Journal, JournalError, JournalFuture,
@@ -344,11 +344,16 @@ impl FileJournal {
                     });
                 }
                 segment::truncate(&path, damage.offset)?;
+                let reason = if torn && damage.fault == RecordFault::ImpossibleLength(0) {
+                    "zeros to the end: preallocated space never written".to_owned()
+                } else {
+                    damage.fault.to_string()
+                };
                 recovery.truncations.push(Truncation {
                     file: path,
                     offset: damage.offset,
                     bytes_dropped: replayed.file_bytes - damage.offset,
-                    reason: damage.fault.to_string(),
+                    reason,
                     torn,
                 });
             }
@@ -358,7 +363,12 @@ impl FileJournal {
 
         // A new active segment for this life; the old ones are sealed as they are.
         let active_id = sealed.last().map_or(1, |info| info.id + 1);
-        let file = segment::create(&segment::path(&dir, active_id), epoch, active_id)?;
+        let file = segment::create(
+            &segment::path(&dir, active_id),
+            epoch,
+            active_id,
+            options.segment_bytes,
+        )?;
 
         let (requests_tx, requests_rx) = mpsc::channel();
         let shared = Arc::new(Shared {

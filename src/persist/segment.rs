@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::meta::sync_dir;
@@ -37,8 +38,17 @@ pub fn path(dir: &Path, id: u64) -> PathBuf {
 }
 
 /// Creates `path` with a segment header and makes it (and its directory entry) durable.
-/// Returns the file opened for appending.
-pub fn create(path: &Path, epoch: u64, covers_from: u64) -> Result<File, JournalError> {
+/// `preallocate_bytes` > 0 sets the file's length up front (sparse): appends then never
+/// change the file size, so each fdatasync has less metadata to commit (measured:
+/// ~0.10 instead of ~0.12 ms per 125-byte append on this machine's ext4). The writer
+/// cuts the unused tail when it seals the segment; after a crash the zero tail is
+/// recognised as never written. Returns the file, positioned after the header.
+pub fn create(
+    path: &Path,
+    epoch: u64,
+    covers_from: u64,
+    preallocate_bytes: u64,
+) -> Result<File, JournalError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -50,7 +60,12 @@ pub fn create(path: &Path, epoch: u64, covers_from: u64) -> Result<File, Journal
         covers_from,
     };
     file.write_all(&header.encode())
-        .and_then(|()| file.sync_all())
+        .and_then(|()| {
+            if preallocate_bytes > SEGMENT_HEADER_BYTES as u64 {
+                file.set_len(preallocate_bytes)?;
+            }
+            file.sync_all()
+        })
         .map_err(|error| io_error(format!("writing {}", path.display()), error))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
@@ -129,7 +144,7 @@ pub fn replay(path: &Path, mut on_record: impl FnMut(&[u8])) -> Result<Replayed,
             }
             Decoded::Invalid(fault) => {
                 let offset = base + pos as u64;
-                let torn = is_torn(&mut file, rest, offset, file_bytes, fault)?;
+                let torn = is_torn(&file, rest, offset, file_bytes, fault)?;
                 return Ok(Replayed {
                     records,
                     file_bytes,
@@ -190,13 +205,15 @@ pub fn replay(path: &Path, mut on_record: impl FnMut(&[u8])) -> Result<Replayed,
     }
 }
 
-/// Whether damage at `offset` is the mark of an interrupted last write in this file:
-/// the record's checksum fails but it ends exactly at the end of the file, or
-/// everything from `offset` on is zeros (space allocated, never written). The caller
-/// applies it only to the last segment; the "file ends inside a record" case is
+/// Whether damage at `offset` is the mark of an interrupted last write in this file,
+/// given that a segment's unwritten space reads as zeros (it is preallocated):
+/// * everything from `offset` on is zero (space allocated, never written), or
+/// * the record's checksum fails and only zeros follow it (its write was cut short).
+///
+/// The caller applies it only to the last segment; "the file ends inside a record" is
 /// decided by [`replay`] itself.
 fn is_torn(
-    file: &mut File,
+    file: &File,
     rest: &[u8],
     offset: u64,
     file_bytes: u64,
@@ -207,28 +224,30 @@ fn is_torn(
             let mut len = [0u8; 4];
             len.copy_from_slice(&rest[..4]);
             let end = offset + RECORD_HEADER_BYTES as u64 + u64::from(u32::from_le_bytes(len));
-            Ok(end == file_bytes)
+            zeros_from(file, end, file_bytes)
         }
-        RecordFault::ImpossibleLength(0) => {
-            if rest.iter().any(|&byte| byte != 0) {
-                return Ok(false);
-            }
-            // The rest of the chunk is zero; check what was not read yet.
-            let mut tail = [0u8; 64 << 10];
-            loop {
-                let read = file
-                    .read(&mut tail)
-                    .map_err(|error| io_error("reading a segment tail".to_owned(), error))?;
-                if read == 0 {
-                    return Ok(true);
-                }
-                if tail[..read].iter().any(|&byte| byte != 0) {
-                    return Ok(false);
-                }
-            }
-        }
+        RecordFault::ImpossibleLength(0) => zeros_from(file, offset, file_bytes),
         _ => Ok(false),
     }
+}
+
+/// Whether the file holds only zeros from `from` to `file_bytes`.
+fn zeros_from(file: &File, from: u64, file_bytes: u64) -> Result<bool, JournalError> {
+    let mut chunk = vec![0u8; 64 << 10];
+    let mut at = from;
+    while at < file_bytes {
+        let read = file
+            .read_at(&mut chunk, at)
+            .map_err(|error| io_error("reading a segment tail".to_owned(), error))?;
+        if read == 0 {
+            break;
+        }
+        if chunk[..read].iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        at += read as u64;
+    }
+    Ok(true)
 }
 
 /// Cuts the file at `len` and makes the cut durable.

@@ -14,7 +14,7 @@
 //! low load.
 
 use std::fs::File;
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -104,7 +104,7 @@ impl Writer {
                     let _ = reply.send(result);
                 }
                 Request::Shutdown(reply) => {
-                    let result = self.sync().map(|()| self.publish());
+                    let result = self.trim().map(|()| self.publish());
                     let _ = reply.send(result);
                     stop = true;
                 }
@@ -141,7 +141,9 @@ impl Writer {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let result = self.file.write_all(&self.buffer);
+        // Positioned writes: the file is preallocated, so "append" is "write at the end
+        // of the valid bytes".
+        let result = self.file.write_all_at(&self.buffer, self.active_bytes);
         let result = self.fail_on(result);
         if result.is_ok() {
             self.active_bytes += self.buffer.len() as u64;
@@ -163,15 +165,32 @@ impl Writer {
         self.shared.publish_durable(self.written);
     }
 
+    /// Writes everything, cuts the preallocated tail off the active segment and syncs
+    /// it: what a sealed segment (or one closed cleanly) looks like.
+    fn trim(&mut self) -> Result<(), JournalError> {
+        self.flush()?;
+        let result = self
+            .file
+            .set_len(self.active_bytes)
+            .and_then(|()| self.file.sync_all());
+        self.fail_on(result)
+    }
+
     /// Seals the active segment if it holds records and opens the next one.
     fn rotate(&mut self) -> Result<bool, JournalError> {
-        self.sync()?;
-        if self.active_bytes <= SEGMENT_HEADER_BYTES as u64 {
+        if self.active_bytes + (self.buffer.len() as u64) <= SEGMENT_HEADER_BYTES as u64 {
+            self.sync()?;
             return Ok(false);
         }
+        self.trim()?;
         let next_id = self.active_id + 1;
         let path = segment::path(&self.shared.dir, next_id);
-        let file = segment::create(&path, self.shared.epoch, next_id);
+        let file = segment::create(
+            &path,
+            self.shared.epoch,
+            next_id,
+            self.shared.options.segment_bytes,
+        );
         let file = match file {
             Ok(file) => file,
             Err(error) => {

@@ -247,6 +247,16 @@ fn dir_bytes(dir: &Path) -> u64 {
     total
 }
 
+/// Bytes of fjall's journal files (`*.jnl`) at the top of `dir`.
+fn journal_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".jnl"))
+        .map(|entry| entry.metadata().unwrap().len())
+        .sum()
+}
+
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let resident: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
@@ -345,20 +355,63 @@ fn populate(settings: &Settings, rng: &mut Rng) -> Vec<Record> {
     (0..settings.keys).map(|index| record(index, 1, rng)).collect()
 }
 
+/// Milliseconds per 125-byte append + fdatasync on a fresh file: the disk's state.
+fn fsync_probe(settings: &Settings) -> f64 {
+    use std::io::Write;
+    let dir = fresh_dir(settings, "probe");
+    let mut file = std::fs::File::create(dir.join("probe")).unwrap();
+    let started = Instant::now();
+    for _ in 0..200 {
+        file.write_all(&[7u8; 125]).unwrap();
+        file.sync_data().unwrap();
+    }
+    started.elapsed().as_secs_f64() * 1e3 / 200.0
+}
+
 fn section_writes(runtime: &tokio::runtime::Runtime, settings: &Settings) {
-    println!("\n### Durable writes/s (each write acknowledged once durable; median of {})\n", settings.runs);
+    let engines = [Engine::Memory, Engine::Meshkv, Engine::Redb, Engine::Fjall];
+    let concurrency = [1, 8, 64];
+    // Rounds: every engine once per round, in a rotating order, so that load from
+    // elsewhere on the machine (the disk is shared) hits every engine alike; the
+    // ratios are taken within a round.
+    let mut samples = vec![vec![Vec::new(); concurrency.len()]; engines.len()];
+    let mut probes = Vec::new();
+    for round in 0..settings.runs {
+        probes.push(fsync_probe(settings));
+        for (writers_index, writers) in concurrency.iter().enumerate() {
+            for offset in 0..engines.len() {
+                let engine_index = (round + offset) % engines.len();
+                let rate = writes_per_second(runtime, settings, engines[engine_index], *writers);
+                samples[engine_index][writers_index].push(rate);
+            }
+        }
+    }
+    let meshkv = samples[1].clone();
+    println!(
+        "\n### Durable writes/s: each write acknowledged once durable (median of {} rounds of {} s; \
+         in brackets: the median of per-round ratios to the meshkv log)\n",
+        settings.runs, settings.seconds
+    );
     println!("| engine | 1 writer | 8 writers | 64 writers |");
     println!("| --- | ---: | ---: | ---: |");
-    for engine in [Engine::Memory, Engine::Meshkv, Engine::Redb, Engine::Fjall] {
-        let mut cells = Vec::new();
-        for writers in [1, 8, 64] {
-            let samples = (0..settings.runs)
-                .map(|_| writes_per_second(runtime, settings, engine, writers))
-                .collect();
-            cells.push(format!("{:.0}", median(samples)));
-        }
+    for (engine, row) in engines.iter().zip(samples) {
+        let cells: Vec<String> = row
+            .into_iter()
+            .zip(&meshkv)
+            .map(|(cell, base)| {
+                let ratios = cell.iter().zip(base).map(|(rate, base)| rate / base).collect();
+                format!("{:.0} (×{:.2})", median(cell), median(ratios))
+            })
+            .collect();
         println!("| {} | {} |", engine.name(), cells.join(" | "));
     }
+    probes.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    println!(
+        "\nfdatasync of a 125-byte append, probed before each round: median {:.2} ms (min {:.2}, max {:.2}).",
+        median(probes.clone()),
+        probes[0],
+        probes[probes.len() - 1]
+    );
 }
 
 fn section_restart(runtime: &tokio::runtime::Runtime, settings: &Settings) {
@@ -369,8 +422,8 @@ fn section_restart(runtime: &tokio::runtime::Runtime, settings: &Settings) {
         settings.runs,
         if cold_possible { "" } else { ": NOT POSSIBLE here, cold = warm" }
     );
-    println!("| engine | open only, cold | open + load into map, cold | open + load, warm | engine memory (RSS delta after a full scan) | disk after load |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| engine | open only, cold | open + load into map, cold | open + load into map, warm | open + scan (no map), warm | engine memory (RSS delta after a full scan) | disk after load |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut rng = Rng(42);
     let records = populate(settings, &mut rng);
     for engine in DISK_ENGINES {
@@ -389,10 +442,11 @@ fn section_restart(runtime: &tokio::runtime::Runtime, settings: &Settings) {
         let warm = runs("map", false);
         let memory = runs("count", false);
         println!(
-            "| {} | {open_only} | {:.0} ms | {:.0} ms | {:.0} B/key | {:.0} B/key |",
+            "| {} | {open_only} | {:.0} ms | {:.0} ms | {:.0} ms | {:.0} B/key | {:.0} B/key |",
             engine.name(),
             median(cold.iter().map(|r| r.load_ms).collect()),
             median(warm.iter().map(|r| r.load_ms).collect()),
+            median(memory.iter().map(|r| r.load_ms).collect()),
             median(memory.iter().map(|r| r.rss_delta as f64).collect()) / settings.keys as f64,
             dir_bytes(&dir) as f64 / settings.keys as f64,
         );
@@ -404,8 +458,8 @@ fn section_space(runtime: &tokio::runtime::Runtime, settings: &Settings) {
         "\n### Disk bytes per key: {} keys written, each overwritten once, 10% deleted (tombstones), then compacted\n",
         settings.keys
     );
-    println!("| engine | before compaction | after compaction | compaction time |");
-    println!("| --- | ---: | ---: | ---: |");
+    println!("| engine | before compaction | after compaction | of which a write-ahead journal (fjall keeps up to 512 MiB) | compaction time |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
     let mut rng = Rng(7);
     let first = populate(settings, &mut rng);
     let second: Vec<Record> = (0..settings.keys).map(|index| record(index, 2, &mut rng)).collect();
@@ -439,10 +493,11 @@ fn section_space(runtime: &tokio::runtime::Runtime, settings: &Settings) {
                 drop(journal);
                 let elapsed = started_after_load.elapsed();
                 println!(
-                    "| {} | {:.0} B/key | {:.0} B/key | {:.0} ms |",
+                    "| {} | {:.0} B/key | {:.0} B/key | {:.0} B/key | {:.0} ms |",
                     engine.name(),
                     per_key(before),
                     per_key(dir_bytes(&dir)),
+                    per_key(journal_bytes(&dir)),
                     elapsed.as_secs_f64() * 1e3
                 );
                 continue;
@@ -458,10 +513,11 @@ fn section_space(runtime: &tokio::runtime::Runtime, settings: &Settings) {
             Engine::Memory => unreachable!(),
         }
         println!(
-            "| {} | {:.0} B/key | {:.0} B/key | {:.0} ms |",
+            "| {} | {:.0} B/key | {:.0} B/key | {:.0} B/key | {:.0} ms |",
             engine.name(),
             per_key(before),
             per_key(dir_bytes(&dir)),
+            per_key(journal_bytes(&dir)),
             started.elapsed().as_secs_f64() * 1e3
         );
     }
@@ -563,5 +619,7 @@ fn main() {
             _ => unreachable!(),
         }
     }
-    let _ = std::fs::remove_dir_all(&settings.dir);
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&settings.dir);
+    }
 }

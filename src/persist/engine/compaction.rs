@@ -127,7 +127,7 @@ fn write_merged(
     temporary: &std::path::Path,
 ) -> Result<(u64, u64, u64), JournalError> {
     let _ = std::fs::remove_file(temporary);
-    let file = segment::create(temporary, shared.epoch, covers_from)?;
+    let file = segment::create(temporary, shared.epoch, covers_from, 0)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let mut bytes_out = SEGMENT_HEADER_BYTES as u64;
     let (mut records_in, mut records_out) = (0u64, 0u64);

@@ -126,7 +126,7 @@ fn a_torn_last_record_is_cut_away_and_reported() {
 
 #[test]
 fn a_last_record_with_a_bad_checksum_or_a_zero_tail_is_torn() {
-    for tail in ["checksum", "zeros"] {
+    for tail in ["checksum", "zeros", "cut short"] {
         let dir = tempfile::tempdir().unwrap();
         let (journal, _, _) = open(dir.path());
         append(&journal, &["first", "second"]);
@@ -134,10 +134,16 @@ fn a_last_record_with_a_bad_checksum_or_a_zero_tail_is_torn() {
         let path = last_written_segment(dir.path());
         let mut bytes = std::fs::read(&path).unwrap();
         let len = bytes.len();
-        if tail == "checksum" {
-            bytes[len - 1] ^= 0x01;
-        } else {
-            bytes.extend_from_slice(&[0u8; 4096]);
+        match tail {
+            "checksum" => bytes[len - 1] ^= 0x01,
+            "zeros" => bytes.extend_from_slice(&[0u8; 4096]),
+            _ => {
+                // A third record whose write stopped half-way, in preallocated space.
+                let third = RecordBatch::of([b"third record"]).unwrap();
+                let half = third.as_bytes().len() / 2;
+                bytes.extend_from_slice(&third.as_bytes()[..half]);
+                bytes.extend_from_slice(&[0u8; 4096]);
+            }
         }
         std::fs::write(&path, &bytes).unwrap();
         let (_journal, records, recovery) = open(dir.path());
@@ -146,9 +152,46 @@ fn a_last_record_with_a_bad_checksum_or_a_zero_tail_is_torn() {
         } else {
             &["first", "second"]
         };
+        assert_eq!(recovery.truncations.len(), 1, "{tail}");
         assert_eq!(strings(&records), expected, "{tail}");
         assert!(recovery.truncations[0].torn, "{tail}");
     }
+}
+
+/// A copy of the directory taken while the journal runs is what a kill -9 leaves:
+/// durable records, then the preallocated (zero) rest of the active segment.
+#[tokio::test]
+async fn a_snapshot_of_a_running_journal_opens_with_every_durable_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (journal, _, _) = open(dir.path());
+    let lsn = append(&journal, &["one", "two"]);
+    journal.wait_durable(lsn).await.unwrap();
+    let active = last_written_segment(dir.path());
+    assert_eq!(
+        std::fs::metadata(&active).unwrap().len(),
+        DEFAULT_SEGMENT_BYTES,
+        "the active segment is preallocated"
+    );
+    let copy = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+    }
+    drop(journal);
+    assert!(
+        std::fs::metadata(&active).unwrap().len() < 100,
+        "a clean shutdown trims the preallocated tail"
+    );
+
+    let (_journal, records, recovery) = open(copy.path());
+    assert_eq!(strings(&records), ["one", "two"]);
+    assert_eq!(recovery.truncations.len(), 1);
+    let truncation = &recovery.truncations[0];
+    assert!(truncation.torn);
+    assert_eq!(
+        truncation.reason,
+        "zeros to the end: preallocated space never written"
+    );
 }
 
 #[test]
