@@ -167,7 +167,12 @@ fn median(mut samples: Vec<f64>) -> f64 {
 
 /// Durable writes per second with `writers` concurrent writers, each waiting for its
 /// write to be durable before the next.
-fn writes_per_second(runtime: &tokio::runtime::Runtime, settings: &Settings, engine: Engine, writers: usize) -> f64 {
+fn writes_per_second(
+    runtime: &tokio::runtime::Runtime,
+    settings: &Settings,
+    engine: Engine,
+    writers: usize,
+) -> f64 {
     let dir = fresh_dir(settings, "writes");
     let target = Arc::new(Target::open(engine, &dir));
     let duration = Duration::from_secs_f64(settings.seconds);
@@ -201,7 +206,13 @@ fn writes_per_second(runtime: &tokio::runtime::Runtime, settings: &Settings, eng
 }
 
 /// Writes `records` in large non-durable groups, then makes them durable.
-fn bulk_write(runtime: &tokio::runtime::Runtime, engine: Engine, dir: &Path, batches: &[Vec<Record>], garbage: bool) {
+fn bulk_write(
+    runtime: &tokio::runtime::Runtime,
+    engine: Engine,
+    dir: &Path,
+    batches: &[Vec<Record>],
+    garbage: bool,
+) {
     match engine {
         Engine::Memory => {}
         Engine::Meshkv => {
@@ -242,7 +253,11 @@ fn dir_bytes(dir: &Path) -> u64 {
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let metadata = entry.metadata().unwrap();
-        total += if metadata.is_dir() { dir_bytes(&entry.path()) } else { metadata.len() };
+        total += if metadata.is_dir() {
+            dir_bytes(&entry.path())
+        } else {
+            metadata.len()
+        };
     }
     total
 }
@@ -309,7 +324,11 @@ fn child(engine: Engine, dir: &Path, mode: &str) {
     };
     let loaded = started.elapsed();
     let rss_after = rss_bytes();
-    let entries = if mode == "map" { map.len() as u64 } else { count };
+    let entries = if mode == "map" {
+        map.len() as u64
+    } else {
+        count
+    };
     println!(
         "open_ms={:.1} load_ms={:.1} entries={entries} rss_delta={}",
         opened.as_secs_f64() * 1e3,
@@ -334,7 +353,11 @@ fn run_child(engine: Engine, dir: &Path, mode: &str, cold: bool) -> ChildResult 
         .args(["child", engine.arg(), dir.to_str().unwrap(), mode])
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = String::from_utf8(output.stdout).unwrap();
     let field = |name: &str| -> f64 {
         text.split_whitespace()
@@ -352,7 +375,9 @@ fn run_child(engine: Engine, dir: &Path, mode: &str, cold: bool) -> ChildResult 
 }
 
 fn populate(settings: &Settings, rng: &mut Rng) -> Vec<Record> {
-    (0..settings.keys).map(|index| record(index, 1, rng)).collect()
+    (0..settings.keys)
+        .map(|index| record(index, 1, rng))
+        .collect()
 }
 
 /// Milliseconds per 125-byte append + fdatasync on a fresh file: the disk's state.
@@ -370,6 +395,12 @@ fn fsync_probe(settings: &Settings) -> f64 {
 
 fn section_writes(runtime: &tokio::runtime::Runtime, settings: &Settings) {
     let engines = [Engine::Memory, Engine::Meshkv, Engine::Redb, Engine::Fjall];
+    // BENCH_ONLY=fjall (say) runs one engine alone, e.g. under strace.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let engines: Vec<Engine> = engines
+        .into_iter()
+        .filter(|engine| only.as_deref().is_none_or(|name| name == engine.arg()))
+        .collect();
     let concurrency = [1, 8, 64];
     // Rounds: every engine once per round, in a rotating order, so that load from
     // elsewhere on the machine (the disk is shared) hits every engine alike; the
@@ -386,7 +417,11 @@ fn section_writes(runtime: &tokio::runtime::Runtime, settings: &Settings) {
             }
         }
     }
-    let meshkv = samples[1].clone();
+    let base = engines
+        .iter()
+        .position(|engine| *engine == Engine::Meshkv)
+        .unwrap_or(0);
+    let meshkv = samples[base].clone();
     println!(
         "\n### Durable writes/s: each write acknowledged once durable (median of {} rounds of {} s; \
          in brackets: the median of per-round ratios to the meshkv log)\n",
@@ -399,7 +434,11 @@ fn section_writes(runtime: &tokio::runtime::Runtime, settings: &Settings) {
             .into_iter()
             .zip(&meshkv)
             .map(|(cell, base)| {
-                let ratios = cell.iter().zip(base).map(|(rate, base)| rate / base).collect();
+                let ratios = cell
+                    .iter()
+                    .zip(base)
+                    .map(|(rate, base)| rate / base)
+                    .collect();
                 format!("{:.0} (×{:.2})", median(cell), median(ratios))
             })
             .collect();
@@ -420,7 +459,11 @@ fn section_restart(runtime: &tokio::runtime::Runtime, settings: &Settings) {
         "\n### Restart with {} keys (median of {}; cold = page cache dropped{})\n",
         settings.keys,
         settings.runs,
-        if cold_possible { "" } else { ": NOT POSSIBLE here, cold = warm" }
+        if cold_possible {
+            ""
+        } else {
+            ": NOT POSSIBLE here, cold = warm"
+        }
     );
     println!("| engine | open only, cold | open + load into map, cold | open + load into map, warm | open + scan (no map), warm | engine memory (RSS delta after a full scan) | disk after load |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
@@ -430,15 +473,23 @@ fn section_restart(runtime: &tokio::runtime::Runtime, settings: &Settings) {
         let dir = fresh_dir(settings, "restart");
         bulk_write(runtime, engine, &dir, std::slice::from_ref(&records), false);
         let runs = |mode: &str, cold: bool| -> Vec<ChildResult> {
-            (0..settings.runs).map(|_| run_child(engine, &dir, mode, cold)).collect()
+            (0..settings.runs)
+                .map(|_| run_child(engine, &dir, mode, cold))
+                .collect()
         };
         let open_only = if engine == Engine::Meshkv {
             "(= open + load)".to_owned()
         } else {
-            format!("{:.0} ms", median(runs("open", true).iter().map(|r| r.open_ms).collect()))
+            format!(
+                "{:.0} ms",
+                median(runs("open", true).iter().map(|r| r.open_ms).collect())
+            )
         };
         let cold = runs("map", true);
-        assert!(cold.iter().all(|r| r.entries == settings.keys as u64), "every key loaded");
+        assert!(
+            cold.iter().all(|r| r.entries == settings.keys as u64),
+            "every key loaded"
+        );
         let warm = runs("map", false);
         let memory = runs("count", false);
         println!(
@@ -462,8 +513,13 @@ fn section_space(runtime: &tokio::runtime::Runtime, settings: &Settings) {
     println!("| --- | ---: | ---: | ---: | ---: |");
     let mut rng = Rng(7);
     let first = populate(settings, &mut rng);
-    let second: Vec<Record> = (0..settings.keys).map(|index| record(index, 2, &mut rng)).collect();
-    let deletes: Vec<Record> = (0..settings.keys).step_by(10).map(|index| tombstone(index, 3)).collect();
+    let second: Vec<Record> = (0..settings.keys)
+        .map(|index| record(index, 2, &mut rng))
+        .collect();
+    let deletes: Vec<Record> = (0..settings.keys)
+        .step_by(10)
+        .map(|index| tombstone(index, 3))
+        .collect();
     let batches = [first, second, deletes];
     let per_key = |bytes: u64| bytes as f64 / settings.keys as f64;
     for engine in DISK_ENGINES {
@@ -487,7 +543,10 @@ fn section_space(runtime: &tokio::runtime::Runtime, settings: &Settings) {
                 let live = Arc::clone(&versions);
                 journal.set_liveness(Arc::new(move |payload: &[u8]| {
                     let (key, stored) = adapters::meshkv::decode(payload);
-                    live.lock().unwrap().get(key).is_some_and(|v| v[..] == stored[..VERSION_BYTES])
+                    live.lock()
+                        .unwrap()
+                        .get(key)
+                        .is_some_and(|v| v[..] == stored[..VERSION_BYTES])
                 }));
                 journal.compact_now().unwrap();
                 drop(journal);
@@ -558,15 +617,27 @@ fn section_code() {
         "engine/compaction.rs",
     ];
     let sum = |files: &[PathBuf]| {
-        files.iter().map(|path| count_lines(path)).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        files
+            .iter()
+            .map(|path| count_lines(path))
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
     let ours = sum(&engine_files.map(|file| persist.join(file)));
     let adapters = root.join("src/adapters");
     let rows = [
         ("meshkv log: the persist module, tests excluded", ours),
-        ("meshkv log: adapter (record codec, open, write)", sum(&[adapters.join("meshkv.rs")])),
-        ("redb: adapter + group commit", sum(&[adapters.join("redb.rs"), adapters.join("group_commit.rs")])),
-        ("fjall: adapter + group commit", sum(&[adapters.join("fjall.rs"), adapters.join("group_commit.rs")])),
+        (
+            "meshkv log: adapter (record codec, open, write)",
+            sum(&[adapters.join("meshkv.rs")]),
+        ),
+        (
+            "redb: adapter + group commit",
+            sum(&[adapters.join("redb.rs"), adapters.join("group_commit.rs")]),
+        ),
+        (
+            "fjall: adapter + group commit",
+            sum(&[adapters.join("fjall.rs"), adapters.join("group_commit.rs")]),
+        ),
     ];
     println!("\n### Code to own\n");
     println!("| what | non-blank lines | of which code (no comments) |");
@@ -602,9 +673,14 @@ fn main() {
         }
     }
     if sections.is_empty() {
-        sections = ["writes", "restart", "space", "code"].map(String::from).to_vec();
+        sections = ["writes", "restart", "space", "code"]
+            .map(String::from)
+            .to_vec();
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     println!(
         "## Storage engines: {} keys of 7 B + 16 B version + 100 B value, dir {}",
         settings.keys,

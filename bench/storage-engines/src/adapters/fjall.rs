@@ -15,7 +15,9 @@ pub struct Fjall {
 impl Fjall {
     pub fn open(dir: &Path) -> Self {
         let db = Database::builder(dir).open().unwrap();
-        let registers = db.keyspace("registers", KeyspaceCreateOptions::default).unwrap();
+        let registers = db
+            .keyspace("registers", KeyspaceCreateOptions::default)
+            .unwrap();
         Self { db, registers }
     }
 

@@ -61,7 +61,10 @@ impl<E: GroupEngine> GroupCommit<E> {
     /// Writes one record; returns once it is durable.
     pub async fn write(&self, record: Record) {
         let (done, durable) = oneshot::channel();
-        self.queue.send((record, done)).await.expect("committer alive");
+        self.queue
+            .send((record, done))
+            .await
+            .expect("committer alive");
         durable.await.expect("committer alive");
     }
 }

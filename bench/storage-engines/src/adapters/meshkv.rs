@@ -37,7 +37,9 @@ pub async fn write(journal: &Arc<dyn Journal>, record: &Record) {
     let mut payload = Vec::with_capacity(128);
     encode(record, &mut payload);
     let slot = journal.reserve().await.unwrap();
-    let lsn = journal.append(slot, RecordBatch::of([payload]).unwrap()).unwrap();
+    let lsn = journal
+        .append(slot, RecordBatch::of([payload]).unwrap())
+        .unwrap();
     journal.wait_durable(lsn).await.unwrap();
 }
 

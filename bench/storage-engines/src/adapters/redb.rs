@@ -26,7 +26,11 @@ impl Redb {
 impl GroupEngine for Redb {
     fn write_group(&self, records: &[Record], durable: bool) {
         let mut transaction = self.0.begin_write().unwrap();
-        let durability = if durable { Durability::Immediate } else { Durability::None };
+        let durability = if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        };
         transaction.set_durability(durability).unwrap();
         {
             let mut table = transaction.open_table(REGISTERS).unwrap();
