@@ -605,7 +605,9 @@ fn check_headers(
             Err(reason) => {
                 let bytes = std::fs::metadata(&path).map_or(0, |metadata| metadata.len());
                 let is_last = index + 1 == ids.len();
-                let torn = is_last && bytes < SEGMENT_HEADER_BYTES as u64;
+                // A segment being created when the process died: its header is missing
+                // or still zeros (the preallocation can reach the disk before it).
+                let torn = is_last && segment::never_written(&path, bytes)?;
                 if !torn && !repair {
                     return Err(JournalError::Corrupt {
                         file: path,

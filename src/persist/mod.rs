@@ -16,16 +16,30 @@
 //!   the caller's thread and queued; the thread writes everything queued, then (policy
 //!   `batch`) fdatasyncs once and publishes the durable [`Lsn`], so concurrent writers
 //!   share one fsync. File I/O and fsync never run on the async runtime.
-//! * **Recovery** replays every segment in order through a callback. A torn last record
-//!   (kill -9, power cut) is cut away and reported; damage anywhere else is an error
-//!   naming file and offset unless `repair` is set.
+//!   The active segment is preallocated (sparse) to its full size, so appends do not
+//!   change the file size, and trimmed when sealed.
+//! * **Recovery** replays every segment in order through a callback. What a crash can
+//!   leave in the last segment (a record cut short, a checksum failing with only zeros
+//!   after it, a zero tail, a header never written) is cut away and reported. Damage
+//!   anywhere else is an error naming file and byte offset, unless `repair` is set:
+//!   then the damaged segment is cut at its first bad record (its framing cannot be
+//!   trusted after it) and later segments are kept, since each starts with its own
+//!   header. Keeping them is safe because a record is a self-contained fact ("key had
+//!   version v") and merges are order-independent; what repair loses is only what it
+//!   reports.
 //! * **Compaction** rewrites a prefix of the sealed segments, keeping the records the
 //!   caller's [`Liveness`] says are current. Always a prefix, so a tombstone is never
 //!   dropped while an older segment may still hold an older value of its key.
 //! * **The HLC lease** (`clock` file) is a durable upper bound on the versions issued.
 //!
-//! redb and fjall were measured against this log on the node's workload; see
-//! `bench/storage-engines/README.md` for the figures and the decision.
+//! redb and fjall were measured against this log on the node's workload and neither
+//! won (the log loads 1 M keys fastest, uses no cache memory, and writes as fast as
+//! the best of them); see `bench/storage-engines/README.md` for the figures.
+//!
+//! Known limits: a crash whose unsynced pages reach the disk out of order (a zero
+//! sector before a written one, inside the last segment) looks like damage, not a torn
+//! tail, and needs `repair`; only records after the last fsync can be in that region,
+//! so repair loses nothing that was acknowledged as durable.
 //!
 //! # Contract with the caller
 //! * LSNs order appends within one open journal; they are not stored and restart at 0.
@@ -167,7 +181,8 @@ pub struct CompactionReport {
 /// Figures for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JournalStats {
-    /// Bytes of all segment files.
+    /// Bytes of valid data in all segment files (the active segment's preallocated,
+    /// sparse tail is not counted: it occupies no blocks).
     pub disk_bytes: u64,
     /// Segment files, the active one included.
     pub segments: usize,

@@ -95,6 +95,16 @@ pub fn read_header(path: &Path, epoch: u64) -> Result<Result<SegmentHeader, Stri
     })
 }
 
+/// Whether a segment file holds no header yet: shorter than one, or zeros throughout.
+pub fn never_written(path: &Path, file_bytes: u64) -> Result<bool, JournalError> {
+    if file_bytes < SEGMENT_HEADER_BYTES as u64 {
+        return Ok(true);
+    }
+    let file =
+        File::open(path).map_err(|error| io_error(format!("opening {}", path.display()), error))?;
+    zeros_from(&file, 0, file_bytes)
+}
+
 /// Where a segment's records stop being readable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Damage {

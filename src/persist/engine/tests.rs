@@ -195,6 +195,35 @@ async fn a_snapshot_of_a_running_journal_opens_with_every_durable_record() {
 }
 
 #[test]
+fn a_segment_whose_creation_was_cut_short_is_removed() {
+    for contents in [vec![0u8; 10], vec![0u8; 4096], b"MKV".to_vec()] {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _, _) = open(dir.path());
+        append(&journal, &["kept"]);
+        drop(journal);
+        let files = segment_files(dir.path());
+        let last_id =
+            segment::parse_name(files.last().unwrap().file_name().unwrap().to_str().unwrap())
+                .unwrap();
+        let cut_short = segment::path(dir.path(), last_id + 1);
+        std::fs::write(&cut_short, &contents).unwrap();
+        let (_journal, records, recovery) = open(dir.path());
+        assert_eq!(strings(&records), ["kept"]);
+        assert_eq!(recovery.truncations.len(), 1);
+        assert!(recovery.truncations[0].torn);
+        assert_eq!(recovery.truncations[0].file, cut_short);
+    }
+    // Not the last segment: that is damage, not a crash.
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    std::fs::write(segment::path(dir.path(), 0), vec![0u8; 4096]).unwrap();
+    assert!(matches!(
+        open_with(options(dir.path())),
+        Err(JournalError::Corrupt { offset: 0, .. })
+    ));
+}
+
+#[test]
 fn a_flipped_byte_in_the_middle_is_refused_with_file_and_offset() {
     let dir = tempfile::tempdir().unwrap();
     let (journal, _, _) = open(dir.path());
