@@ -30,7 +30,7 @@ use super::{
     io_error, segment, CompactionReport, FsyncPolicy, Journal, JournalError, JournalFuture,
     JournalStats, Liveness, Lsn, Slot,
 };
-use crate::clock::NodeId;
+use crate::clock::{Clock, NodeId};
 
 mod compaction;
 #[cfg(test)]
@@ -49,10 +49,13 @@ pub const DEFAULT_COMPACTION_MIN_BYTES: u64 = 64 << 20;
 pub const DEFAULT_COMPACTION_RATIO: u64 = 2;
 
 /// How to open a data directory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct JournalOptions {
     /// The data directory (created if missing).
     pub dir: PathBuf,
+    /// Wall time for the directory's creation time and compaction reports (the node's
+    /// clock seam; nothing here reads the system clock).
+    pub clock: Arc<dyn Clock>,
     /// The cluster name the directory must belong to.
     pub cluster: String,
     /// The node the directory must belong to.
@@ -73,9 +76,15 @@ pub struct JournalOptions {
 
 impl JournalOptions {
     /// Defaults for `dir`, owned by `node` of `cluster`.
-    pub fn new(dir: impl Into<PathBuf>, cluster: impl Into<String>, node: NodeId) -> Self {
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        cluster: impl Into<String>,
+        node: NodeId,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             dir: dir.into(),
+            clock,
             cluster: cluster.into(),
             node,
             fsync: FsyncPolicy::default(),
@@ -85,6 +94,22 @@ impl JournalOptions {
             compaction_min_bytes: DEFAULT_COMPACTION_MIN_BYTES,
             compaction_ratio: DEFAULT_COMPACTION_RATIO,
         }
+    }
+}
+
+impl std::fmt::Debug for JournalOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalOptions")
+            .field("dir", &self.dir)
+            .field("cluster", &self.cluster)
+            .field("node", &self.node)
+            .field("fsync", &self.fsync)
+            .field("segment_bytes", &self.segment_bytes)
+            .field("queue_appends", &self.queue_appends)
+            .field("repair", &self.repair)
+            .field("compaction_min_bytes", &self.compaction_min_bytes)
+            .field("compaction_ratio", &self.compaction_ratio)
+            .finish_non_exhaustive()
     }
 }
 
@@ -314,7 +339,7 @@ impl FileJournal {
         let meta = if dir.join(META_FILE).exists() {
             Meta::load(&dir, &options.cluster, &options.node)?
         } else if ids.is_empty() {
-            let meta = Meta::create(&options.cluster, &options.node)?;
+            let meta = Meta::create(&options.cluster, &options.node, options.clock.wall_ms())?;
             meta.store(&dir)?;
             recovery.created = true;
             meta

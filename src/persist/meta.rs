@@ -14,7 +14,6 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,15 +48,13 @@ struct FormatOnly {
 }
 
 impl Meta {
-    /// A new identity for `node` of `cluster`, with a fresh random epoch.
-    pub fn create(cluster: &str, node: &NodeId) -> Result<Self, JournalError> {
+    /// A new identity for `node` of `cluster`, created at `created_ms` (wall clock),
+    /// with a fresh random epoch.
+    pub fn create(cluster: &str, node: &NodeId, created_ms: u64) -> Result<Self, JournalError> {
         let epoch = getrandom::u64().map_err(|error| JournalError::Io {
             context: "drawing a random data epoch".to_owned(),
             source: std::io::Error::other(error.to_string()),
         })?;
-        let created_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| since.as_millis() as u64);
         Ok(Self {
             format: FORMAT_VERSION,
             cluster: cluster.to_owned(),
@@ -214,7 +211,7 @@ mod tests {
     #[test]
     fn meta_round_trips_and_checks_identity() {
         let dir = tempfile::tempdir().unwrap();
-        let meta = Meta::create("prod", &node("n1")).unwrap();
+        let meta = Meta::create("prod", &node("n1"), 1_764_000_000_000).unwrap();
         meta.store(dir.path()).unwrap();
         assert_eq!(Meta::load(dir.path(), "prod", &node("n1")).unwrap(), meta);
         assert!(!dir.path().join("meta.tmp").exists());

@@ -64,7 +64,6 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -164,8 +163,8 @@ impl<F: Fn(&[u8]) -> bool + Send + Sync> Liveness for F {
 /// What a compaction did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompactionReport {
-    /// When it finished.
-    pub at: SystemTime,
+    /// When it finished: wall-clock ms from the journal's [`Clock`](crate::clock::Clock).
+    pub at_ms: u64,
     /// Segments rewritten.
     pub segments_in: usize,
     /// Bytes of the rewritten segments.

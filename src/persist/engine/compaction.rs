@@ -21,7 +21,6 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use super::{lock, SegmentInfo, Shared};
 use crate::persist::meta::sync_dir;
@@ -106,7 +105,7 @@ pub(super) fn compact(
             Some(garbage.saturating_sub(dropped))
         });
     let report = CompactionReport {
-        at: SystemTime::now(),
+        at_ms: shared.options.clock.wall_ms(),
         segments_in: prefix.len(),
         bytes_in,
         bytes_out,

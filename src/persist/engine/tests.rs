@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use proptest::prelude::*;
 
 use super::*;
+use crate::clock::ManualClock;
 use crate::persist::record::{RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 
 fn node(id: &str) -> NodeId {
@@ -15,7 +16,8 @@ fn node(id: &str) -> NodeId {
 }
 
 fn options(dir: &Path) -> JournalOptions {
-    JournalOptions::new(dir, "test", node("n1"))
+    let clock = Arc::new(ManualClock::new(1_764_000_000_000));
+    JournalOptions::new(dir, "test", node("n1"), clock)
 }
 
 /// Opens and collects every recovered payload.

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use meshkv::clock::NodeId;
+use meshkv::node::SystemClock;
 use meshkv::persist::{FileJournal, FsyncPolicy, Journal, JournalOptions, RecordBatch};
 
 use crate::Record;
@@ -22,7 +23,8 @@ pub fn decode(payload: &[u8]) -> (&[u8], &[u8]) {
 }
 
 pub fn open(dir: &Path, visit: &mut dyn FnMut(&[u8], &[u8])) -> FileJournal {
-    let mut options = JournalOptions::new(dir, "bench", NodeId::new("n1").unwrap());
+    let clock = Arc::new(SystemClock::new());
+    let mut options = JournalOptions::new(dir, "bench", NodeId::new("n1").unwrap(), clock);
     options.fsync = FsyncPolicy::Batch;
     let (journal, _recovery) = FileJournal::open(options, |payload| {
         let (key, stored) = decode(payload);
