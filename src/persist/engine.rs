@@ -113,6 +113,10 @@ impl std::fmt::Debug for JournalOptions {
     }
 }
 
+/// The reason of a [`Truncation`] that drops nothing ever written: the zeros of the
+/// preallocated tail of a segment the process did not close (killed, power cut).
+pub const UNUSED_TAIL: &str = "zeros to the end: preallocated space never written";
+
 /// Bytes cut from a segment at open.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Truncation {
@@ -127,6 +131,13 @@ pub struct Truncation {
     /// `true`: an interrupted last write (expected after a crash); `false`: damage
     /// dropped because `repair` was set.
     pub torn: bool,
+}
+
+impl Truncation {
+    /// Whether only never-written preallocated space was cut (no record was lost).
+    pub fn is_unused_tail(&self) -> bool {
+        self.torn && self.reason == UNUSED_TAIL
+    }
 }
 
 /// What opening found; the caller logs it.
@@ -187,6 +198,12 @@ pub(super) struct Shared {
     pub(super) options: JournalOptions,
     pub(super) segments: Mutex<SegmentSet>,
     pub(super) garbage: AtomicU64,
+    /// Bytes handed to the OS by the writer, since open.
+    pub(super) written_bytes: AtomicU64,
+    /// fdatasyncs of the active segment, since open.
+    pub(super) fsyncs: AtomicU64,
+    /// Compactions completed, since open.
+    pub(super) compactions: AtomicU64,
     progress: watch::Sender<Progress>,
     queue: Mutex<Queue>,
     permits: Arc<Semaphore>,
@@ -370,7 +387,7 @@ impl FileJournal {
                 }
                 segment::truncate(&path, damage.offset)?;
                 let reason = if torn && damage.fault == RecordFault::ImpossibleLength(0) {
-                    "zeros to the end: preallocated space never written".to_owned()
+                    UNUSED_TAIL.to_owned()
                 } else {
                     damage.fault.to_string()
                 };
@@ -404,6 +421,9 @@ impl FileJournal {
                 active_bytes: SEGMENT_HEADER_BYTES as u64,
             }),
             garbage: AtomicU64::new(0),
+            written_bytes: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
             progress: watch::Sender::new(Progress::default()),
             queue: Mutex::new(Queue {
                 last: 0,
@@ -550,6 +570,9 @@ impl Journal for FileJournal {
             appended: lock(&self.shared.queue).last,
             durable: progress.durable,
             last_compaction: lock(&self.shared.last_compaction).clone(),
+            written_bytes: self.shared.written_bytes.load(Ordering::Relaxed),
+            fsyncs: self.shared.fsyncs.load(Ordering::Relaxed),
+            compactions: self.shared.compactions.load(Ordering::Relaxed),
         }
     }
 

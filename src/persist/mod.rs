@@ -55,6 +55,7 @@ pub mod lease;
 pub mod meta;
 pub mod record;
 mod segment;
+pub mod storage;
 mod writer;
 
 use std::fmt;
@@ -69,9 +70,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 pub use engine::{
     FileJournal, JournalOptions, Progress, Recovery, Truncation, DEFAULT_COMPACTION_MIN_BYTES,
-    DEFAULT_COMPACTION_RATIO, DEFAULT_QUEUE_APPENDS, DEFAULT_SEGMENT_BYTES,
+    DEFAULT_COMPACTION_RATIO, DEFAULT_QUEUE_APPENDS, DEFAULT_SEGMENT_BYTES, UNUSED_TAIL,
 };
 pub use record::{BatchError, RecordBatch, MAX_RECORD_BYTES};
+pub use storage::{DirStorage, MemoryStorage, Opened, Owner, Storage};
 
 /// The on-disk format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -110,6 +112,13 @@ impl fmt::Display for FsyncPolicy {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("fsync policy {0:?} is unknown: use always, batch or never")]
 pub struct UnknownFsyncPolicy(pub String);
+
+impl<'de> serde::Deserialize<'de> for FsyncPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 impl FromStr for FsyncPolicy {
     type Err = UnknownFsyncPolicy;
@@ -194,6 +203,12 @@ pub struct JournalStats {
     pub durable: Lsn,
     /// The last compaction, if any ran since open.
     pub last_compaction: Option<CompactionReport>,
+    /// Bytes handed to the OS since open (records and their headers).
+    pub written_bytes: u64,
+    /// fdatasyncs of the log since open (the lease's are not counted).
+    pub fsyncs: u64,
+    /// Compactions completed since open.
+    pub compactions: u64,
 }
 
 /// What the node needs from storage. Object-safe (`Arc<dyn Journal>`), and free of file

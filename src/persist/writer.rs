@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::Arc;
 
@@ -146,6 +147,9 @@ impl Writer {
         let result = self.file.write_all_at(&self.buffer, self.active_bytes);
         let result = self.fail_on(result);
         if result.is_ok() {
+            self.shared
+                .written_bytes
+                .fetch_add(self.buffer.len() as u64, Ordering::Relaxed);
             self.active_bytes += self.buffer.len() as u64;
             self.buffer.clear();
         }
@@ -156,6 +160,7 @@ impl Writer {
     fn sync(&mut self) -> Result<(), JournalError> {
         self.flush()?;
         let result = self.file.sync_data();
+        self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.fail_on(result)
     }
 

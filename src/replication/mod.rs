@@ -16,12 +16,14 @@
 //! | `responder` | answers to peers' requests (the transport's `Responder`) |
 //! | [`driver`] | one task per peer: its link, pushes, jobs, anti-entropy rounds |
 //! | `peers` | one owned `Peer` per peer: outbox, job queue, wake-up |
-//! | `state` | the node's shared state: HLC + store (the one merge point), detector, clock, metrics |
+//! | `state` | the node's shared state: HLC + store (the one merge point, which appends to the journal), detector, clock, metrics |
+//! | `durable` | the journal record codec, recovery into a store, the HLC lease and its keeper |
 //! | `level` | [`Consistency`], [`ReplicationError`] |
 //! | [`outbox`], [`anti_entropy`] | pure mechanisms: the per-peer queue; the round planner |
 
 pub mod anti_entropy;
 pub mod driver;
+pub mod durable;
 mod gate;
 mod level;
 pub mod outbox;
@@ -39,8 +41,10 @@ use crate::clock::{Clock, NodeId};
 use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
+use crate::persist::{JournalError, JournalStats, MemoryOnly};
 use crate::store::{Entry, Limits, Summary};
 use driver::DriverPort;
+use durable::Recovered;
 use gate::StartupGate;
 pub use level::{Consistency, ReplicationError, UnknownConsistency};
 use peers::Peers;
@@ -59,7 +63,8 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica with an empty store; the node starts now (see [`Replica::check_ready`]).
+    /// A memory-only replica with an empty store; the node starts now (see
+    /// [`Replica::check_ready`]).
     pub fn new(
         id: NodeId,
         peers: Vec<NodeId>,
@@ -67,13 +72,74 @@ impl Replica {
         options: ReplicationOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let recovered = Recovered {
+            store: crate::store::Store::new(),
+            journal: Arc::new(MemoryOnly::new()),
+            recovery: None,
+            durable: false,
+            skipped: 0,
+        };
+        Self::recovered(id, peers, clock, options, metrics, recovered)
+    }
+
+    /// A replica holding what [`durable::recover`] rebuilt, appending to its journal;
+    /// the node starts now. A durable node runs [`Replica::keep_lease`] as a task.
+    pub fn recovered(
+        id: NodeId,
+        peers: Vec<NodeId>,
+        clock: Arc<dyn Clock>,
+        options: ReplicationOptions,
+        metrics: Arc<Metrics>,
+        recovered: Recovered,
+    ) -> Self {
         let outbox_max_keys = options.outbox_max_keys;
-        let node = NodeState::new(id, &peers, clock, options, metrics);
+        let node = Arc::new(NodeState::new(
+            id, &peers, clock, options, metrics, recovered,
+        ));
+        node.install_liveness();
         Self {
             gate: Arc::new(StartupGate::new(&node)),
-            node: Arc::new(node),
+            node,
             peers: Arc::new(Peers::new(&peers, outbox_max_keys)),
         }
+    }
+
+    /// The task that keeps the HLC lease ahead of the clock (durable nodes; a
+    /// memory-only node needs none and gets `None`). Runs until `shutdown`.
+    pub fn keep_lease(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.node.durable().then(|| {
+            durable::keep_lease(
+                self.node.journal().clone(),
+                self.node.lease().clone(),
+                self.node.clock().clone(),
+                shutdown,
+            )
+        })
+    }
+
+    /// Whether this node keeps its data on disk.
+    pub fn durable(&self) -> bool {
+        self.node.durable()
+    }
+
+    /// Journal figures for metrics.
+    pub fn journal_stats(&self) -> JournalStats {
+        self.node.journal_stats()
+    }
+
+    /// Writes and syncs everything appended, and closes the journal. Blocking: call it
+    /// once the tasks have stopped, from a blocking context.
+    pub fn close_storage(&self) -> Result<(), JournalError> {
+        self.node.journal().shutdown()
+    }
+
+    /// Whether the node is still catching up with its peers after its start: until
+    /// every peer has completed an anti-entropy round with it or was found down.
+    pub fn catching_up(&self) -> bool {
+        self.gate.catching_up(&self.node, &self.peers)
     }
 
     /// What the driver of `peer` works with; `None` if `peer` is not a peer or its
@@ -170,7 +236,16 @@ impl Replica {
 
     /// Merges entries from `from`, refusing versions too far in the future. Returns the
     /// keys refused.
+    /// Does not wait: if the journal's queue is full (or the journal failed), every key
+    /// is refused.
     pub fn apply_remote(&self, from: &NodeId, entries: Vec<Entry>) -> Vec<String> {
-        self.node.apply_remote(from, entries)
+        let keys = || entries.iter().map(|entry| entry.key.clone()).collect();
+        let Ok(slot) = self.node.journal().try_reserve() else {
+            return keys();
+        };
+        let all = keys();
+        self.node
+            .apply_remote(slot, from, entries)
+            .map_or(all, |(refused, _)| refused)
     }
 }

@@ -113,6 +113,7 @@ pub(super) fn compact(
         records_out,
     };
     *lock(&shared.last_compaction) = Some(report.clone());
+    shared.compactions.fetch_add(1, Ordering::Relaxed);
     Ok(Some(report))
 }
 
