@@ -249,3 +249,112 @@ impl Replica {
             .map_or(all, |(refused, _)| refused)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::clock::{ManualClock, Version};
+    use crate::persist::{DirStorage, FsyncPolicy, Owner};
+    use crate::store::Limits;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn options() -> ReplicationOptions {
+        ReplicationOptions {
+            limits: Limits::default(),
+            max_clock_skew_ms: 1000,
+            live_timeout: Duration::from_millis(500),
+            strong_timeout: Duration::from_millis(1000),
+            batch_bytes: 4096,
+            outbox_max_keys: 1000,
+            suspect_after: Duration::from_millis(600),
+            startup_sync_timeout: Duration::from_millis(5000),
+        }
+    }
+
+    /// One life of a durable single node on `clock`: recovers `dir`, runs the lease
+    /// keeper, writes `writes` and returns their versions and what it read back.
+    async fn life(
+        dir: &std::path::Path,
+        clock: Arc<ManualClock>,
+        writes: &[(&str, &str)],
+    ) -> (Vec<Version>, Vec<Option<Bytes>>, Option<u64>) {
+        let id = NodeId::new("n1").unwrap();
+        let storage = DirStorage {
+            dir: dir.to_owned(),
+            fsync: FsyncPolicy::Batch,
+            repair: false,
+            clock: clock.clone(),
+        };
+        let owner = Owner {
+            cluster: "test".to_owned(),
+            node: id.clone(),
+        };
+        let recovered = durable::recover(&storage, &owner, false).unwrap();
+        let old_lease = recovered.journal.read_lease();
+        let replica =
+            Replica::recovered(id, Vec::new(), clock, options(), Metrics::new(), recovered);
+        replica.check_ready().unwrap();
+        let shutdown = CancellationToken::new();
+        let keeper = tokio::spawn(replica.keep_lease(shutdown.clone()).unwrap());
+        let mut versions = Vec::new();
+        for (key, value) in writes {
+            let outcome = replica
+                .write(key, Some(Bytes::from(value.to_string())), Consistency::One)
+                .await
+                .unwrap();
+            versions.push(outcome.version);
+        }
+        let mut values = Vec::new();
+        for (key, _) in writes {
+            let entry = replica.read(key, Consistency::One).await.unwrap();
+            values.push(entry.and_then(|entry| entry.value));
+        }
+        shutdown.cancel();
+        keeper.await.unwrap();
+        replica.close_storage().unwrap();
+        (versions, values, old_lease)
+    }
+
+    #[tokio::test]
+    async fn a_clock_set_back_across_a_restart_reuses_no_version_and_new_writes_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let (first, _, lease) = life(dir.path(), clock.clone(), &[("a", "1"), ("b", "1")]).await;
+        assert_eq!(lease, None, "a new directory has no lease");
+
+        // The wall clock is set back an hour while the node is down.
+        clock.set_wall_ms(1_800_000_000_000 - HOUR_MS);
+        let (second, values, lease) =
+            life(dir.path(), clock.clone(), &[("a", "2"), ("c", "2")]).await;
+        let lease = lease.expect("the first life leased ahead");
+        assert!(lease >= first.iter().map(|v| v.timestamp.wall_ms).max().unwrap());
+        let newest_before = first.iter().max().unwrap();
+        for version in &second {
+            assert!(
+                version > newest_before,
+                "{version} was stamped at or below {newest_before}, issued before the restart"
+            );
+            assert!(
+                version.timestamp.wall_ms > lease,
+                "stamped within the old lease"
+            );
+            assert!(!first.contains(version), "version {version} reused");
+        }
+        assert_eq!(
+            values,
+            [Some(Bytes::from("2")), Some(Bytes::from("2"))],
+            "the new write of a wins over the old one"
+        );
+
+        // A third life, the clock still behind: the data of both is there, and the
+        // stamps still only go up.
+        let (third, values, _) = life(dir.path(), clock, &[("b", "3")]).await;
+        assert!(third[0] > *second.iter().max().unwrap());
+        assert_eq!(values, [Some(Bytes::from("3"))]);
+    }
+}
