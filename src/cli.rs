@@ -512,7 +512,7 @@ async fn demo(count: usize, port: u16) -> Result<(), Failure> {
     }
 
     println!(
-        "meshkv demo: {count} nodes running (logs and cluster file in {})\n",
+        "meshkv demo: {count} nodes running (logs, data directories and cluster file in {})\n",
         dir.display()
     );
     println!("  {:<4} {:<22} {:<22} pid", "node", "client HTTP", "peer");
