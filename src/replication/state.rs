@@ -305,7 +305,12 @@ impl NodeState {
             value,
             replaces: core.store.get(key).map(|register| register.marker.clone()),
         };
-        let batch = RecordBatch::of([durable::encode(&entry)])?;
+        // A memory-only journal keeps nothing: skip the encoding.
+        let batch = if self.durable {
+            RecordBatch::of([durable::encode(&entry)])?
+        } else {
+            RecordBatch::new()
+        };
         let lsn = self.journal.append(slot, batch)?;
         core.last_lsn = lsn;
         let previous = match core.store.merge(entry) {
@@ -362,7 +367,9 @@ impl NodeState {
                     .get(&entry.key)
                     .is_some_and(|register| register.marker >= entry.version);
                 if !stale {
-                    batch.push(&durable::encode(&entry))?;
+                    if self.durable {
+                        batch.push(&durable::encode(&entry))?;
+                    }
                     fresh.push(entry);
                 }
             }
