@@ -99,16 +99,6 @@ pub struct Recovered {
     pub skipped: u64,
 }
 
-impl Recovered {
-    /// Whether the node's previous life left data here (a durable node that recovered
-    /// a directory it had written before, even an empty one).
-    pub fn resumed(&self) -> bool {
-        self.recovery
-            .as_ref()
-            .is_some_and(|recovery| !recovery.created)
-    }
-}
-
 /// Opens `storage` for `owner` and replays it into a new store. Blocking.
 pub fn recover(
     storage: &dyn Storage,

@@ -18,8 +18,8 @@
 //! above every version it stored and above the lease of its previous life, so it can
 //! neither reuse a version nor stamp below one it acknowledged; it serves what it has
 //! on disk, like a node that was partitioned for a while. A durable node whose
-//! directory was just created (new, or wiped) knows nothing of a previous life and
-//! keeps the rule above.
+//! directory was just created (new, or wiped), or whose lease was lost to `--repair`,
+//! knows nothing of a previous life and keeps the rule above.
 //!
 //! Separately, the gate tells whether the node is *catching up*: from its start until
 //! every peer is settled (an anti-entropy round with it completed, or it was tried and

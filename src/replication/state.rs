@@ -118,12 +118,16 @@ impl NodeState {
             durable,
             ..
         } = recovered;
-        let resumed = recovered.recovery.is_some_and(|recovery| !recovery.created);
+        let lease_read = journal.read_lease();
+        // A previous life vouches for itself only with its lease (a directory just
+        // created, or a lease lost to `--repair`, keeps the memory-only start rule).
+        let resumed =
+            recovered.recovery.is_some_and(|recovery| !recovery.created) && lease_read.is_some();
         let mut hlc = Hlc::new(options.max_clock_skew_ms);
         if let Some(max) = store.summary().max_version {
             hlc.resume_after(max.timestamp);
         }
-        let old_lease = journal.read_lease().unwrap_or(0);
+        let old_lease = lease_read.unwrap_or(0);
         hlc.resume_after(Timestamp {
             wall_ms: old_lease,
             logical: u32::MAX,
