@@ -14,13 +14,14 @@
 //! DIR/log-<16 hex>.merge.tmp     a compaction in progress (removed at open)
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 use super::lease::LeaseFile;
 use super::meta::{sync_dir, DirLock, Meta, META_FILE};
@@ -205,6 +206,9 @@ pub(super) struct Shared {
     /// Compactions completed, since open.
     pub(super) compactions: AtomicU64,
     progress: watch::Sender<Progress>,
+    /// Appends waited for, by LSN: each publish wakes exactly the waiters it satisfies
+    /// (a watch channel would wake every waiter on every group).
+    waiters: Mutex<BTreeMap<Lsn, Vec<oneshot::Sender<()>>>>,
     queue: Mutex<Queue>,
     permits: Arc<Semaphore>,
     liveness: Mutex<Option<Arc<dyn Liveness>>>,
@@ -228,11 +232,29 @@ impl Shared {
         self.progress.send_modify(|progress| {
             progress.durable = progress.durable.max(lsn);
         });
+        // After the publish: a waiter that registers from now on sees it (see
+        // `wait_durable`), and those registered before are released here.
+        let released = {
+            let mut waiters = lock(&self.waiters);
+            let later = waiters.split_off(&(lsn + 1));
+            std::mem::replace(&mut *waiters, later)
+        };
+        for sender in released.into_values().flatten() {
+            let _ = sender.send(());
+        }
     }
 
     pub(super) fn publish_failure(&self, message: Arc<str>) {
         self.progress
             .send_modify(|progress| progress.failure = Some(message));
+        self.release_all();
+    }
+
+    /// Drops every waiter's sender: each wakes and reads the failure or the closing
+    /// from the progress.
+    fn release_all(&self) {
+        let released = std::mem::take(&mut *lock(&self.waiters));
+        drop(released);
     }
 
     pub(super) fn set_active_bytes(&self, bytes: u64) {
@@ -425,6 +447,7 @@ impl FileJournal {
             fsyncs: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
             progress: watch::Sender::new(Progress::default()),
+            waiters: Mutex::new(BTreeMap::new()),
             queue: Mutex::new(Queue {
                 last: 0,
                 requests: Some(requests_tx),
@@ -516,21 +539,32 @@ impl Journal for FileJournal {
     }
 
     fn wait_durable(&self, lsn: Lsn) -> JournalFuture<'_, ()> {
-        let mut progress = self.shared.progress.subscribe();
-        Box::pin(async move {
-            let progress = progress
-                .wait_for(|progress| {
-                    progress.durable >= lsn || progress.failure.is_some() || progress.closed
-                })
-                .await
-                .map_err(|_| JournalError::Closed)?;
+        let outcome = move |progress: &Progress| {
             if progress.durable >= lsn {
-                Ok(())
+                Some(Ok(()))
             } else if let Some(message) = &progress.failure {
-                Err(JournalError::Failed(message.clone()))
+                Some(Err(JournalError::Failed(message.clone())))
+            } else if progress.closed {
+                Some(Err(JournalError::Closed))
             } else {
-                Err(JournalError::Closed)
+                None
             }
+        };
+        let receiver = {
+            // Checked under the waiters' lock: a publish either happened before (and
+            // is seen here) or releases this waiter after.
+            let mut waiters = lock(&self.shared.waiters);
+            if let Some(done) = outcome(&self.shared.progress.borrow()) {
+                return Box::pin(std::future::ready(done));
+            }
+            let (sender, receiver) = oneshot::channel();
+            waiters.entry(lsn).or_default().push(sender);
+            receiver
+        };
+        Box::pin(async move {
+            // Released (or dropped by a failure or the shutdown): read why.
+            let _ = receiver.await;
+            outcome(&self.shared.progress.borrow()).unwrap_or(Err(JournalError::Closed))
         })
     }
 
@@ -596,6 +630,7 @@ impl Journal for FileJournal {
         self.shared
             .progress
             .send_modify(|progress| progress.closed = true);
+        self.shared.release_all();
         result
     }
 }
