@@ -3,8 +3,8 @@
 //!
 //! Owns: the journal record format (one [`Entry`] per record), [`recover`] (opening
 //! the storage and replaying it into a [`Store`] through the normal merge, so the
-//! digest and bucket index are built incrementally, without a scan), and [`Lease`]
-//! with its keeper task [`keep_lease`].
+//! digest and bucket index are built incrementally, without a scan), and `Lease`
+//! with its keeper task `keep_lease`.
 //! Knows nothing of: files (the journal is a `dyn Journal` from a `dyn Storage`),
 //! peers, the write path's waits.
 //!
