@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ClusterConfig;
 use crate::node;
+use crate::persist::{DirStorage, FsyncPolicy};
 use crate::tools::client::{Client, ClientError, DEFAULT_TIMEOUT};
 use crate::tools::inspect::Source;
 
@@ -34,9 +36,21 @@ enum Command {
         /// This node's id in the cluster file (default: the first node).
         #[arg(long)]
         node: Option<String>,
-        /// Data directory (not supported yet: meshkv keeps its data in memory).
+        /// Keep the node's data in this directory (created if missing), so that it
+        /// survives restarts. Without it the node is memory-only.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// When writes reach the disk: `always` (an fsync per write), `batch` (group
+        /// commit: concurrent writes share an fsync) or `never` (left to the OS: a
+        /// power cut may lose the last moments). Default: the cluster file's `fsync`,
+        /// else `batch`. A write is acknowledged only once durable under this policy.
+        #[arg(long, requires = "data_dir")]
+        fsync: Option<FsyncPolicy>,
+        /// Start even if the data directory is damaged: drop everything from the first
+        /// bad record of a damaged segment, and report how much was dropped
+        /// (anti-entropy then refills it from the peers).
+        #[arg(long, requires = "data_dir")]
+        repair: bool,
         /// Stop when the parent process dies (used by `meshkv demo`, so that its nodes
         /// never outlive it, even after `kill -9` of the demo).
         #[arg(long, hide = true)]
@@ -218,12 +232,15 @@ async fn run(command: Command) -> Result<(), Failure> {
             cluster,
             node,
             data_dir,
+            fsync,
+            repair,
             exit_with_parent,
         } => {
+            let storage = data_dir.map(|dir| StorageFlags { dir, fsync, repair });
             serve(
                 cluster.as_deref(),
                 node.as_deref(),
-                data_dir.as_deref(),
+                storage,
                 exit_with_parent,
             )
             .await
@@ -374,17 +391,19 @@ async fn parent_died() {
     }
 }
 
+/// `serve --data-dir DIR [--fsync P] [--repair]`.
+struct StorageFlags {
+    dir: PathBuf,
+    fsync: Option<FsyncPolicy>,
+    repair: bool,
+}
+
 async fn serve(
     cluster: Option<&Path>,
     node: Option<&str>,
-    data_dir: Option<&Path>,
+    storage: Option<StorageFlags>,
     exit_with_parent: bool,
 ) -> Result<(), Failure> {
-    if data_dir.is_some() {
-        return Err(Failure::usage(
-            "--data-dir is not supported yet: this version keeps data in memory and recovers it from peers",
-        ));
-    }
     let config = match cluster {
         Some(path) => load(path)?,
         None => ClusterConfig::single_node(),
@@ -410,7 +429,17 @@ async fn serve(
         }
         signal_shutdown.cancel();
     });
-    node::run(&config, &id, shutdown)
+    let mut env = node::NodeEnv::production();
+    if let Some(flags) = storage {
+        env.storage = Arc::new(DirStorage {
+            dir: flags.dir,
+            fsync: flags.fsync.unwrap_or(config.tuning.fsync),
+            repair: flags.repair,
+            clock: env.clock.clone(),
+        });
+        env.repair = flags.repair;
+    }
+    node::run_with(&config, &id, env, shutdown)
         .await
         .map_err(|error| match error {
             node::NodeError::Config(error) => Failure::usage(error.to_string()),
@@ -467,6 +496,8 @@ async fn demo(count: usize, port: u16) -> Result<(), Failure> {
             .arg(&cluster_file)
             .arg("--node")
             .arg(spec.id.as_str())
+            .arg("--data-dir")
+            .arg(dir.join("data").join(spec.id.as_str()))
             .arg("--exit-with-parent")
             .stdin(std::process::Stdio::null())
             .stdout(
@@ -509,7 +540,7 @@ async fn demo(count: usize, port: u16) -> Result<(), Failure> {
     }
 
     println!(
-        "meshkv demo: {count} nodes running (logs and cluster file in {})\n",
+        "meshkv demo: {count} nodes running (logs, data directories and cluster file in {})\n",
         dir.display()
     );
     println!("  {:<4} {:<22} {:<22} pid", "node", "client HTTP", "peer");

@@ -324,15 +324,28 @@ impl Hlc {
     /// Stamps a local event at wall time `now_ms`. Strictly larger than every stamp
     /// issued or observed before.
     pub fn tick(&mut self, now_ms: u64) -> Timestamp {
-        self.last = if now_ms > self.last.wall_ms {
+        self.last = self.peek(now_ms);
+        self.last
+    }
+
+    /// The stamp [`Hlc::tick`] would issue at `now_ms`, without issuing it.
+    pub fn peek(&self, now_ms: u64) -> Timestamp {
+        if now_ms > self.last.wall_ms {
             Timestamp {
                 wall_ms: now_ms,
                 logical: 0,
             }
         } else {
             self.successor(self.last)
-        };
-        self.last
+        }
+    }
+
+    /// Makes every later stamp larger than `floor`, with no skew check: for state this
+    /// node vouches for itself (its own durable data, its lease after a restart).
+    pub fn resume_after(&mut self, floor: Timestamp) {
+        if floor > self.last {
+            self.last = floor;
+        }
     }
 
     /// Folds a remote timestamp in, so later local stamps are larger than it.
@@ -421,6 +434,19 @@ mod tests {
         // Exactly at the limit is accepted.
         hlc.observe(far, 4000).unwrap();
         assert_eq!(hlc.tick(4000), ts(5000, 1));
+    }
+
+    #[test]
+    fn resuming_after_a_lease_stamps_above_it_even_with_the_wall_clock_behind() {
+        let mut hlc = Hlc::new(1000);
+        // The previous life leased up to 10_000; the wall clock now reads 4_000.
+        hlc.resume_after(ts(10_000, u32::MAX));
+        assert_eq!(hlc.peek(4_000), ts(10_001, 0));
+        assert_eq!(hlc.tick(4_000), ts(10_001, 0));
+        assert_eq!(hlc.tick(4_000), ts(10_001, 1));
+        // A lower floor changes nothing.
+        hlc.resume_after(ts(5, 0));
+        assert_eq!(hlc.tick(20_000), ts(20_000, 0));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::clock::NodeId;
+use crate::persist::FsyncPolicy;
 use crate::store::Limits;
 
 /// Why a cluster file cannot be used.
@@ -131,6 +132,9 @@ pub struct Tuning {
     /// Deadline for a client to send a request's headers; idle keep-alive connections
     /// are closed after it too.
     pub http_header_timeout_ms: u64,
+    /// When a durable node's writes reach the disk (`always`, `batch`, `never`);
+    /// `meshkv serve --fsync` overrides it. Memory-only nodes ignore it.
+    pub fsync: FsyncPolicy,
 }
 
 impl Default for Tuning {
@@ -159,6 +163,7 @@ impl Default for Tuning {
             max_http_connections: 1024,
             http_timeout_ms: 10_000,
             http_header_timeout_ms: 5_000,
+            fsync: FsyncPolicy::Batch,
         }
     }
 }
@@ -402,10 +407,12 @@ mod tests {
 
     #[test]
     fn optional_keys_override_defaults() {
-        let text = format!("max_clock_skew_ms = 50\ncluster = \"test\"\n{TWO_NODES}");
+        let text =
+            format!("max_clock_skew_ms = 50\ncluster = \"test\"\nfsync = \"always\"\n{TWO_NODES}");
         let config = ClusterConfig::parse(&text).unwrap();
         assert_eq!(config.tuning.max_clock_skew_ms, 50);
         assert_eq!(config.tuning.cluster, "test");
+        assert_eq!(config.tuning.fsync, FsyncPolicy::Always);
     }
 
     #[test]
@@ -421,6 +428,7 @@ mod tests {
             ("[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:1\"", "used twice"),
             ("max_frame_bytes = 10\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "max_frame_bytes"),
             ("batch_bytes = 8388608\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "batch_bytes"),
+            ("fsync = \"sometimes\"\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "fsync policy \"sometimes\" is unknown"),
             ("live_timeout_ms = 0\n[[nodes]]\nid=\"n1\"\nhttp=\"127.0.0.1:1\"\npeer=\"127.0.0.1:2\"", "live_timeout_ms"),
         ];
         for (text, expected) in cases {

@@ -210,6 +210,20 @@ pub struct Metrics {
     pub bounds_hit: Family<ReasonLabels, Counter>,
     /// Handles into `requests` and `request_seconds`, indexed by [`Route`].
     routes: [RouteHandles; Route::ALL.len()],
+    /// 1 while the node is catching up after its start, then 0.
+    pub catching_up: Gauge,
+    /// Bytes the journal handed to the OS.
+    pub journal_written_bytes: Counter,
+    /// fdatasyncs of the journal.
+    pub journal_fsyncs: Counter,
+    /// Journal compactions completed.
+    pub journal_compactions: Counter,
+    /// Journal appends not yet durable.
+    pub journal_durable_lag: Gauge,
+    /// Bytes of the journal's files.
+    pub journal_disk_bytes: Gauge,
+    /// Journal bytes known to be overwritten, not yet compacted away.
+    pub journal_garbage_bytes: Gauge,
 }
 
 impl Metrics {
@@ -246,6 +260,13 @@ impl Metrics {
             link_down: Family::default(),
             bounds_hit: Family::default(),
             routes,
+            catching_up: Gauge::default(),
+            journal_written_bytes: Counter::default(),
+            journal_fsyncs: Counter::default(),
+            journal_compactions: Counter::default(),
+            journal_durable_lag: Gauge::default(),
+            journal_disk_bytes: Gauge::default(),
+            journal_garbage_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         for route in Route::ALL {
@@ -341,6 +362,41 @@ impl Metrics {
             "bounds_hit",
             "Bounds reached (requests dropped), by bound",
             metrics.bounds_hit.clone(),
+        );
+        registry.register(
+            "catching_up",
+            "1 from the node's start until every peer has completed an anti-entropy round with it or was found down",
+            metrics.catching_up.clone(),
+        );
+        registry.register(
+            "journal_written_bytes",
+            "Bytes the journal handed to the OS (records with their headers)",
+            metrics.journal_written_bytes.clone(),
+        );
+        registry.register(
+            "journal_fsyncs",
+            "fdatasyncs of the journal (group commit: one per group under fsync batch)",
+            metrics.journal_fsyncs.clone(),
+        );
+        registry.register(
+            "journal_compactions",
+            "Journal compactions completed",
+            metrics.journal_compactions.clone(),
+        );
+        registry.register(
+            "journal_durable_lag",
+            "Journal appends queued or written but not yet durable",
+            metrics.journal_durable_lag.clone(),
+        );
+        registry.register(
+            "journal_disk_bytes",
+            "Bytes of valid data in the journal's segment files",
+            metrics.journal_disk_bytes.clone(),
+        );
+        registry.register(
+            "journal_garbage_bytes",
+            "Journal bytes known to be overwritten and not yet compacted away",
+            metrics.journal_garbage_bytes.clone(),
         );
         Arc::new(Self {
             registry,

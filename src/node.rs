@@ -1,10 +1,11 @@
 //! One running node: turns the cluster file into tasks, and stops them.
 //!
 //! Owns: the node's environment ([`NodeEnv`]: the seams through which the outside world
-//! enters, and their production implementations), binding the two listeners, spawning
-//! the peer server, one driver per peer and the HTTP server, and the shutdown sequence
-//! (one [`CancellationToken`] that every task watches; the root waits for all of them,
-//! with a deadline).
+//! enters, and their production implementations), opening the storage and logging what
+//! recovery found, binding the two listeners, spawning the peer server, one driver per
+//! peer, the lease keeper and the HTTP server, and the shutdown sequence (one
+//! [`CancellationToken`] that every task watches; the root waits for all of them, with
+//! a deadline, then flushes and closes the journal).
 //! Knows nothing of: request semantics.
 
 use std::collections::HashSet;
@@ -21,7 +22,9 @@ use crate::clock::Clock;
 use crate::config::{ClusterConfig, ConfigError, Tuning};
 use crate::metrics::Metrics;
 use crate::peer::{self, Identity, TransportOptions};
+use crate::persist::{JournalError, MemoryStorage, Owner, Storage};
 use crate::replication::driver::{self, DriverOptions, PeerTarget};
+use crate::replication::durable::{self, RecoverError};
 use crate::replication::{Replica, ReplicationOptions};
 use crate::transport::{Listener, TcpTransport, Transport};
 
@@ -44,6 +47,12 @@ pub enum NodeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The storage could not be opened (damaged, another node's, in use).
+    #[error("cannot open the node's storage: {0}")]
+    Storage(#[from] RecoverError),
+    /// The journal could not be flushed at shutdown.
+    #[error("closing the node's storage: {0}")]
+    Close(JournalError),
 }
 
 async fn bind(
@@ -97,27 +106,99 @@ impl Clock for SystemClock {
     }
 }
 
-/// The outside world of one node: the seams through which time and the network reach
-/// it. [`run`] uses [`NodeEnv::production`]; a deterministic simulator builds its own
-/// (simulated time, simulated TCP) and calls [`run_with`] once per node, all in one
-/// process.
+/// The outside world of one node: the seams through which time, the network and the
+/// disk reach it. [`run`] uses [`NodeEnv::production`]; a deterministic simulator builds
+/// its own (simulated time, simulated TCP, a simulated disk) and calls [`run_with`] once
+/// per node, all in one process.
 #[derive(Clone)]
 pub struct NodeEnv {
     /// Wall and monotonic time.
     pub clock: Arc<dyn Clock>,
     /// Every connection: to peers, from peers, from HTTP clients.
     pub transport: Arc<dyn Transport>,
-    // The storage seam (`persist`, the data directory) joins here.
+    /// Where the node keeps its data (memory only, or a data directory).
+    pub storage: Arc<dyn Storage>,
+    /// Skip records that do not decode instead of refusing to start (`--repair`).
+    pub repair: bool,
 }
 
 impl NodeEnv {
-    /// The real world: the system clock and TCP.
+    /// The real world: the system clock, TCP, and no disk (memory only).
     pub fn production() -> Self {
         Self {
             clock: Arc::new(SystemClock::new()),
             transport: Arc::new(TcpTransport),
+            storage: Arc::new(MemoryStorage),
+            repair: false,
         }
     }
+}
+
+/// Opens the storage and replays it, on a blocking thread; logs what it found.
+async fn open_storage(env: &NodeEnv, owner: Owner) -> Result<durable::Recovered, NodeError> {
+    let storage = env.storage.clone();
+    let repair = env.repair;
+    let started = env.clock.monotonic_ms();
+    let recovered =
+        tokio::task::spawn_blocking(move || durable::recover(&*storage, &owner, repair))
+            .await
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
+    let elapsed_ms = env.clock.monotonic_ms().saturating_sub(started);
+    match &recovered.recovery {
+        None => info!(
+            "memory only: no --data-dir, so the data lives in memory and a restart recovers it from the peers"
+        ),
+        Some(recovery) if recovery.created => {
+            info!(storage = %env.storage.describe(), "new data directory created")
+        }
+        Some(recovery) => {
+            let summary = recovered.store.summary();
+            info!(
+                storage = %env.storage.describe(),
+                segments = recovery.segments,
+                records = recovery.records,
+                bytes = recovery.bytes,
+                keys = summary.keys,
+                tombstones = summary.tombstones,
+                elapsed_ms,
+                "recovered the data directory"
+            );
+        }
+    }
+    if let Some(recovery) = &recovered.recovery {
+        for cut in &recovery.truncations {
+            if cut.is_unused_tail() {
+                info!(
+                    file = %cut.file.display(),
+                    offset = cut.offset,
+                    "the node was not stopped cleanly: cut the unused preallocated tail of its last segment (nothing lost)"
+                );
+                continue;
+            }
+            let what = if cut.torn {
+                "dropped a torn last record (an interrupted write)"
+            } else {
+                "repair dropped damaged data"
+            };
+            warn!(
+                file = %cut.file.display(),
+                offset = cut.offset,
+                bytes_dropped = cut.bytes_dropped,
+                reason = %cut.reason,
+                "{what}"
+            );
+        }
+        for removed in &recovery.removed {
+            info!(file = %removed.display(), "removed a leftover of an interrupted compaction");
+        }
+    }
+    if recovered.skipped > 0 {
+        warn!(
+            records = recovered.skipped,
+            "repair skipped records that do not decode"
+        );
+    }
+    Ok(recovered)
 }
 
 /// Runs node `id` of `config` until `shutdown` is cancelled.
@@ -146,11 +227,37 @@ pub async fn run_with(
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let tuning = &config.tuning;
     let secret = config.secret()?;
-    let http_listener = bind(&*env.transport, "client HTTP", me.http).await?;
-    let peer_listener = bind(&*env.transport, "peer", my_peer_address).await?;
+    // Opened before anything is bound: a refused directory (another node's, in use,
+    // damaged) stops the node before it answers anyone.
+    let recovered = open_storage(
+        &env,
+        Owner {
+            cluster: tuning.cluster.clone(),
+            node: me.id.clone(),
+        },
+    )
+    .await?;
+    let journal = recovered.journal.clone();
+    let close = |journal: Arc<dyn crate::persist::Journal>| async move {
+        tokio::task::spawn_blocking(move || journal.shutdown())
+            .await
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))
+    };
+    let listeners = async {
+        let http = bind(&*env.transport, "client HTTP", me.http).await?;
+        let peer = bind(&*env.transport, "peer", my_peer_address).await?;
+        Ok::<_, NodeError>((http, peer))
+    };
+    let (http_listener, peer_listener) = match listeners.await {
+        Ok(listeners) => listeners,
+        Err(error) => {
+            let _ = close(journal).await;
+            return Err(error);
+        }
+    };
 
     let metrics = Metrics::new();
-    let replica = Replica::new(
+    let replica = Replica::recovered(
         me.id.clone(),
         peers.iter().map(|(peer, _)| peer.id.clone()).collect(),
         env.clock.clone(),
@@ -165,6 +272,7 @@ pub async fn run_with(
             startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
         },
         metrics.clone(),
+        recovered,
     );
     let identity = Arc::new(Identity {
         node: me.id.clone(),
@@ -192,6 +300,9 @@ pub async fn run_with(
     };
 
     let tasks = TaskTracker::new();
+    if let Some(keeper) = replica.keep_lease(shutdown.clone()) {
+        tasks.spawn(keeper);
+    }
     tasks.spawn(peer::serve(
         peer_listener,
         identity.clone(),
@@ -226,6 +337,7 @@ pub async fn run_with(
         peer = %my_peer_address,
         peers = peers.len(),
         authenticated = secret.is_some(),
+        storage = %env.storage.describe(),
         "node serving"
     );
     let app = crate::api::router(replica, Tuning::ms(tuning.http_timeout_ms));
@@ -243,6 +355,8 @@ pub async fn run_with(
     {
         warn!("some tasks did not stop within {SHUTDOWN_GRACE:?}");
     }
+    // Everything appended is written and synced, whatever the fsync policy.
+    close(journal).await.map_err(NodeError::Close)?;
     info!(node = %me.id, "node stopped");
     Ok(())
 }

@@ -221,11 +221,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     }
 }
 
+/// Why a request gets no reply; the connection is closed either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoReply {
+    /// The request makes no sense here.
+    Unexpected,
+    /// The request cannot be answered truthfully (e.g. its entries could not be made
+    /// durable); the sentence is logged.
+    Failed(String),
+}
+
+/// A reply in the making.
+pub type ReplyFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Message, NoReply>> + Send>>;
+
 /// Answers requests arriving on inbound links.
 pub trait Responder: Send + Sync + 'static {
-    /// The reply to one request from `from`, or `None` if the request makes no sense
-    /// (the connection is then closed). Must not block: it runs on the async runtime.
-    fn respond(&self, from: &NodeId, request: Message) -> Option<Message>;
+    /// The reply to one request from `from`. The state change, if any, happens before
+    /// this returns; the future may then wait (e.g. for the change to be durable)
+    /// before yielding the reply. Must not block: it runs on the async runtime.
+    fn respond(&self, from: &NodeId, request: Message) -> ReplyFuture;
 
     /// `from` completed a handshake on a new inbound connection: it is running now.
     fn connected(&self, _from: &NodeId) {}
@@ -397,8 +412,25 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let kind = request.kind();
-        let Some(reply) = responder.respond(&from, request) else {
-            return refuse("unexpected", &format!("{from} sent an unexpected {kind}"));
+        // A reply waits for nothing but local work (e.g. an fsync); bounded all the same.
+        let reply = match tokio::time::timeout(
+            options.idle_timeout,
+            responder.respond(&from, request),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(NoReply::Unexpected)) => {
+                return refuse("unexpected", &format!("{from} sent an unexpected {kind}"))
+            }
+            Ok(Err(NoReply::Failed(reason))) => {
+                warn!(peer = %from, "cannot answer a {kind}: {reason}; closing the connection");
+                return;
+            }
+            Err(_) => {
+                warn!(peer = %from, "the reply to a {kind} took too long; closing the connection");
+                return;
+            }
         };
         match tokio::time::timeout(options.idle_timeout, frames.send(&reply)).await {
             Ok(Ok(())) => {}
@@ -480,8 +512,12 @@ mod tests {
 
     struct Echo;
     impl Responder for Echo {
-        fn respond(&self, _from: &NodeId, request: Message) -> Option<Message> {
-            matches!(request, Message::Ping).then_some(Message::Pong)
+        fn respond(&self, _from: &NodeId, request: Message) -> ReplyFuture {
+            let reply = match request {
+                Message::Ping => Ok(Message::Pong),
+                _ => Err(NoReply::Unexpected),
+            };
+            Box::pin(std::future::ready(reply))
         }
     }
 

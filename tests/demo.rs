@@ -1,8 +1,10 @@
 //! `meshkv demo`: it refuses to start over ports already taken (and leaves a running
-//! demo's files alone), and its nodes never outlive it, even after `kill -9`.
+//! demo's files alone), its nodes never outlive it, even after `kill -9`, and a
+//! restarted demo still has the data of the previous one (each node has a data
+//! directory under the demo's run directory).
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -84,5 +86,73 @@ fn a_demo_over_taken_ports_fails_loudly_and_its_nodes_die_with_it() {
         let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
     }
     assert!(orphans.is_empty(), "nodes {orphans:?} outlived the demo");
+
+    // 3. Data written to a demo is still there after it is stopped and started again.
+    let mut child = demo(port, &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_table(&mut child);
+    let node = format!("127.0.0.11:{port}");
+    let reply = http(&node, "PUT", "/v1/kv/kept", "across restarts");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the demo stops cleanly on SIGTERM: {status}"
+    );
+    let mut child = demo(port, &tmp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_table(&mut child);
+    let reply = http(&node, "GET", "/v1/kv/kept", "");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 200") && reply.ends_with("across restarts"),
+        "{reply}"
+    );
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+/// Reads the demo's output until its table of nodes has been printed.
+fn wait_for_table(child: &mut std::process::Child) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut rows = 0;
+    while rows < 2 {
+        let Some(Ok(line)) = lines.next() else {
+            panic!("the demo ended before printing its nodes");
+        };
+        if line.trim_start().starts_with('n') && line.contains("http://") {
+            rows += 1;
+        }
+    }
+    // Keep draining, so the demo never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+}
+
+/// One HTTP/1.1 request; the whole response as text.
+fn http(address: &str, method: &str, path: &str, body: &str) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

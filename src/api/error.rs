@@ -65,7 +65,7 @@ impl From<ReplicationError> for ApiError {
                 message: error.to_string(),
                 applied_locally,
             },
-            ReplicationError::Starting(_) => {
+            ReplicationError::Starting(_) | ReplicationError::Storage(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }
         }

@@ -334,7 +334,12 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
-    json_response(json!({ "node": state.replica.id().as_str(), "peers": peers }))
+    json_response(json!({
+        "node": state.replica.id().as_str(),
+        "durable": state.replica.durable(),
+        "catching_up": state.replica.catching_up(),
+        "peers": peers,
+    }))
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -344,6 +349,24 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let metrics = replica.metrics();
     metrics.keys.set(summary.keys as i64);
     metrics.tombstones.set(summary.tombstones as i64);
+    metrics.catching_up.set(i64::from(replica.catching_up()));
+    let journal = replica.journal_stats();
+    // The journal counts; the counters take its totals (never backwards, even when
+    // two scrapes race).
+    let catch_up = |counter: &prometheus_client::metrics::counter::Counter, total: u64| {
+        counter
+            .inner()
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+    };
+    catch_up(&metrics.journal_written_bytes, journal.written_bytes);
+    catch_up(&metrics.journal_fsyncs, journal.fsyncs);
+    catch_up(&metrics.journal_compactions, journal.compactions);
+    let lag = journal.appended.saturating_sub(journal.durable);
+    metrics.journal_durable_lag.set(lag as i64);
+    metrics.journal_disk_bytes.set(journal.disk_bytes as i64);
+    metrics
+        .journal_garbage_bytes
+        .set(journal.garbage_bytes as i64);
     for (view, _) in replica.peer_views() {
         metrics
             .peer_state

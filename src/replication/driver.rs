@@ -470,7 +470,7 @@ impl Round {
         match fetched {
             Ok(entries) if entries.is_empty() => {}
             Ok(entries) => {
-                node.apply_remote(peer_id, entries);
+                node.merge_remote(peer_id, entries).await;
             }
             Err(error) => {
                 node.count_round("failed");

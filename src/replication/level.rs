@@ -85,4 +85,8 @@ pub enum ReplicationError {
     /// The node has just started and has not caught up with its peers yet.
     #[error("node {0} is starting: it serves requests once it has caught up with its peers")]
     Starting(NodeId),
+    /// The node's storage failed: the write may be applied in memory but is not
+    /// durable, and the node accepts no more writes until restarted.
+    #[error("the write could not be made durable on this node: {0}")]
+    Storage(String),
 }

@@ -16,12 +16,14 @@
 //! | `responder` | answers to peers' requests (the transport's `Responder`) |
 //! | [`driver`] | one task per peer: its link, pushes, jobs, anti-entropy rounds |
 //! | `peers` | one owned `Peer` per peer: outbox, job queue, wake-up |
-//! | `state` | the node's shared state: HLC + store (the one merge point), detector, clock, metrics |
+//! | `state` | the node's shared state: HLC + store (the one merge point, which appends to the journal), detector, clock, metrics |
+//! | `durable` | the journal record codec, recovery into a store, the HLC lease and its keeper |
 //! | `level` | [`Consistency`], [`ReplicationError`] |
 //! | [`outbox`], [`anti_entropy`] | pure mechanisms: the per-peer queue; the round planner |
 
 pub mod anti_entropy;
 pub mod driver;
+pub mod durable;
 mod gate;
 mod level;
 pub mod outbox;
@@ -39,9 +41,11 @@ use crate::clock::{Clock, NodeId, Version};
 use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
+use crate::persist::{JournalError, JournalStats, MemoryOnly};
 use crate::store::{Entry, Limits, Summary};
 use crate::wire::Message;
 use driver::DriverPort;
+use durable::Recovered;
 use gate::StartupGate;
 pub use level::{Consistency, ReplicationError, UnknownConsistency};
 use peers::Peers;
@@ -60,7 +64,8 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A replica with an empty store; the node starts now (see [`Replica::check_ready`]).
+    /// A memory-only replica with an empty store; the node starts now (see
+    /// [`Replica::check_ready`]).
     pub fn new(
         id: NodeId,
         peers: Vec<NodeId>,
@@ -68,16 +73,77 @@ impl Replica {
         options: ReplicationOptions,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let recovered = Recovered {
+            store: crate::store::Store::new(),
+            journal: Arc::new(MemoryOnly::new()),
+            recovery: None,
+            durable: false,
+            skipped: 0,
+        };
+        Self::recovered(id, peers, clock, options, metrics, recovered)
+    }
+
+    /// A replica holding what [`durable::recover`] rebuilt, appending to its journal;
+    /// the node starts now. A durable node runs [`Replica::keep_lease`] as a task.
+    pub fn recovered(
+        id: NodeId,
+        peers: Vec<NodeId>,
+        clock: Arc<dyn Clock>,
+        options: ReplicationOptions,
+        metrics: Arc<Metrics>,
+        recovered: Recovered,
+    ) -> Self {
         for peer in &peers {
             metrics.add_peer(peer.as_str(), &Message::KINDS);
         }
         let outbox_max_keys = options.outbox_max_keys;
-        let node = NodeState::new(id, &peers, clock, options, metrics);
+        let node = Arc::new(NodeState::new(
+            id, &peers, clock, options, metrics, recovered,
+        ));
+        node.install_liveness();
         Self {
             gate: Arc::new(StartupGate::new(&node)),
-            node: Arc::new(node),
+            node,
             peers: Arc::new(Peers::new(&peers, outbox_max_keys)),
         }
+    }
+
+    /// The task that keeps the HLC lease ahead of the clock (durable nodes; a
+    /// memory-only node needs none and gets `None`). Runs until `shutdown`.
+    pub fn keep_lease(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.node.durable().then(|| {
+            durable::keep_lease(
+                self.node.journal().clone(),
+                self.node.lease().clone(),
+                self.node.clock().clone(),
+                shutdown,
+            )
+        })
+    }
+
+    /// Whether this node keeps its data on disk.
+    pub fn durable(&self) -> bool {
+        self.node.durable()
+    }
+
+    /// Journal figures for metrics.
+    pub fn journal_stats(&self) -> JournalStats {
+        self.node.journal_stats()
+    }
+
+    /// Writes and syncs everything appended, and closes the journal. Blocking: call it
+    /// once the tasks have stopped, from a blocking context.
+    pub fn close_storage(&self) -> Result<(), JournalError> {
+        self.node.journal().shutdown()
+    }
+
+    /// Whether the node is still catching up with its peers after its start: until
+    /// every peer has completed an anti-entropy round with it or was found down.
+    pub fn catching_up(&self) -> bool {
+        self.gate.catching_up(&self.node, &self.peers)
     }
 
     /// What the driver of `peer` works with; `None` if `peer` is not a peer or its
@@ -195,7 +261,125 @@ impl Replica {
 
     /// Merges entries from `from`, refusing versions too far in the future. Returns the
     /// keys refused.
+    /// Does not wait: if the journal's queue is full (or the journal failed), every key
+    /// is refused.
     pub fn apply_remote(&self, from: &NodeId, entries: Vec<Entry>) -> Vec<String> {
-        self.node.apply_remote(from, entries)
+        let keys = || entries.iter().map(|entry| entry.key.clone()).collect();
+        let Ok(slot) = self.node.journal().try_reserve() else {
+            return keys();
+        };
+        let all = keys();
+        self.node
+            .apply_remote(slot, from, entries)
+            .map_or(all, |(refused, _)| refused)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::clock::{ManualClock, Version};
+    use crate::persist::{DirStorage, FsyncPolicy, Owner};
+    use crate::store::Limits;
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn options() -> ReplicationOptions {
+        ReplicationOptions {
+            limits: Limits::default(),
+            max_clock_skew_ms: 1000,
+            live_timeout: Duration::from_millis(500),
+            strong_timeout: Duration::from_millis(1000),
+            batch_bytes: 4096,
+            outbox_max_keys: 1000,
+            suspect_after: Duration::from_millis(600),
+            startup_sync_timeout: Duration::from_millis(5000),
+        }
+    }
+
+    /// One life of a durable single node on `clock`: recovers `dir`, runs the lease
+    /// keeper, writes `writes` and returns their versions and what it read back.
+    async fn life(
+        dir: &std::path::Path,
+        clock: Arc<ManualClock>,
+        writes: &[(&str, &str)],
+    ) -> (Vec<Version>, Vec<Option<Bytes>>, Option<u64>) {
+        let id = NodeId::new("n1").unwrap();
+        let storage = DirStorage {
+            dir: dir.to_owned(),
+            fsync: FsyncPolicy::Batch,
+            repair: false,
+            clock: clock.clone(),
+        };
+        let owner = Owner {
+            cluster: "test".to_owned(),
+            node: id.clone(),
+        };
+        let recovered = durable::recover(&storage, &owner, false).unwrap();
+        let old_lease = recovered.journal.read_lease();
+        let replica =
+            Replica::recovered(id, Vec::new(), clock, options(), Metrics::new(), recovered);
+        replica.check_ready().unwrap();
+        let shutdown = CancellationToken::new();
+        let keeper = tokio::spawn(replica.keep_lease(shutdown.clone()).unwrap());
+        let mut versions = Vec::new();
+        for (key, value) in writes {
+            let outcome = replica
+                .write(key, Some(Bytes::from(value.to_string())), Consistency::One)
+                .await
+                .unwrap();
+            versions.push(outcome.version);
+        }
+        let mut values = Vec::new();
+        for (key, _) in writes {
+            let entry = replica.read(key, Consistency::One).await.unwrap();
+            values.push(entry.and_then(|entry| entry.value));
+        }
+        shutdown.cancel();
+        keeper.await.unwrap();
+        replica.close_storage().unwrap();
+        (versions, values, old_lease)
+    }
+
+    #[tokio::test]
+    async fn a_clock_set_back_across_a_restart_reuses_no_version_and_new_writes_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_800_000_000_000));
+        let (first, _, lease) = life(dir.path(), clock.clone(), &[("a", "1"), ("b", "1")]).await;
+        assert_eq!(lease, None, "a new directory has no lease");
+
+        // The wall clock is set back an hour while the node is down.
+        clock.set_wall_ms(1_800_000_000_000 - HOUR_MS);
+        let (second, values, lease) =
+            life(dir.path(), clock.clone(), &[("a", "2"), ("c", "2")]).await;
+        let lease = lease.expect("the first life leased ahead");
+        assert!(lease >= first.iter().map(|v| v.timestamp.wall_ms).max().unwrap());
+        let newest_before = first.iter().max().unwrap();
+        for version in &second {
+            assert!(
+                version > newest_before,
+                "{version} was stamped at or below {newest_before}, issued before the restart"
+            );
+            assert!(
+                version.timestamp.wall_ms > lease,
+                "stamped within the old lease"
+            );
+            assert!(!first.contains(version), "version {version} reused");
+        }
+        assert_eq!(
+            values,
+            [Some(Bytes::from("2")), Some(Bytes::from("2"))],
+            "the new write of a wins over the old one"
+        );
+
+        // A third life, the clock still behind: the data of both is there, and the
+        // stamps still only go up.
+        let (third, values, _) = life(dir.path(), clock, &[("b", "3")]).await;
+        assert!(third[0] > *second.iter().max().unwrap());
+        assert_eq!(values, [Some(Bytes::from("3"))]);
     }
 }

@@ -94,7 +94,7 @@ pub(super) async fn read(
         .cloned();
     if let Some(newest) = &newest {
         if local.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
-            node.apply_remote(node.id(), vec![newest.clone()]);
+            node.merge_remote(node.id(), vec![newest.clone()]).await;
             node.count_repaired("read_repair", 1);
         }
         for (peer_id, entry) in &answers {

@@ -11,7 +11,8 @@ use super::anti_entropy;
 use super::peers::Peers;
 use super::state::NodeState;
 use crate::clock::NodeId;
-use crate::peer::Responder;
+use crate::peer::{NoReply, ReplyFuture, Responder};
+use crate::persist::JournalError;
 use crate::wire::Message;
 
 /// Answers requests arriving on inbound links, and tells the failure detector (and the
@@ -36,34 +37,210 @@ impl Responder for PeerResponder {
         }
     }
 
-    fn respond(&self, from: &NodeId, request: Message) -> Option<Message> {
-        let node = &self.node;
+    /// Every reply that tells the peer what this node holds (an ack, hashes, versions,
+    /// entries, a summary) is sent only once that state is durable here, so `live`,
+    /// `quorum` and `all` count durable copies and anti-entropy never takes a
+    /// not-yet-durable copy for a replica. The state is read (or changed) at once; only
+    /// the reply waits.
+    fn respond(&self, from: &NodeId, request: Message) -> ReplyFuture {
+        let node = self.node.clone();
         node.detector().heard_from(from, node.now_ms());
         let budget = node.options().batch_bytes;
-        let reply = match request {
-            Message::Ping => Message::Pong,
-            Message::Push { entries } => Message::PushAck {
-                refused: node.apply_remote(from, entries),
-            },
+        let (reply, barrier) = match request {
+            Message::Ping => (Message::Pong, 0),
+            Message::Push { entries } => {
+                let from = from.clone();
+                // Merged at once when the journal's queue has room; otherwise the
+                // reply waits for room first (backpressure on the pushing peer, which
+                // is what the queue bound is for).
+                let merged = match node.journal().try_reserve() {
+                    Ok(slot) => Ok(node.apply_remote(slot, &from, entries)),
+                    Err(_) => Err(entries),
+                };
+                return Box::pin(async move {
+                    let (refused, lsn) = match merged {
+                        Ok(merged) => merged,
+                        Err(entries) => {
+                            let slot = node.reserve().await.map_err(failed)?;
+                            node.apply_remote(slot, &from, entries)
+                        }
+                    }
+                    .map_err(failed)?;
+                    node.wait_durable(lsn).await.map_err(failed)?;
+                    Ok(Message::PushAck { refused })
+                });
+            }
             Message::SyncRoot { root } => {
-                node.with_store(|store| anti_entropy::answer_root(store, root))
+                node.with_durable_store(|store| anti_entropy::answer_root(store, root))
             }
-            Message::SyncBuckets { buckets } => {
-                node.with_store(|store| anti_entropy::answer_buckets(store, &buckets, budget))
-            }
+            Message::SyncBuckets { buckets } => node
+                .with_durable_store(|store| anti_entropy::answer_buckets(store, &buckets, budget)),
             Message::Fetch { keys } => {
-                node.with_store(|store| anti_entropy::answer_fetch(store, &keys, budget))
+                node.with_durable_store(|store| anti_entropy::answer_fetch(store, &keys, budget))
             }
             Message::Summarize => {
-                let summary = node.with_store(|store| store.summary());
-                Message::Summary {
+                let (summary, barrier) = node.with_durable_store(|store| store.summary());
+                let reply = Message::Summary {
                     keys: summary.keys as u64,
                     tombstones: summary.tombstones as u64,
                     digest: summary.digest,
-                }
+                };
+                (reply, barrier)
             }
-            _ => return None,
+            _ => return Box::pin(std::future::ready(Err(NoReply::Unexpected))),
         };
-        Some(reply)
+        let durable = node.wait_durable(barrier);
+        Box::pin(async move {
+            durable.await.map_err(failed)?;
+            Ok(reply)
+        })
+    }
+}
+
+fn failed(error: JournalError) -> NoReply {
+    NoReply::Failed(error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::clock::{ManualClock, Timestamp, Version};
+    use crate::metrics::Metrics;
+    use crate::persist::{
+        CompactionReport, Journal, JournalFuture, JournalStats, Liveness, Lsn, RecordBatch, Slot,
+    };
+    use crate::replication::durable::Recovered;
+    use crate::replication::ReplicationOptions;
+    use crate::store::{Entry, Limits, Store};
+
+    /// A journal whose appends become durable only when the test says so.
+    struct Gated {
+        appended: AtomicU64,
+        durable: watch::Sender<Lsn>,
+    }
+
+    impl Journal for Gated {
+        fn reserve(&self) -> JournalFuture<'_, Slot> {
+            Box::pin(std::future::ready(Ok(Slot::unbounded())))
+        }
+        fn try_reserve(&self) -> Result<Slot, JournalError> {
+            Ok(Slot::unbounded())
+        }
+        fn append(&self, _slot: Slot, _batch: RecordBatch) -> Result<Lsn, JournalError> {
+            Ok(self.appended.fetch_add(1, Ordering::SeqCst) + 1)
+        }
+        fn wait_durable(&self, lsn: Lsn) -> JournalFuture<'_, ()> {
+            let mut durable = self.durable.subscribe();
+            Box::pin(async move {
+                durable
+                    .wait_for(|durable| *durable >= lsn)
+                    .await
+                    .map_err(|_| JournalError::Closed)?;
+                Ok(())
+            })
+        }
+        fn read_lease(&self) -> Option<u64> {
+            None
+        }
+        fn extend_lease(&self, _bound_ms: u64) -> Result<(), JournalError> {
+            Ok(())
+        }
+        fn set_liveness(&self, _liveness: Arc<dyn Liveness>) {}
+        fn record_garbage(&self, _bytes: u64) {}
+        fn compact_now(&self) -> Result<Option<CompactionReport>, JournalError> {
+            Ok(None)
+        }
+        fn stats(&self) -> JournalStats {
+            JournalStats::default()
+        }
+        fn shutdown(&self) -> Result<(), JournalError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_and_digests_wait_until_the_entries_are_durable() {
+        let journal = Arc::new(Gated {
+            appended: AtomicU64::new(0),
+            durable: watch::Sender::new(0),
+        });
+        let n1 = NodeId::new("n1").unwrap();
+        let n2 = NodeId::new("n2").unwrap();
+        let options = ReplicationOptions {
+            limits: Limits::default(),
+            max_clock_skew_ms: 1000,
+            live_timeout: Duration::from_millis(500),
+            strong_timeout: Duration::from_millis(1000),
+            batch_bytes: 4096,
+            outbox_max_keys: 100,
+            suspect_after: Duration::from_millis(600),
+            startup_sync_timeout: Duration::from_millis(5000),
+        };
+        let recovered = Recovered {
+            store: Store::new(),
+            journal: journal.clone(),
+            recovery: None,
+            durable: true,
+            skipped: 0,
+        };
+        let node = NodeState::new(
+            n1.clone(),
+            std::slice::from_ref(&n2),
+            Arc::new(ManualClock::new(10_000)),
+            options,
+            Metrics::new(),
+            recovered,
+        );
+        let responder = PeerResponder::new(
+            Arc::new(node),
+            Arc::new(Peers::new(std::slice::from_ref(&n2), 100)),
+        );
+        let entry = Entry {
+            key: "k".to_owned(),
+            version: Version {
+                timestamp: Timestamp {
+                    wall_ms: 9_000,
+                    logical: 0,
+                },
+                node: n2.clone(),
+            },
+            value: Some("v".into()),
+            replaces: None,
+        };
+        let push = responder.respond(
+            &n2,
+            Message::Push {
+                entries: vec![entry],
+            },
+        );
+        let summary = responder.respond(&n2, Message::Summarize);
+        let ping = responder.respond(&n2, Message::Ping);
+        assert_eq!(ping.await, Ok(Message::Pong), "a ping claims nothing");
+        let (push, summary) = (tokio::spawn(push), tokio::spawn(summary));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !push.is_finished(),
+            "a push was acked before it was durable"
+        );
+        assert!(
+            !summary.is_finished(),
+            "a digest exposed data not yet durable"
+        );
+        journal.durable.send_replace(1);
+        assert_eq!(
+            push.await.unwrap(),
+            Ok(Message::PushAck {
+                refused: Vec::new()
+            })
+        );
+        assert!(matches!(
+            summary.await.unwrap(),
+            Ok(Message::Summary { keys: 1, .. })
+        ));
     }
 }

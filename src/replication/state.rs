@@ -4,22 +4,29 @@
 //! the clock, the settings ([`ReplicationOptions`]), the metrics and the log limiter.
 //! The store changes only through [`NodeState::apply_local`] (a client's write) and
 //! [`NodeState::apply_remote`] (entries from a peer); everything else reads it through
-//! [`NodeState::with_store`]. Durability hooks in at those two methods.
+//! [`NodeState::with_store`]. Durability hooks in at those two methods: each appends
+//! what it merges to the journal under the core lock (so the journal's order is the
+//! order of the merges, and compaction's liveness check sees only appended records),
+//! and returns the LSN to wait for before acknowledging. Local stamps stay within the
+//! durable HLC lease (see `durable`).
 //! Knows nothing of: peers' queues and links, consistency levels, tasks.
 //!
 //! The core lock is a std mutex: it is held for microseconds and never across an
 //! `.await`, which is exactly the case where tokio recommends it over its own.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::clock::{Clock, Hlc, NodeId, Version};
+use super::durable::{self, Lease, Recovered};
+use crate::clock::{Clock, Hlc, NodeId, Timestamp, Version};
 use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
+use crate::persist::{Journal, JournalError, JournalStats, Lsn, RecordBatch, Slot};
 use crate::store::{Entry, Limits, Merged, Store};
 
 /// Settings of the replication layer.
@@ -48,6 +55,30 @@ pub struct ReplicationOptions {
 struct Core {
     hlc: Hlc,
     store: Store,
+    /// The LSN of the last journal append: everything the store holds is durable
+    /// once this is.
+    last_lsn: Lsn,
+}
+
+/// The outcome of [`NodeState::apply_local`].
+pub(super) enum Stamped {
+    /// Stamped, merged and appended.
+    Done {
+        /// The version stamped.
+        version: Version,
+        /// The value held before (`None`: absent or deleted).
+        previous: Option<Bytes>,
+        /// Acknowledge once this LSN is durable.
+        lsn: Lsn,
+    },
+    /// The stamp would pass the durable lease: wait for it to cover `wall_ms` (see
+    /// [`NodeState::cover_lease`]) and try again with the slot given back.
+    NeedsLease {
+        /// The unused journal slot.
+        slot: Slot,
+        /// The stamp's wall time.
+        wall_ms: u64,
+    },
 }
 
 /// What every part of the replication layer shares: see the module header.
@@ -59,33 +90,143 @@ pub(super) struct NodeState {
     options: ReplicationOptions,
     metrics: Arc<Metrics>,
     log_limiter: LogLimiter,
+    journal: Arc<dyn Journal>,
+    lease: Arc<Lease>,
+    durable: bool,
+    resumed: bool,
 }
 
 impl NodeState {
-    /// The state of node `id` with an empty store, whose detector watches `peers`.
+    /// The state of node `id` holding what `recovered` holds, whose detector watches
+    /// `peers`. The HLC resumes above every version in the store and above the lease
+    /// of the node's previous life.
     pub(super) fn new(
         id: NodeId,
         peers: &[NodeId],
         clock: Arc<dyn Clock>,
         options: ReplicationOptions,
         metrics: Arc<Metrics>,
+        recovered: Recovered,
     ) -> Self {
         let detector = FailureDetector::new(
             peers.iter().cloned(),
             options.suspect_after.as_millis() as u64,
         );
+        let Recovered {
+            store,
+            journal,
+            durable,
+            ..
+        } = recovered;
+        let lease_read = journal.read_lease();
+        // A previous life vouches for itself only with its lease (a directory just
+        // created, or a lease lost to `--repair`, keeps the memory-only start rule).
+        let resumed =
+            recovered.recovery.is_some_and(|recovery| !recovery.created) && lease_read.is_some();
+        let mut hlc = Hlc::new(options.max_clock_skew_ms);
+        if let Some(max) = store.summary().max_version {
+            hlc.resume_after(max.timestamp);
+        }
+        let old_lease = lease_read.unwrap_or(0);
+        hlc.resume_after(Timestamp {
+            wall_ms: old_lease,
+            logical: u32::MAX,
+        });
+        let window = durable::lease_window_ms(options.max_clock_skew_ms);
+        // Without a disk nothing survives the process, so there is nothing to lease.
+        let lease = Lease::new(if durable { old_lease } else { u64::MAX }, window);
         Self {
             id,
             core: Mutex::new(Core {
-                hlc: Hlc::new(options.max_clock_skew_ms),
-                store: Store::new(),
+                hlc,
+                store,
+                last_lsn: 0,
             }),
             detector: Mutex::new(detector),
             log_limiter: LogLimiter::new(clock.clone()),
             clock,
             options,
             metrics,
+            journal,
+            lease: Arc::new(lease),
+            durable,
+            resumed,
         }
+    }
+
+    /// The journal.
+    pub(super) fn journal(&self) -> &Arc<dyn Journal> {
+        &self.journal
+    }
+
+    /// The HLC lease.
+    pub(super) fn lease(&self) -> &Arc<Lease> {
+        &self.lease
+    }
+
+    /// The clock.
+    pub(super) fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Whether the node's writes survive the process.
+    pub(super) fn durable(&self) -> bool {
+        self.durable
+    }
+
+    /// Whether the node recovered a data directory its previous life wrote.
+    pub(super) fn resumed(&self) -> bool {
+        self.resumed
+    }
+
+    /// Journal figures for metrics.
+    pub(super) fn journal_stats(&self) -> JournalStats {
+        self.journal.stats()
+    }
+
+    /// Room for one journal append (waits while the journal's queue is full).
+    pub(super) fn reserve(
+        &self,
+    ) -> impl Future<Output = Result<Slot, JournalError>> + Send + 'static {
+        let journal = self.journal.clone();
+        async move { journal.reserve().await }
+    }
+
+    /// Resolves once every append up to `lsn` is durable.
+    pub(super) fn wait_durable(
+        &self,
+        lsn: Lsn,
+    ) -> impl Future<Output = Result<(), JournalError>> + Send + 'static {
+        let journal = self.journal.clone();
+        async move {
+            if lsn == 0 {
+                return Ok(());
+            }
+            journal.wait_durable(lsn).await
+        }
+    }
+
+    /// Waits until the durable lease covers stamps at `wall_ms`.
+    pub(super) async fn cover_lease(&self, wall_ms: u64) -> Result<(), JournalError> {
+        self.lease.cover(wall_ms).await
+    }
+
+    /// Gives the journal the compaction predicate: a record is live while its version
+    /// is still its key's version in the store.
+    pub(super) fn install_liveness(self: &Arc<Self>) {
+        let node: Weak<NodeState> = Arc::downgrade(self);
+        self.journal
+            .set_liveness(Arc::new(move |payload: &[u8]| -> bool {
+                let (Some(node), Ok(entry)) = (node.upgrade(), durable::decode(payload)) else {
+                    // Unknown to us, or the node is gone: keep it.
+                    return true;
+                };
+                node.with_store(|store| {
+                    store
+                        .get(&entry.key)
+                        .is_some_and(|register| register.marker == entry.version)
+                })
+            }));
     }
 
     /// This node's id.
@@ -118,6 +259,13 @@ impl NodeState {
         read(&self.core().store)
     }
 
+    /// [`NodeState::with_store`], and the LSN after which everything `read` saw is
+    /// durable: a reply that exposes state to a peer waits for it first.
+    pub(super) fn with_durable_store<R>(&self, read: impl FnOnce(&Store) -> R) -> (R, Lsn) {
+        let core = self.core();
+        (read(&core.store), core.last_lsn)
+    }
+
     /// The failure detector, locked.
     pub(super) fn detector(&self) -> MutexGuard<'_, FailureDetector> {
         self.detector.lock().expect("detector lock poisoned")
@@ -133,12 +281,24 @@ impl NodeState {
     }
 
     /// A client's write of `value` (`None`: a tombstone) under `key`: the HLC stamps a
-    /// version and the store merges it, in one critical section, so two writes on one
-    /// node see each other in version order. Returns the version and the value held
-    /// before (`None`: absent or deleted).
-    pub(super) fn apply_local(&self, key: &str, value: Option<Bytes>) -> (Version, Option<Bytes>) {
+    /// version, the entry is appended to the journal (with `slot`) and the store merges
+    /// it, in one critical section, so two writes on one node see each other in
+    /// version order. Refuses to stamp past the durable lease.
+    pub(super) fn apply_local(
+        &self,
+        slot: Slot,
+        key: &str,
+        value: Option<Bytes>,
+    ) -> Result<Stamped, JournalError> {
         let mut core = self.core();
         let now = self.clock.wall_ms();
+        let stamp = core.hlc.peek(now);
+        if stamp.wall_ms > self.lease.bound_ms() {
+            return Ok(Stamped::NeedsLease {
+                slot,
+                wall_ms: stamp.wall_ms,
+            });
+        }
         let version = Version {
             timestamp: core.hlc.tick(now),
             node: self.id.clone(),
@@ -149,8 +309,20 @@ impl NodeState {
             value,
             replaces: core.store.get(key).map(|register| register.marker.clone()),
         };
+        // A memory-only journal keeps nothing: skip the encoding.
+        let batch = if self.durable {
+            RecordBatch::of([durable::encode(&entry)])?
+        } else {
+            RecordBatch::new()
+        };
+        let lsn = self.journal.append(slot, batch)?;
+        core.last_lsn = lsn;
         let previous = match core.store.merge(entry) {
-            Merged::Applied { previous } => previous.and_then(|register| register.val.value),
+            Merged::Applied { previous } => previous.and_then(|register| {
+                self.journal
+                    .record_garbage(durable::record_weight(key, &register));
+                register.val.value
+            }),
             // Cannot happen: every stored version went through the HLC, so a fresh
             // stamp is larger. Were it to, the write is lost to a newer one, as
             // LWW says; panicking here would poison the lock and stop the node.
@@ -164,33 +336,84 @@ impl NodeState {
                     .and_then(|register| register.val.value.clone())
             }
         };
-        (version, previous)
+        Ok(Stamped::Done {
+            version,
+            previous,
+            lsn,
+        })
     }
 
-    /// Merges entries from `from`, refusing versions too far in the future. Returns the
-    /// keys refused.
-    pub(super) fn apply_remote(&self, from: &NodeId, entries: Vec<Entry>) -> Vec<String> {
+    /// Merges entries from `from`, refusing versions too far in the future; what is
+    /// new is appended to the journal (with `slot`) first. Returns the keys refused and
+    /// the LSN after which every entry of the call is durable here (new or already
+    /// held).
+    pub(super) fn apply_remote(
+        &self,
+        slot: Slot,
+        from: &NodeId,
+        entries: Vec<Entry>,
+    ) -> Result<(Vec<String>, Lsn), JournalError> {
         let mut refused = Vec::new();
         let mut worst_skew = None;
-        {
+        let barrier = {
             let mut core = self.core();
             let now = self.clock.wall_ms();
+            let mut batch = RecordBatch::new();
+            let mut fresh = Vec::new();
             for entry in entries {
                 if let Err(skew) = core.hlc.observe(entry.version.timestamp, now) {
                     worst_skew = Some(skew);
                     refused.push(entry.key);
                     continue;
                 }
-                core.store.merge(entry);
+                let stale = core
+                    .store
+                    .get(&entry.key)
+                    .is_some_and(|register| register.marker >= entry.version);
+                if !stale {
+                    if self.durable {
+                        batch.push(&durable::encode(&entry))?;
+                    }
+                    fresh.push(entry);
+                }
             }
-        }
+            if !fresh.is_empty() {
+                core.last_lsn = self.journal.append(slot, batch)?;
+                for entry in fresh {
+                    let key = entry.key.clone();
+                    if let Merged::Applied {
+                        previous: Some(previous),
+                    } = core.store.merge(entry)
+                    {
+                        self.journal
+                            .record_garbage(durable::record_weight(&key, &previous));
+                    }
+                }
+            }
+            core.last_lsn
+        };
         if let Some(skew) = worst_skew {
             self.metrics.skew_refusals.inc_by(refused.len() as u64);
             if self.may_log(&format!("skew:{from}")) {
                 warn!(peer = %from, refused = refused.len(), "refused remote versions: {skew}; anti-entropy will offer them again");
             }
         }
-        refused
+        Ok((refused, barrier))
+    }
+
+    /// [`NodeState::apply_remote`] for callers that need no durability wait (read
+    /// repair, anti-entropy pulls: their data is already durable elsewhere): reserves
+    /// a slot, merges, and logs a failure.
+    pub(super) async fn merge_remote(&self, from: &NodeId, entries: Vec<Entry>) {
+        let result = match self.reserve().await {
+            Ok(slot) => self.apply_remote(slot, from, entries).map(|_| ()),
+            Err(error) => Err(error),
+        };
+        if let Err(error) = result {
+            if self.may_log("journal") {
+                warn!(peer = %from, "cannot store entries from a peer: {error}");
+            }
+        }
     }
 
     /// A write could not be queued for `peer`: its outbox is full. Anti-entropy will

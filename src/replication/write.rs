@@ -4,13 +4,17 @@
 //! Knows nothing of: links (it queues keys in outboxes; the drivers push them), HTTP.
 //!
 //! # A write
-//! 1. Under the core lock: the HLC stamps a version, the store merges the entry (a
-//!    local stamp is larger than anything stored, so it always applies) and yields the
-//!    value held before ([`NodeState::apply_local`]).
+//! 1. A journal slot is reserved (waiting only while the journal's queue is full).
+//!    Under the core lock: the HLC stamps a version (within the durable lease, else
+//!    the write waits for the lease and retries), the entry is appended to the
+//!    journal, the store merges it (a local stamp is larger than anything stored, so
+//!    it always applies) and yields the value held before ([`NodeState::apply_local`]).
 //! 2. The key is queued in every peer's outbox; for the levels that wait, with an ack
 //!    waiter.
 //! 3. Each peer's driver pushes batches and releases the waiters on ack.
-//! 4. `live` waits for the peers the failure detector holds alive, up to
+//! 4. Every level waits for the local copy to be durable (the fsync policy says
+//!    when), together with the acks below; a peer acks only once durable there.
+//! 5. `live` waits for the peers the failure detector holds alive, up to
 //!    `live_timeout`; `quorum` and `all` wait for enough acks up to `strong_timeout`
 //!    and answer [`ReplicationError::Unavailable`] if they do not come.
 
@@ -21,9 +25,10 @@ use tokio::sync::oneshot;
 use super::level::{Consistency, ReplicationError};
 use super::outbox::Enqueued;
 use super::peers::Peers;
-use super::state::NodeState;
+use super::state::{NodeState, Stamped};
 use crate::clock::Version;
 use crate::membership::PeerState;
+use crate::persist::JournalError;
 
 /// A completed write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +48,31 @@ pub(super) async fn write(
     value: Option<Bytes>,
     level: Consistency,
 ) -> Result<WriteOutcome, ReplicationError> {
-    let (version, previous) = node.apply_local(key, value);
+    let storage_error = |error: JournalError| ReplicationError::Storage(error.to_string());
+    // The slot is taken before the core lock: waiting for room in the journal's queue
+    // (backpressure) never happens under the lock.
+    let mut slot = node.reserve().await.map_err(storage_error)?;
+    let (version, previous, lsn) = loop {
+        match node
+            .apply_local(slot, key, value.clone())
+            .map_err(storage_error)?
+        {
+            Stamped::Done {
+                version,
+                previous,
+                lsn,
+            } => break (version, previous, lsn),
+            Stamped::NeedsLease {
+                slot: unused,
+                wall_ms,
+            } => {
+                slot = unused;
+                node.cover_lease(wall_ms).await.map_err(storage_error)?;
+            }
+        }
+    };
     let outcome = WriteOutcome { version, previous };
+    let durable = node.wait_durable(lsn);
 
     let now = node.now_ms();
     let states: Vec<(PeerState, bool)> = {
@@ -96,25 +124,36 @@ pub(super) async fn write(
     let options = node.options();
     let cluster = peers.len() + 1;
     let (needed, deadline) = match level {
-        Consistency::One => return Ok(outcome),
+        Consistency::One => (1, options.live_timeout),
         Consistency::Live => (1 + acks.len(), options.live_timeout),
         Consistency::Quorum => (cluster / 2 + 1, options.strong_timeout),
         Consistency::All => (cluster, options.strong_timeout),
     };
-    // The acks are awaited even when too few peers are alive to meet the level: the
-    // error then counts the replicas that really took the write (after a kill, `all`
-    // on 3 nodes says 2, not 1), and the reply comes once they have it.
+    // The local copy's fsync and the peers' acks (each sent once durable there) are
+    // awaited together; the reply never precedes the local fsync. The acks are awaited
+    // even when too few peers are alive to meet the level: the error then counts the
+    // replicas that really took the write (after a kill, `all` on 3 nodes says 2, not
+    // 1), and the reply comes once they have it.
     let mut reached = 1;
-    let wait = async {
-        while reached < needed {
-            match acks.next().await {
-                Some(Ok(())) => reached += 1,
-                Some(Err(_)) => {}
-                None => break,
+    let replicas = async {
+        let wait = async {
+            while reached < needed {
+                match acks.next().await {
+                    Some(Ok(())) => reached += 1,
+                    Some(Err(_)) => {}
+                    None => break,
+                }
             }
-        }
+        };
+        let _ = tokio::time::timeout(deadline, wait).await;
     };
-    let _ = tokio::time::timeout(deadline, wait).await;
+    let (durable, ()) = tokio::join!(durable, replicas);
+    if let Err(error) = durable {
+        return Err(ReplicationError::Storage(error.to_string()));
+    }
+    if level == Consistency::One {
+        return Ok(outcome);
+    }
     if reached >= needed || level == Consistency::Live {
         Ok(outcome)
     } else {

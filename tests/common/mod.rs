@@ -40,6 +40,8 @@ struct Node {
     log_path: PathBuf,
     child: Option<Child>,
     paused: bool,
+    /// Extra `serve` arguments for this node's next start (e.g. `--repair`).
+    extra_args: Vec<String>,
 }
 
 /// A running cluster of real `meshkv serve` processes.
@@ -49,6 +51,8 @@ pub struct TestCluster {
     nodes: Vec<Node>,
     nft_table: String,
     nft_active: bool,
+    /// `Some(policy)`: every node runs with `--data-dir <dir>/data/<id> --fsync policy`.
+    fsync: Option<String>,
 }
 
 /// A free port on `ip`: bind port 0, read the port the OS chose, release it.
@@ -99,6 +103,17 @@ impl TestCluster {
     /// Starts `n` nodes; `extra_toml` holds optional top-level keys of the cluster file
     /// (e.g. `"live_timeout_ms = 300\n"`). Returns once every node answers `/health`.
     pub fn start(n: usize, extra_toml: &str) -> TestCluster {
+        Self::start_with(n, extra_toml, None)
+    }
+
+    /// [`TestCluster::start`] with durable nodes: node `i` keeps its data in
+    /// [`TestCluster::data_dir`]`(i)` with `--fsync fsync`, and keeps it across
+    /// [`TestCluster::restart`].
+    pub fn start_durable(n: usize, extra_toml: &str, fsync: &str) -> TestCluster {
+        Self::start_with(n, extra_toml, Some(fsync.to_owned()))
+    }
+
+    fn start_with(n: usize, extra_toml: &str, fsync: Option<String>) -> TestCluster {
         assert!((1..=200).contains(&n), "a test cluster has 1 to 200 nodes");
         let pid = std::process::id();
         let a = (20 + pid % 200) as u8;
@@ -126,6 +141,7 @@ impl TestCluster {
                 log_path: dir.join(format!("n{i}.log")),
                 child: None,
                 paused: false,
+                extra_args: Vec::new(),
             };
             toml.push_str(&format!(
                 "[[nodes]]\nid = \"{}\"\nhttp = \"{}\"\npeer = \"{}\"\n\n",
@@ -144,6 +160,7 @@ impl TestCluster {
             nodes,
             nft_table: format!("meshkv_t{pid}_{b}"),
             nft_active: false,
+            fsync,
         };
         for i in 1..=n {
             cluster.spawn(i);
@@ -172,8 +189,32 @@ impl TestCluster {
         &mut self.nodes[i - 1]
     }
 
+    /// The `serve` command of node `i`, with its data directory if durable.
+    fn serve_command(&self, i: usize) -> Command {
+        let node = self.node(i);
+        // MESHKV_BIN runs the nodes from another build (a benchmark's "before").
+        let binary =
+            std::env::var_os("MESHKV_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshkv").into());
+        let mut command = Command::new(binary);
+        command
+            .arg("serve")
+            .arg("--cluster")
+            .arg(&self.cluster_file)
+            .arg("--node")
+            .arg(&node.id);
+        if let Some(fsync) = &self.fsync {
+            command
+                .arg("--data-dir")
+                .arg(self.data_dir(i))
+                .arg("--fsync")
+                .arg(fsync);
+        }
+        command.args(&node.extra_args).env("RUST_LOG", "info");
+        command
+    }
+
     fn spawn(&mut self, i: usize) {
-        let cluster_file = self.cluster_file.clone();
+        let mut command = self.serve_command(i);
         let node = self.node_mut(i);
         assert!(node.child.is_none(), "node {} is already running", node.id);
         let log: File = OpenOptions::new()
@@ -182,16 +223,7 @@ impl TestCluster {
             .open(&node.log_path)
             .unwrap_or_else(|e| panic!("cannot open {}: {e}", node.log_path.display()));
         let log_err = log.try_clone().expect("clone a log file handle");
-        // MESHKV_BIN runs the nodes from another build (a benchmark's "before").
-        let binary =
-            std::env::var_os("MESHKV_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_meshkv").into());
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg("--cluster")
-            .arg(&cluster_file)
-            .arg("--node")
-            .arg(&node.id)
-            .env("RUST_LOG", "info")
+        let child = command
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -227,6 +259,82 @@ impl TestCluster {
                     START_TIMEOUT,
                     node.log_path.display(),
                     tail(&node.log_path, 30)
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Node `i`'s data directory (used when the cluster is durable).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.join("data").join(self.id(i))
+    }
+
+    /// Node `i`'s log so far.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.node(i).log_path).unwrap_or_default()
+    }
+
+    /// Extra `serve` arguments for node `i`'s next starts (replacing earlier ones).
+    pub fn set_extra_args(&mut self, i: usize, args: &[&str]) {
+        self.node_mut(i).extra_args = args.iter().map(|arg| arg.to_string()).collect();
+    }
+
+    /// SIGTERMs node `i` and waits (bounded) for it to exit; returns its exit status.
+    pub fn stop(&mut self, i: usize) -> std::process::ExitStatus {
+        self.signal(i, "-TERM");
+        let node = self.node_mut(i);
+        let mut child = node.child.take().expect("node was started");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "node {} did not stop within {START_TIMEOUT:?} of SIGTERM",
+                    node.id
+                );
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Runs one more `serve` of node `i` (its data directory, plus `extra`) in the
+    /// foreground and returns its exit status and output, if it exits within
+    /// `START_TIMEOUT`; panics (after killing it) if it keeps running.
+    pub fn serve_and_expect_exit(
+        &self,
+        i: usize,
+        extra: &[&str],
+    ) -> (std::process::ExitStatus, String) {
+        let mut child = self
+            .serve_command(i)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start meshkv serve");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                let output = child.wait_with_output().expect("collect the output");
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                return (output.status, text);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "meshkv serve for {} kept running; it was expected to exit",
+                    self.id(i)
                 );
             }
             std::thread::sleep(POLL);
@@ -301,8 +409,9 @@ impl TestCluster {
         node.paused = false;
     }
 
-    /// Starts node `i` again (same cluster file and addresses; it starts empty) and
-    /// waits until it answers `/health`.
+    /// Starts node `i` again (same cluster file and addresses; it starts empty, or
+    /// with its data directory if the cluster is durable) and waits until it answers
+    /// `/health`.
     pub fn restart(&mut self, i: usize) {
         self.restart_without_waiting(i);
         self.wait_healthy(i);

@@ -31,7 +31,7 @@ async fn client(
         let k = rng.below(keys.len());
         let node = &nodes[rng.below(nodes.len())];
         let sent = Instant::now();
-        if rng.next_u64() % 2 == 0 {
+        if rng.next_u64().is_multiple_of(2) {
             let result = node.client.get(&keys[k], None).await;
             recorder.record(&node.id, Op::Get, sent, &result);
         } else {
