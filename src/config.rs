@@ -13,6 +13,9 @@
 //! max_value_bytes = 1048576
 //! max_clock_skew_ms = 1000
 //! live_timeout_ms = 500         # how long a `live` write waits for peers' acks
+//! tombstone_grace_ms = 604800000  # 7 days: a node silent this long no longer holds
+//!                               # tombstone collection back, and is refused with its
+//!                               # old data when it returns (an empty node rejoins)
 //!
 //! [[nodes]]
 //! id   = "n1"
@@ -131,6 +134,12 @@ pub struct Tuning {
     /// Deadline for a client to send a request's headers; idle keep-alive connections
     /// are closed after it too.
     pub http_header_timeout_ms: u64,
+    /// Tombstones are dropped once every node holds them. A node out of contact for
+    /// longer than this no longer holds collection back; if it returns with the data
+    /// it had (same data epoch), it is refused until its data is wiped, since that
+    /// data may bring deleted keys back. An empty node rejoins. Default 7 days; tests
+    /// use seconds.
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for Tuning {
@@ -159,6 +168,7 @@ impl Default for Tuning {
             max_http_connections: 1024,
             http_timeout_ms: 10_000,
             http_header_timeout_ms: 5_000,
+            tombstone_grace_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -295,6 +305,7 @@ impl ClusterConfig {
             ("max_peer_connections", tuning.max_peer_connections as u64),
             ("max_http_connections", tuning.max_http_connections as u64),
             ("http_header_timeout_ms", tuning.http_header_timeout_ms),
+            ("tombstone_grace_ms", tuning.tombstone_grace_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return invalid(format!("{name} must be positive"));

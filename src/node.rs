@@ -24,6 +24,7 @@ use crate::peer::{self, Identity, TransportOptions};
 use crate::replication::driver::{self, DriverOptions, PeerTarget};
 use crate::replication::{Replica, ReplicationOptions};
 use crate::transport::{Listener, TcpTransport, Transport};
+use crate::wire::DataEpoch;
 
 /// How long shutdown waits for tasks to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -120,6 +121,19 @@ impl NodeEnv {
     }
 }
 
+/// 64 random bits, from the standard library's per-process hashing keys (no
+/// dependency needed for a data epoch id, which only has to differ between epochs).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    );
+    hasher.finish()
+}
+
 /// Runs node `id` of `config` until `shutdown` is cancelled.
 pub async fn run(
     config: &ClusterConfig,
@@ -163,6 +177,12 @@ pub async fn run_with(
             outbox_max_keys: tuning.outbox_max_keys,
             suspect_after: Tuning::ms(tuning.suspect_after_ms),
             startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
+            tombstone_grace: Tuning::ms(tuning.tombstone_grace_ms),
+            // A memory-only node's store begins empty at every start: a new epoch.
+            epoch: DataEpoch {
+                id: random_u64(),
+                created_ms: env.clock.wall_ms(),
+            },
         },
         metrics.clone(),
     );
@@ -218,6 +238,14 @@ pub async fn run_with(
             shutdown.clone(),
         ));
     }
+    let collect_every = match tuning.anti_entropy_interval_ms {
+        0 => Duration::from_secs(1),
+        ms => Tuning::ms(ms),
+    };
+    tasks.spawn({
+        let (replica, shutdown) = (replica.clone(), shutdown.clone());
+        async move { replica.collect_tombstones(collect_every, shutdown).await }
+    });
     tasks.close();
 
     info!(

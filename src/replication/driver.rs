@@ -105,7 +105,11 @@ pub async fn run(
                 transport.connect_timeout,
             )
             .await?;
-            Link::open(stream, &identity, peer_id, &transport).await
+            let link = Link::open(stream, &identity, peer_id, node.lineage(), &transport).await?;
+            // Our side of the admission: the peer's data may be retired (or ours).
+            node.admit(peer_id, link.peer_lineage())
+                .map_err(LinkError::Refused)?;
+            Ok(link)
         };
         let result = tokio::select! {
             // In order: a stopping node starts nothing new.
@@ -227,6 +231,10 @@ async fn drive(
     let mut next_round = Instant::now();
     let mut last_request = Instant::now();
     loop {
+        // 0. A peer retired since the link came up (or this node retired): drop it.
+        if let Some(reason) = node.refused(peer_id) {
+            return LinkError::Refused(reason);
+        }
         // 1. Pushes come first: they carry fresh writes that clients may be waiting on.
         let batch = outbox.take(budget, |key| node.with_store(|store| store.entry(key)));
         if let Some(batch) = batch {
@@ -308,6 +316,9 @@ async fn drive(
                         debug!(peer = %peer_id, pushed = outcome.pushed, fetched = outcome.fetched, "anti-entropy repaired");
                     }
                     node.detector().synced(peer_id, node.now_ms());
+                    if let Some(covered) = outcome.covered {
+                        node.round_clean(peer_id, covered);
+                    }
                     session = None;
                     // A round that found differences is soon followed by another, until
                     // the replicas agree; an idle one waits for the timer.

@@ -12,7 +12,7 @@ use super::peers::Peers;
 use super::state::NodeState;
 use crate::clock::NodeId;
 use crate::peer::Responder;
-use crate::wire::Message;
+use crate::wire::{Lineage, Message};
 
 /// Answers requests arriving on inbound links, and tells the failure detector (and the
 /// peer's driver) that the peer is running.
@@ -36,8 +36,18 @@ impl Responder for PeerResponder {
         }
     }
 
+    fn admit(&self, from: &NodeId, theirs: &Lineage) -> Result<Lineage, String> {
+        self.node.admit(from, theirs)?;
+        Ok(self.node.lineage())
+    }
+
     fn respond(&self, from: &NodeId, request: Message) -> Option<Message> {
         let node = &self.node;
+        // A peer retired since its link was admitted (or this node retired): the
+        // connection closes, and the next handshake says why.
+        if node.refused(from).is_some() {
+            return None;
+        }
         node.detector().heard_from(from, node.now_ms());
         let budget = node.options().batch_bytes;
         let reply = match request {
