@@ -354,8 +354,9 @@ async fn convergence(
 }
 
 /// `GET /v1/cluster`: this node's failure-detector view of its peers, and how
-/// tombstone collection sees each (`tombstones`: `covered` up to a watermark, `waiting`
-/// for a clean round, `excluded` for silence longer than the grace; `refused` says why
+/// tombstone collection sees each (`tombstones`: `synced` when a clean round set its
+/// watermark (it holds the tombstones this node held then), `waiting` for a first clean
+/// round, `excluded` for silence longer than the grace; `refused` says why
 /// a retired peer's data is refused). `retired` says why this node's own data was
 /// retired, if it was.
 async fn cluster(State(state): State<Arc<AppState>>) -> Response {
@@ -368,7 +369,7 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
             let gc = collection.iter().find(|gc| gc.id == view.id);
             let tombstones = match gc {
                 Some(gc) if gc.excluded => "excluded",
-                Some(gc) if gc.watermark.is_some() => "covered",
+                Some(gc) if gc.watermark.is_some() => "synced",
                 _ => "waiting",
             };
             json!({

@@ -252,14 +252,30 @@ impl Ledger {
                 waiting.push(id.clone());
             }
         }
-        if waiting.is_empty() {
-            Horizon::At {
-                seq: horizon,
-                excluded,
-            }
-        } else {
-            Horizon::Blocked { waiting }
+        if !waiting.is_empty() {
+            return Horizon::Blocked { waiting };
         }
+        if !excluded.is_empty() && !self.in_majority(&excluded) {
+            // Only a majority may leave the others out: in a clean partition that lasts
+            // longer than the grace, the minority side must not retire the majority.
+            return Horizon::Blocked { waiting: excluded };
+        }
+        Horizon::At {
+            seq: horizon,
+            excluded,
+        }
+    }
+
+    /// Whether this node and the peers not `excluded` are a majority of the cluster;
+    /// exactly half counts when it holds the smallest node id (so of two halves, one).
+    fn in_majority(&self, excluded: &[NodeId]) -> bool {
+        let cluster = self.peers.len() + 1;
+        let included = cluster - excluded.len();
+        if included * 2 != cluster {
+            return included * 2 > cluster;
+        }
+        let smallest = self.peers.keys().chain([&self.me]).min();
+        smallest.is_some_and(|smallest| !excluded.contains(smallest))
     }
 
     /// A collection at `now_ms` is about to drop tombstones that `excluded` peers may
@@ -394,14 +410,41 @@ mod tests {
                 excluded: vec![id("n3")]
             }
         );
-        // A peer whose last contact is older than the grace is excluded too.
+        // A peer whose last contact is older than the grace is excluded too, but a
+        // node alone is no majority: it leaves no one out.
         assert_eq!(
             ledger.horizon(2_001 + GRACE, 50),
-            Horizon::At {
-                seq: 50,
-                excluded: vec![id("n2"), id("n3")]
+            Horizon::Blocked {
+                waiting: vec![id("n2"), id("n3")]
             }
         );
+    }
+
+    #[test]
+    fn only_a_majority_leaves_peers_out() {
+        let at = |ledger: &Ledger| matches!(ledger.horizon(GRACE * 2, 1), Horizon::At { .. });
+        // Two nodes: of the two halves, the one with the smallest id.
+        let mut n1 = Ledger::new(id("n1"), [id("n2")], epoch(1, 0), GRACE, 0);
+        let mut n2 = Ledger::new(id("n2"), [id("n1")], epoch(2, 0), GRACE, 0);
+        n1.round_clean(&id("n2"), 1, 0);
+        n2.round_clean(&id("n1"), 1, 0);
+        assert!(at(&n1));
+        assert!(!at(&n2));
+        // Five nodes: three may leave two out, two may not leave three out.
+        let peers = |me: &'static str| {
+            ["a", "b", "c", "d", "e"]
+                .into_iter()
+                .filter(move |p| *p != me)
+                .map(id)
+        };
+        let mut c = Ledger::new(id("c"), peers("c"), epoch(3, 0), GRACE, 0);
+        let mut e = Ledger::new(id("e"), peers("e"), epoch(4, 0), GRACE, 0);
+        for peer in ["d", "e"] {
+            c.round_clean(&id(peer), 1, GRACE * 2);
+        }
+        e.round_clean(&id("d"), 1, GRACE * 2);
+        assert!(at(&c), "c, d, e are three of five");
+        assert!(!at(&e), "d, e are two of five");
     }
 
     #[test]
