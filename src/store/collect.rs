@@ -1,8 +1,8 @@
 //! Tombstone bookkeeping: which tombstones the store holds, in the order it applied
 //! them, and which it has recently collected.
 //!
-//! Owns: [`Seq`] (the store's local change counter), [`TombstoneIndex`] (tombstones by
-//! the sequence number of the change that wrote them) and [`CollectedMemory`] (a
+//! Owns: [`Seq`] (the store's local change counter), `TombstoneIndex` (tombstones by
+//! the sequence number of the change that wrote them) and `CollectedMemory` (a
 //! bounded memory of `key → version` for tombstones dropped lately).
 //! Knows nothing of: peers, watermarks and the rule that says when a tombstone may go
 //! (the caller passes a horizon); time.
