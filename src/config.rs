@@ -13,6 +13,9 @@
 //! max_value_bytes = 1048576
 //! max_clock_skew_ms = 1000
 //! live_timeout_ms = 500         # how long a `live` write waits for peers' acks
+//! tombstone_grace_ms = 604800000  # 7 days: a node silent this long no longer holds
+//!                               # tombstone collection back, and is refused with its
+//!                               # old data when it returns (an empty node rejoins)
 //!
 //! [[nodes]]
 //! id   = "n1"
@@ -135,6 +138,12 @@ pub struct Tuning {
     /// When a durable node's writes reach the disk (`always`, `batch`, `never`);
     /// `meshkv serve --fsync` overrides it. Memory-only nodes ignore it.
     pub fsync: FsyncPolicy,
+    /// Tombstones are dropped once every node holds them. A node out of contact for
+    /// longer than this no longer holds collection back; if it returns with the data
+    /// it had (same data epoch), it is refused until its data is wiped, since that
+    /// data may bring deleted keys back. An empty node rejoins. Default 7 days; tests
+    /// use seconds.
+    pub tombstone_grace_ms: u64,
 }
 
 impl Default for Tuning {
@@ -164,6 +173,7 @@ impl Default for Tuning {
             http_timeout_ms: 10_000,
             http_header_timeout_ms: 5_000,
             fsync: FsyncPolicy::Batch,
+            tombstone_grace_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -300,6 +310,7 @@ impl ClusterConfig {
             ("max_peer_connections", tuning.max_peer_connections as u64),
             ("max_http_connections", tuning.max_http_connections as u64),
             ("http_header_timeout_ms", tuning.http_header_timeout_ms),
+            ("tombstone_grace_ms", tuning.tombstone_grace_ms),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return invalid(format!("{name} must be positive"));

@@ -33,7 +33,7 @@ use crate::replication::anti_entropy::SyncSession;
 use crate::replication::{Consistency, Replica, ReplicationOptions};
 use crate::store::{Entry, Limits, Store};
 use crate::wire::codec::{FrameCodec, PREFIX_BYTES};
-use crate::wire::{Message, PROTOCOL_VERSION};
+use crate::wire::{DataEpoch, Lineage, Message, PROTOCOL_VERSION};
 
 /// The cluster secret of every check that authenticates frames (16 bytes or more, as
 /// the cluster file requires).
@@ -182,6 +182,11 @@ fn replication_options(limits: Limits) -> ReplicationOptions {
         outbox_max_keys: 1000,
         suspect_after: Duration::from_millis(600),
         startup_sync_timeout: Duration::from_millis(5000),
+        tombstone_grace: Duration::from_secs(7 * 24 * 3600),
+        epoch: DataEpoch {
+            id: 1,
+            created_ms: WALL_MS,
+        },
     }
 }
 
@@ -252,6 +257,7 @@ pub fn hello() -> Message {
         cluster: CLUSTER.to_owned(),
         from: node_id("n2"),
         to: node_id("n1"),
+        lineage: Lineage::default(),
     }
 }
 
@@ -341,7 +347,7 @@ fn check_acceptor_output(output: &[u8], key: Option<&[u8]>) {
     }
     assert!(buffer.is_empty(), "the node wrote half a frame");
     match replies.first() {
-        None | Some(Message::Welcome) => {}
+        None | Some(Message::Welcome { .. }) => {}
         Some(Message::Refuse { .. }) => assert_eq!(replies.len(), 1, "frames after Refuse"),
         Some(other) => panic!("the node answered a handshake with {}", other.kind()),
     }
@@ -349,7 +355,7 @@ fn check_acceptor_output(output: &[u8], key: Option<&[u8]>) {
         assert!(
             !matches!(
                 reply,
-                Message::Hello { .. } | Message::Welcome | Message::Refuse { .. }
+                Message::Hello { .. } | Message::Welcome { .. } | Message::Refuse { .. }
             ),
             "the node answered a request with {}",
             reply.kind()
@@ -365,7 +371,9 @@ async fn initiate(input: Vec<u8>, key: Option<&[u8]>) {
         for entry in seed_entries() {
             store.merge(entry);
         }
-        let Ok(mut link) = Link::open(stream, &me, &node_id("n2"), &options).await else {
+        let Ok(mut link) =
+            Link::open(stream, &me, &node_id("n2"), Lineage::default(), &options).await
+        else {
             check_store(&store);
             return;
         };
@@ -433,6 +441,11 @@ pub fn cluster_file(data: &[u8]) {
             outbox_max_keys: tuning.outbox_max_keys,
             suspect_after: Tuning::ms(tuning.suspect_after_ms),
             startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
+            tombstone_grace: Tuning::ms(tuning.tombstone_grace_ms),
+            epoch: DataEpoch {
+                id: 1,
+                created_ms: WALL_MS,
+            },
         },
         Metrics::new(),
     );

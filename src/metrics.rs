@@ -202,6 +202,8 @@ pub struct Metrics {
     pub keys: Gauge,
     /// Keys holding a tombstone (set when scraped).
     pub tombstones: Gauge,
+    /// Tombstones dropped by collection.
+    pub tombstones_collected: Counter,
     /// Peer state: 0 alive, 1 suspect, 2 down.
     pub peer_state: Family<PeerLabels, Gauge>,
     /// Links to a peer that were up and failed (the peer became `down`).
@@ -256,6 +258,7 @@ impl Metrics {
             skew_refusals: Counter::default(),
             keys: Gauge::default(),
             tombstones: Gauge::default(),
+            tombstones_collected: Counter::default(),
             peer_state: Family::default(),
             link_down: Family::default(),
             bounds_hit: Family::default(),
@@ -347,6 +350,11 @@ impl Metrics {
             "tombstones",
             "Keys holding a tombstone",
             metrics.tombstones.clone(),
+        );
+        registry.register(
+            "tombstones_collected",
+            "Tombstones dropped once every node held them (or a newer version)",
+            metrics.tombstones_collected.clone(),
         );
         registry.register(
             "peer_state",
@@ -568,6 +576,16 @@ mod tests {
         );
         assert!(
             text.contains(r#"meshkv_peer_frames_total{peer="n2",kind="push",direction="sent"} 2"#)
+        );
+    }
+
+    #[test]
+    fn tombstone_metrics_are_present_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        assert!(text.contains("\nmeshkv_tombstones 0\n"), "{text}");
+        assert!(
+            text.contains("\nmeshkv_tombstones_collected_total 0\n"),
+            "{text}"
         );
     }
 }

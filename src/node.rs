@@ -27,6 +27,7 @@ use crate::replication::driver::{self, DriverOptions, PeerTarget};
 use crate::replication::durable::{self, RecoverError};
 use crate::replication::{Replica, ReplicationOptions};
 use crate::transport::{Listener, TcpTransport, Transport};
+use crate::wire::DataEpoch;
 
 /// How long shutdown waits for tasks to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -270,6 +271,19 @@ pub async fn run_with(
             outbox_max_keys: tuning.outbox_max_keys,
             suspect_after: Tuning::ms(tuning.suspect_after_ms),
             startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
+            tombstone_grace: Tuning::ms(tuning.tombstone_grace_ms),
+            // A data directory keeps its epoch for life; a memory-only node's store
+            // begins empty at every start, so each start is a new epoch.
+            epoch: match &recovered.recovery {
+                Some(recovery) => DataEpoch {
+                    id: recovery.epoch,
+                    created_ms: recovery.created_ms,
+                },
+                None => DataEpoch {
+                    id: getrandom::u64().unwrap_or_else(|_| env.clock.wall_ms()),
+                    created_ms: env.clock.wall_ms(),
+                },
+            },
         },
         metrics.clone(),
         recovered,
@@ -329,6 +343,14 @@ pub async fn run_with(
             shutdown.clone(),
         ));
     }
+    let collect_every = match tuning.anti_entropy_interval_ms {
+        0 => Duration::from_secs(1),
+        ms => Tuning::ms(ms),
+    };
+    tasks.spawn({
+        let (replica, shutdown) = (replica.clone(), shutdown.clone());
+        async move { replica.collect_tombstones(collect_every, shutdown).await }
+    });
     tasks.close();
 
     info!(

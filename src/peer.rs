@@ -26,7 +26,7 @@ use crate::clock::{Clock, NodeId};
 use crate::metrics::Metrics;
 use crate::transport::{BoxStream, Listener, Transport};
 use crate::wire::codec::{FrameCodec, WireError, HANDSHAKE_MAX_FRAME_BYTES};
-use crate::wire::{Message, PROTOCOL_VERSION};
+use crate::wire::{Lineage, Message, PROTOCOL_VERSION};
 
 /// Why a link failed. Every variant ends the link; the caller reconnects.
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +137,8 @@ impl LogLimiter {
 /// An outbound connection to one peer, past the handshake: strict request → reply.
 pub struct Link<S = BoxStream> {
     frames: Framed<S, FrameCodec>,
+    /// What the peer said of its data in its `Welcome`.
+    peer_lineage: Lineage,
 }
 
 /// Opens a connection to `remote` from `local_ip` through `transport`, within `timeout`.
@@ -154,29 +156,35 @@ pub async fn dial(
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
-    /// Performs the initiator's side of the handshake on a fresh connection.
+    /// Performs the initiator's side of the handshake on a fresh connection, presenting
+    /// `lineage` (our data epoch and retirements); the peer's is then
+    /// [`Link::peer_lineage`]. Whether to keep a link to that peer is the caller's call.
     pub async fn open(
         stream: S,
         identity: &Identity,
         peer: &NodeId,
+        lineage: Lineage,
         options: &TransportOptions,
     ) -> Result<Self, LinkError> {
         let mut codec = options.codec();
         codec.set_peer(peer.as_str());
         let mut link = Self {
             frames: Framed::new(stream, codec),
+            peer_lineage: Lineage::default(),
         };
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
             cluster: identity.cluster.clone(),
             from: identity.node.clone(),
             to: peer.clone(),
+            lineage,
         };
         match link.request(&hello, options.connect_timeout).await? {
-            Message::Welcome => {
+            Message::Welcome { lineage } => {
                 link.frames
                     .codec_mut()
                     .set_max_frame_bytes(options.max_frame_bytes);
+                link.peer_lineage = lineage;
                 Ok(link)
             }
             Message::Refuse { reason } => Err(LinkError::Refused(reason)),
@@ -185,6 +193,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 got: other.kind(),
             }),
         }
+    }
+
+    /// What the peer said of its data in the handshake.
+    pub fn peer_lineage(&self) -> &Lineage {
+        &self.peer_lineage
     }
 
     /// Resolves when the idle link dies: the peer closed it, reset it (a killed
@@ -244,15 +257,26 @@ pub trait Responder: Send + Sync + 'static {
 
     /// `from` completed a handshake on a new inbound connection: it is running now.
     fn connected(&self, _from: &NodeId) {}
+
+    /// Whether `from`, whose `Hello` passed the checks of identity, may connect given
+    /// what it says of its data: `Ok` with our own lineage for the `Welcome`, or the
+    /// sentence of the refusal. By default every member is admitted.
+    fn admit(&self, _from: &NodeId, _theirs: &Lineage) -> Result<Lineage, String> {
+        Ok(Lineage::default())
+    }
 }
 
 /// Checks a `Hello` against our identity; `Err` carries the refusal sentence.
-fn check_hello(identity: &Identity, hello: &Message) -> Result<NodeId, (&'static str, String)> {
+fn check_hello(
+    identity: &Identity,
+    hello: &Message,
+) -> Result<(NodeId, Lineage), (&'static str, String)> {
     let Message::Hello {
         protocol,
         cluster,
         from,
         to,
+        lineage,
     } = hello
     else {
         return Err(("no_hello", format!("expected hello, got {}", hello.kind())));
@@ -287,7 +311,7 @@ fn check_hello(identity: &Identity, hello: &Message) -> Result<NodeId, (&'static
             format!("{from} expected {to} but reached {}", identity.node),
         ));
     }
-    Ok(from.clone())
+    Ok((from.clone(), lineage.clone()))
 }
 
 /// Accepts inbound peer connections until `shutdown`, each served by its own task.
@@ -369,8 +393,14 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(None) => return,
         Err(_) => return refuse("handshake_timeout", &"no hello in time"),
     };
-    let from = match check_hello(identity, &hello) {
-        Ok(from) => from,
+    let admitted = check_hello(identity, &hello).and_then(|(from, lineage)| {
+        let ours = responder
+            .admit(&from, &lineage)
+            .map_err(|sentence| ("retired", sentence))?;
+        Ok((from, ours))
+    });
+    let (from, lineage) = match admitted {
+        Ok(admitted) => admitted,
         Err((reason, sentence)) => {
             refuse(reason, &sentence);
             let refusal = Message::Refuse { reason: sentence };
@@ -382,7 +412,8 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     frames
         .codec_mut()
         .set_max_frame_bytes(options.max_frame_bytes);
-    if tokio::time::timeout(options.connect_timeout, frames.send(&Message::Welcome))
+    let welcome = Message::Welcome { lineage };
+    if tokio::time::timeout(options.connect_timeout, frames.send(&welcome))
         .await
         .is_err()
     {
@@ -461,6 +492,7 @@ mod tests {
             cluster: cluster.into(),
             from: NodeId::new(from).unwrap(),
             to: NodeId::new(to).unwrap(),
+            lineage: Lineage::default(),
         }
     }
 
@@ -470,6 +502,7 @@ mod tests {
         assert_eq!(
             check_hello(&me, &hello(PROTOCOL_VERSION, "c", "n2", "n1"))
                 .unwrap()
+                .0
                 .as_str(),
             "n2"
         );
@@ -554,6 +587,7 @@ mod tests {
             client,
             &identity("n1"),
             &NodeId::new("n2").unwrap(),
+            Lineage::default(),
             &options(),
         )
         .await
@@ -569,6 +603,52 @@ mod tests {
         server_task.await.unwrap();
     }
 
+    /// Admits only epoch 7, and presents epoch 9.
+    struct Picky;
+    impl Responder for Picky {
+        fn respond(&self, _from: &NodeId, _request: Message) -> ReplyFuture {
+            Box::pin(std::future::ready(Err(NoReply::Unexpected)))
+        }
+        fn admit(&self, from: &NodeId, theirs: &Lineage) -> Result<Lineage, String> {
+            if theirs.epoch.id != 7 {
+                return Err(format!("{from} is refused: wipe its data directory"));
+            }
+            let mut ours = Lineage::default();
+            ours.epoch.id = 9;
+            Ok(ours)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_handshake_carries_lineages_and_the_responder_may_refuse_one() {
+        for (epoch, admitted) in [(7, true), (8, false)] {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let server_task = tokio::spawn(async move {
+                let options = options();
+                let limiter = LogLimiter::new(options.clock.clone());
+                let address = "127.0.0.1:1".parse().unwrap();
+                serve_connection(server, address, &identity("n2"), &options, &Picky, &limiter)
+                    .await;
+            });
+            let mut lineage = Lineage::default();
+            lineage.epoch.id = epoch;
+            let n2 = NodeId::new("n2").unwrap();
+            let result = Link::open(client, &identity("n1"), &n2, lineage, &options()).await;
+            match result {
+                Ok(link) => {
+                    assert!(admitted);
+                    assert_eq!(link.peer_lineage().epoch.id, 9);
+                }
+                Err(LinkError::Refused(reason)) => {
+                    assert!(!admitted);
+                    assert_eq!(reason, "n1 is refused: wipe its data directory");
+                }
+                Err(other) => panic!("{other}"),
+            }
+            server_task.abort();
+        }
+    }
+
     #[tokio::test]
     async fn a_silent_peer_times_out() {
         let (client, _server) = tokio::io::duplex(1 << 16);
@@ -576,6 +656,7 @@ mod tests {
             client,
             &identity("n1"),
             &NodeId::new("n2").unwrap(),
+            Lineage::default(),
             &TransportOptions {
                 connect_timeout: Duration::from_millis(50),
                 ..options()

@@ -13,7 +13,7 @@ use meshkv::clock::{ManualClock, NodeId};
 use meshkv::metrics::Metrics;
 use meshkv::peer::{dial, Identity, Link, LinkError, TransportOptions};
 use meshkv::transport::TcpTransport;
-use meshkv::wire::Message;
+use meshkv::wire::{Lineage, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -448,6 +448,7 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
         stream,
         &identity("n2"),
         &n1,
+        Lineage::default(),
         &transport(b"wrong secret, wrong tag"),
     )
     .await;
@@ -468,6 +469,7 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
         stream,
         &identity("n9"),
         &n1,
+        Lineage::default(),
         &transport(b"correct horse battery staple"),
     )
     .await;
@@ -489,6 +491,7 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
         stream,
         &identity("n2"),
         &n1,
+        Lineage::default(),
         &transport(b"correct horse battery staple"),
     )
     .await

@@ -14,7 +14,7 @@ use meshkv::config::ClusterConfig;
 use meshkv::fuzz_checks::{self, frame, frame_message, hello, CLUSTER, SECRET, WALL_MS};
 use meshkv::store::digest::{bucket_of, BUCKETS, GROUPS};
 use meshkv::store::Entry;
-use meshkv::wire::{Message, PROTOCOL_VERSION};
+use meshkv::wire::{DataEpoch, Lineage, Message, PROTOCOL_VERSION};
 
 type Check = fn(&[u8]);
 
@@ -157,11 +157,30 @@ fn entry(key: &str, value: Option<&[u8]>, replaces: Option<Version>) -> Entry {
     }
 }
 
+/// A `Welcome` from a node that knows of no retirement.
+fn welcome() -> Message {
+    Message::Welcome {
+        lineage: Lineage::default(),
+    }
+}
+
 /// One message of every kind, with a file-name-friendly label.
 fn messages() -> Vec<(&'static str, Message)> {
     vec![
         ("hello", hello()),
-        ("welcome", Message::Welcome),
+        ("welcome", welcome()),
+        (
+            "welcome-retired",
+            Message::Welcome {
+                lineage: Lineage {
+                    epoch: DataEpoch {
+                        id: 0x1234_5678_9abc_def0,
+                        created_ms: WALL_MS - 5_000,
+                    },
+                    retired: vec![(id("n3"), WALL_MS - 1_000)],
+                },
+            },
+        ),
         (
             "refuse",
             Message::Refuse {
@@ -332,6 +351,7 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
         cluster: cluster.into(),
         from: id(from),
         to: id(to),
+        lineage: Lineage::default(),
     };
     let mut seeds = Vec::new();
     // Acceptor: a member's hello, then each request the responder answers.
@@ -404,7 +424,7 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
     ));
     // Initiator: what a peer answers to our hello and the anti-entropy round after it.
     let round = |label: &str, replies: Vec<Message>| {
-        let mut all = vec![Message::Welcome];
+        let mut all = vec![welcome()];
         all.extend(replies);
         (
             format!("initiate-{label}"),
@@ -448,9 +468,9 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
     ));
     seeds.push((
         "initiate-secret".into(),
-        with_mode(8 | 1, &frames(&[Message::Welcome, Message::InSync], secret)),
+        with_mode(8 | 1, &frames(&[welcome(), Message::InSync], secret)),
     ));
-    let replies: Vec<Vec<u8>> = std::iter::once(Message::Welcome)
+    let replies: Vec<Vec<u8>> = std::iter::once(welcome())
         .chain(repair)
         .map(|message| payload(&message))
         .collect();

@@ -318,19 +318,33 @@ async fn convergence(
     ))
 }
 
-/// `GET /v1/cluster`: this node's failure-detector view of its peers.
+/// `GET /v1/cluster`: this node's failure-detector view of its peers, and how
+/// tombstone collection sees each (`tombstones`: `synced` when a clean round set its
+/// watermark (it holds the tombstones this node held then), `waiting` for a first clean
+/// round, `excluded` for silence longer than the grace; `refused` says why
+/// a retired peer's data is refused). `retired` says why this node's own data was
+/// retired, if it was.
 async fn cluster(State(state): State<Arc<AppState>>) -> Response {
+    let collection = state.replica.collection_views();
     let peers: Vec<Value> = state
         .replica
         .peer_views()
         .into_iter()
         .map(|(view, pending)| {
+            let gc = collection.iter().find(|gc| gc.id == view.id);
+            let tombstones = match gc {
+                Some(gc) if gc.excluded => "excluded",
+                Some(gc) if gc.watermark.is_some() => "synced",
+                _ => "waiting",
+            };
             json!({
                 "id": view.id.as_str(),
                 "state": view.state.as_str(),
                 "last_seen_ms": view.last_seen_ms,
                 "pending": pending,
                 "last_sync_ms": view.last_sync_ms,
+                "tombstones": tombstones,
+                "refused": gc.and_then(|gc| gc.refused.clone()),
             })
         })
         .collect();
@@ -339,6 +353,7 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
         "durable": state.replica.durable(),
         "catching_up": state.replica.catching_up(),
         "peers": peers,
+        "retired": state.replica.retired(),
     }))
 }
 

@@ -146,6 +146,10 @@ impl Truncation {
 pub struct Recovery {
     /// The directory was new.
     pub created: bool,
+    /// The directory's data epoch: a random number drawn at its creation.
+    pub epoch: u64,
+    /// When the directory was created (wall-clock ms).
+    pub created_ms: u64,
     /// Segments replayed.
     pub segments: usize,
     /// Records handed to the callback.
@@ -389,6 +393,8 @@ impl FileJournal {
             });
         };
         let epoch = meta.epoch().unwrap_or_default();
+        recovery.epoch = epoch;
+        recovery.created_ms = meta.created_ms;
         let lease = LeaseFile::open(&dir, options.repair)?;
 
         let mut sealed = check_headers(&dir, epoch, options.repair, &mut ids, &mut recovery)?;

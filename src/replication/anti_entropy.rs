@@ -22,6 +22,18 @@
 //! ends when every differing bucket has been handled; writes that land meanwhile are
 //! left to the next round. Either side may initiate; both do, on their own timers.
 //!
+//! # What a clean round proves (tombstone collection)
+//! When the initiator sends `SyncRoot`, it notes its store's change number `S`
+//! ([`Store::seq`]). A round that finishes with every push accepted (no key refused for
+//! clock skew) proves that the replier now holds, for every key the initiator held at
+//! `S`, that version or a newer one, or has collected its tombstone: equal roots, equal
+//! groups and equal buckets mean equal contents at the moment they were compared (which
+//! is after `S`, and a store's registers only grow newer); differing buckets are listed
+//! pair by pair, and every key where the replier was older or absent was pushed and
+//! acknowledged. Writes after `S` are not covered. [`Outcome::covered`] carries `S` for
+//! such a round; the caller turns it into the replier's watermark. (Tombstones the
+//! initiator collected meanwhile were already held by every node, the replier included.)
+//!
 //! The session's state is an explicit phase: `Start`, `Awaiting` the reply to one of
 //! `Root`, `Buckets`, `Push` or `Fetch` (which carries the keys asked for), `Between`
 //! two requests, `Finished`. A reply that does not fit the request in flight abandons
@@ -31,7 +43,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::clock::Version;
 use crate::store::digest::{self, BucketId, GROUPS};
-use crate::store::{Entry, Store};
+use crate::store::{Entry, Seq, Store};
 use crate::wire::Message;
 
 /// Buckets whose hashes travel in one `SyncBuckets` request.
@@ -59,6 +71,10 @@ pub struct Outcome {
     pub pushed: usize,
     /// Entries received from the replier.
     pub fetched: usize,
+    /// Set when the round finished with every push accepted: the initiator's change
+    /// number when the round began. The replier then holds everything the initiator
+    /// held at that point, or newer (see the module header).
+    pub covered: Option<Seq>,
 }
 
 /// Where a round stands.
@@ -107,6 +123,10 @@ impl Awaiting {
 #[derive(Debug, Default)]
 pub struct SyncSession {
     phase: Phase,
+    /// The initiator's change number when `SyncRoot` was sent.
+    start_seq: Seq,
+    /// Some pushed key was refused: the round proves nothing for the watermark.
+    refused: bool,
     buckets: VecDeque<BucketId>,
     to_push: VecDeque<String>,
     to_fetch: VecDeque<String>,
@@ -133,12 +153,15 @@ impl SyncSession {
         );
         let (request, awaiting) = match self.phase {
             Phase::Finished => return None,
-            Phase::Start => (
-                Message::SyncRoot {
-                    root: store.digest().root(),
-                },
-                Awaiting::Root,
-            ),
+            Phase::Start => {
+                self.start_seq = store.seq();
+                (
+                    Message::SyncRoot {
+                        root: store.digest().root(),
+                    },
+                    Awaiting::Root,
+                )
+            }
             Phase::Awaiting(_) | Phase::Between => {
                 if !self.to_push.is_empty() {
                     let mut entries = Vec::new();
@@ -181,7 +204,7 @@ impl SyncSession {
                         .collect();
                     (Message::SyncBuckets { buckets }, Awaiting::Buckets)
                 } else {
-                    self.phase = Phase::Finished;
+                    self.finish();
                     return None;
                 }
             }
@@ -207,7 +230,7 @@ impl SyncSession {
         match (awaiting, reply) {
             (Awaiting::Root, Message::InSync) => {
                 self.outcome.in_sync = true;
-                self.phase = Phase::Finished;
+                self.finish();
             }
             (Awaiting::Root, Message::SyncGroups { groups }) if groups.len() == GROUPS => {
                 let local = store.digest();
@@ -233,7 +256,9 @@ impl SyncSession {
                 }
                 self.plan_repairs(store, &covered, versions);
             }
-            (Awaiting::Push, Message::PushAck { .. }) => {}
+            (Awaiting::Push, Message::PushAck { refused }) => {
+                self.refused |= !refused.is_empty();
+            }
             (Awaiting::Fetch { mut keys }, Message::Entries { entries, served }) => {
                 let served = (served as usize).min(keys.len());
                 // Keys asked for but not answered yet go back to the front of the queue.
@@ -256,6 +281,14 @@ impl SyncSession {
             }
         }
         Ok(Vec::new())
+    }
+
+    /// Ends the round that handled every difference.
+    fn finish(&mut self) {
+        self.phase = Phase::Finished;
+        if !self.refused {
+            self.outcome.covered = Some(self.start_seq);
+        }
     }
 
     /// Compares the replier's versions of `covered` buckets with ours.
@@ -442,6 +475,42 @@ mod tests {
         let (outcome, _) = round(&mut full, &mut empty, 4096);
         assert_eq!(outcome.pushed, 3000);
         assert_eq!(empty.digest(), full.digest());
+    }
+
+    #[test]
+    fn a_clean_round_covers_the_initiators_state_at_its_start() {
+        let mut a = Store::new();
+        let mut b = Store::new();
+        a.merge(entry("only_a", 1, "n1"));
+        b.merge(entry("only_b", 1, "n2"));
+        let (outcome, _) = round(&mut a, &mut b, 1 << 20);
+        // The start was after one change; the fetch of only_b came later.
+        assert_eq!(outcome.covered, Some(1));
+        assert_eq!(a.seq(), 2);
+        let (outcome, requests) = round(&mut a, &mut b, 1 << 20);
+        assert!(outcome.in_sync);
+        assert_eq!((outcome.covered, requests), (Some(2), 1));
+    }
+
+    #[test]
+    fn a_refused_push_or_an_abandoned_round_covers_nothing() {
+        let mut a = Store::new();
+        a.merge(entry("only_a", 1, "n1"));
+        let b = Store::new();
+        let mut session = session_awaiting(&a, &b, "push");
+        session
+            .on_reply(
+                Message::PushAck {
+                    refused: vec!["only_a".into()],
+                },
+                &a,
+            )
+            .unwrap();
+        assert!(session.next_request(&a, 1 << 20).is_none());
+        assert_eq!(session.outcome().covered, None);
+        let mut session = session_awaiting(&a, &b, "push");
+        assert!(session.on_reply(Message::InSync, &a).is_err());
+        assert_eq!(session.outcome().covered, None);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::metrics::PeerLabels;
 use crate::peer::{dial, Identity, Link, LinkError, TransportOptions};
 use crate::store::Entry;
 use crate::transport::Transport;
-use crate::wire::Message;
+use crate::wire::{Lineage, Message};
 
 /// Timing of one peer's driver.
 #[derive(Clone, Debug)]
@@ -118,7 +118,22 @@ pub async fn run(
         } else {
             transport.connect_timeout
         };
-        let opened = open_link(&*network, &target, &identity, peer_id, &transport, redial);
+        let opened = async {
+            let link = open_link(
+                &*network,
+                &target,
+                &identity,
+                peer_id,
+                &node.lineage(),
+                &transport,
+                redial,
+            )
+            .await?;
+            // Our side of the admission: the peer's data may be retired (or ours).
+            node.admit(peer_id, link.peer_lineage())
+                .map_err(LinkError::Refused)?;
+            Ok(link)
+        };
         let result = tokio::select! {
             // In order: a stopping node starts nothing new.
             biased;
@@ -218,6 +233,7 @@ async fn open_link(
     target: &PeerTarget,
     identity: &Identity,
     peer: &NodeId,
+    lineage: &Lineage,
     transport: &TransportOptions,
     redial: Duration,
 ) -> Result<Link, LinkError> {
@@ -229,7 +245,7 @@ async fn open_link(
             transport.connect_timeout,
         )
         .await?;
-        Link::open(stream, identity, peer, transport).await
+        Link::open(stream, identity, peer, lineage.clone(), transport).await
     };
     let limit = (transport.connect_timeout.as_millis() / redial.as_millis().max(1)).max(1);
     let mut attempts = FuturesUnordered::new();
@@ -311,6 +327,10 @@ async fn drive(
     // A push went last: the other work gets its turn first.
     let mut owed = false;
     loop {
+        // 0. A peer retired since the link came up (or this node retired): drop it.
+        if let Some(reason) = node.refused(peer_id) {
+            return LinkError::Refused(reason);
+        }
         if owed {
             owed = false;
             let mut worked = false;
@@ -448,6 +468,9 @@ impl Round {
                 debug!(peer = %peer_id, pushed = outcome.pushed, fetched = outcome.fetched, "anti-entropy repaired");
             }
             node.detector().synced(peer_id, node.now_ms());
+            if let Some(covered) = outcome.covered {
+                node.round_clean(peer_id, covered);
+            }
             self.session = None;
             // A round that found differences is soon followed by another, until the
             // replicas agree; an idle one waits for the timer.

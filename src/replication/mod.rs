@@ -16,10 +16,10 @@
 //! | `responder` | answers to peers' requests (the transport's `Responder`) |
 //! | [`driver`] | one task per peer: its link, pushes, jobs, anti-entropy rounds |
 //! | `peers` | one owned `Peer` per peer: outbox, job queue, wake-up |
-//! | `state` | the node's shared state: HLC + store (the one merge point, which appends to the journal), detector, clock, metrics |
+//! | `state` | the node's shared state: HLC + store (the one merge point, which appends to the journal), detector, clock, metrics, the collection ledger |
 //! | `durable` | the journal record codec, recovery into a store, the HLC lease and its keeper |
 //! | `level` | [`Consistency`], [`ReplicationError`] |
-//! | [`outbox`], [`anti_entropy`] | pure mechanisms: the per-peer queue; the round planner |
+//! | [`outbox`], [`anti_entropy`], [`tombstones`] | pure mechanisms: the per-peer queue; the round planner; the tombstone collection rule |
 
 pub mod anti_entropy;
 pub mod driver;
@@ -31,11 +31,14 @@ mod peers;
 mod read;
 mod responder;
 mod state;
+pub mod tombstones;
 mod write;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::clock::{Clock, NodeId, Version};
 use crate::membership::PeerView;
@@ -53,7 +56,11 @@ pub use read::NodeSummary;
 use responder::PeerResponder;
 use state::NodeState;
 pub use state::ReplicationOptions;
+use tombstones::CollectionView;
 pub use write::WriteOutcome;
+
+/// Tombstones dropped per hold of the core lock.
+pub const COLLECT_SLICE: usize = 1024;
 
 /// The node's replicated state. Clones share it.
 #[derive(Clone)]
@@ -259,6 +266,37 @@ impl Replica {
             .collect()
     }
 
+    /// Every peer as tombstone collection sees it.
+    pub fn collection_views(&self) -> Vec<CollectionView> {
+        self.node.collection_views()
+    }
+
+    /// Why this node's data no longer takes part in the cluster, if a peer retired it
+    /// (see [`tombstones`]).
+    pub fn retired(&self) -> Option<String> {
+        self.node.self_refusal()
+    }
+
+    /// Collects tombstones every `interval` until `shutdown`: as many as the rule
+    /// allows, [`COLLECT_SLICE`] per hold of the core lock, yielding in between, so
+    /// collection never stalls requests.
+    pub async fn collect_tombstones(&self, interval: Duration, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                // In order: a stopping node starts nothing new.
+                biased;
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            while self.node.collect_tombstones(COLLECT_SLICE) == COLLECT_SLICE {
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
     /// Merges entries from `from`, refusing versions too far in the future. Returns the
     /// keys refused.
     /// Does not wait: if the journal's queue is full (or the journal failed), every key
@@ -298,6 +336,11 @@ mod tests {
             outbox_max_keys: 1000,
             suspect_after: Duration::from_millis(600),
             startup_sync_timeout: Duration::from_millis(5000),
+            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
+            epoch: crate::wire::DataEpoch {
+                id: 1,
+                created_ms: 0,
+            },
         }
     }
 

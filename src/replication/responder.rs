@@ -13,7 +13,7 @@ use super::state::NodeState;
 use crate::clock::NodeId;
 use crate::peer::{NoReply, ReplyFuture, Responder};
 use crate::persist::JournalError;
-use crate::wire::Message;
+use crate::wire::{Lineage, Message};
 
 /// Answers requests arriving on inbound links, and tells the failure detector (and the
 /// peer's driver) that the peer is running.
@@ -37,6 +37,11 @@ impl Responder for PeerResponder {
         }
     }
 
+    fn admit(&self, from: &NodeId, theirs: &Lineage) -> Result<Lineage, String> {
+        self.node.admit(from, theirs)?;
+        Ok(self.node.lineage())
+    }
+
     /// Every reply that tells the peer what this node holds (an ack, hashes, versions,
     /// entries, a summary) is sent only once that state is durable here, so `live`,
     /// `quorum` and `all` count durable copies and anti-entropy never takes a
@@ -44,6 +49,11 @@ impl Responder for PeerResponder {
     /// the reply waits.
     fn respond(&self, from: &NodeId, request: Message) -> ReplyFuture {
         let node = self.node.clone();
+        // A peer retired since its link was admitted (or this node retired): the
+        // connection closes, and the next handshake says why.
+        if let Some(reason) = node.refused(from) {
+            return Box::pin(std::future::ready(Err(NoReply::Failed(reason))));
+        }
         node.detector().heard_from(from, node.now_ms());
         let budget = node.options().batch_bytes;
         let (reply, barrier) = match request {
@@ -180,6 +190,11 @@ mod tests {
             outbox_max_keys: 100,
             suspect_after: Duration::from_millis(600),
             startup_sync_timeout: Duration::from_millis(5000),
+            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
+            epoch: crate::wire::DataEpoch {
+                id: 1,
+                created_ms: 0,
+            },
         };
         let recovered = Recovered {
             store: Store::new(),

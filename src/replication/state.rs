@@ -9,6 +9,8 @@
 //! order of the merges, and compaction's liveness check sees only appended records),
 //! and returns the LSN to wait for before acknowledging. Local stamps stay within the
 //! durable HLC lease (see `durable`).
+//! The one other change, dropping tombstones, is [`NodeState::collect_tombstones`],
+//! under the rule of the collection [`Ledger`] it also holds.
 //! Knows nothing of: peers' queues and links, consistency levels, tasks.
 //!
 //! The core lock is a std mutex: it is held for microseconds and never across an
@@ -27,7 +29,10 @@ use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
 use crate::persist::{Journal, JournalError, JournalStats, Lsn, RecordBatch, Slot};
-use crate::store::{Entry, Limits, Merged, Store};
+use crate::store::{Entry, Limits, Merged, Seq, Store};
+use crate::wire::{DataEpoch, Lineage};
+
+use super::tombstones::{CollectionView, Horizon, Ledger};
 
 /// Settings of the replication layer.
 #[derive(Clone, Debug)]
@@ -48,6 +53,12 @@ pub struct ReplicationOptions {
     pub suspect_after: Duration,
     /// Longest wait after start before serving clients, caught up or not.
     pub startup_sync_timeout: Duration,
+    /// A peer out of contact longer than this no longer holds tombstone collection back
+    /// (and its data is refused when it returns).
+    pub tombstone_grace: Duration,
+    /// The epoch of this node's data: when and with which random id its store began
+    /// empty.
+    pub epoch: DataEpoch,
 }
 
 /// The clock and the data, locked together: a write's stamp and its merge are one
@@ -94,6 +105,8 @@ pub(super) struct NodeState {
     lease: Arc<Lease>,
     durable: bool,
     resumed: bool,
+    /// Tombstone collection: watermarks, contacts, retirements.
+    ledger: Mutex<Ledger>,
 }
 
 impl NodeState {
@@ -135,7 +148,15 @@ impl NodeState {
         let window = durable::lease_window_ms(options.max_clock_skew_ms);
         // Without a disk nothing survives the process, so there is nothing to lease.
         let lease = Lease::new(if durable { old_lease } else { u64::MAX }, window);
+        let ledger = Ledger::new(
+            id.clone(),
+            peers.iter().cloned(),
+            options.epoch,
+            options.tombstone_grace.as_millis() as u64,
+            clock.wall_ms(),
+        );
         Self {
+            ledger: Mutex::new(ledger),
             id,
             core: Mutex::new(Core {
                 hlc,
@@ -457,5 +478,76 @@ impl NodeState {
                 .get_or_create(&ReasonLabels { reason })
                 .inc_by(count as u64);
         }
+    }
+}
+
+/// Tombstone collection (see `tombstones`): the ledger's rule applied to the store.
+impl NodeState {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().expect("ledger lock poisoned")
+    }
+
+    /// What this node presents in a handshake.
+    pub(super) fn lineage(&self) -> Lineage {
+        self.ledger().lineage()
+    }
+
+    /// Admits `peer` presenting `theirs` in a handshake, or says why not (logged at most
+    /// once per interval per peer).
+    pub(super) fn admit(&self, peer: &NodeId, theirs: &Lineage) -> Result<(), String> {
+        let admitted = self.ledger().admit(peer, theirs, self.wall_ms());
+        if let Err(reason) = &admitted {
+            if self.may_log(&format!("retired:{peer}")) {
+                warn!(%peer, "{reason}");
+            }
+        }
+        admitted
+    }
+
+    /// Why the links with `peer` must be dropped now, if they must.
+    pub(super) fn refused(&self, peer: &NodeId) -> Option<String> {
+        self.ledger().refused(peer)
+    }
+
+    /// Why this node no longer takes part in the cluster, if it does not.
+    pub(super) fn self_refusal(&self) -> Option<String> {
+        self.ledger().self_refusal()
+    }
+
+    /// A round with `peer` that began at change `covered` finished cleanly.
+    pub(super) fn round_clean(&self, peer: &NodeId, covered: Seq) {
+        self.ledger().round_clean(peer, covered, self.wall_ms());
+    }
+
+    /// Every peer as collection sees it.
+    pub(super) fn collection_views(&self) -> Vec<CollectionView> {
+        self.ledger().views(self.wall_ms())
+    }
+
+    /// Drops up to `slice` collectable tombstones (one short hold of the core lock) and
+    /// returns how many. A collection that leaves out peers silent for longer than the
+    /// grace retires them first (see `tombstones`).
+    pub(super) fn collect_tombstones(&self, slice: usize) -> usize {
+        let now = self.wall_ms();
+        let seq = self.with_store(Store::seq);
+        let Horizon::At {
+            seq: horizon,
+            excluded,
+        } = self.ledger().horizon(now, seq)
+        else {
+            return 0;
+        };
+        if !self.with_store(|store| store.has_collectable(horizon)) {
+            return 0;
+        }
+        if !excluded.is_empty() {
+            let retired = self.ledger().retire(&excluded, now);
+            if !retired.is_empty() {
+                warn!(peers = ?retired, grace_ms = self.options.tombstone_grace.as_millis() as u64, "collecting tombstones without peers out of contact for longer than the grace: their present data will be refused");
+            }
+        }
+        let collected = self.core().store.collect(horizon, slice);
+        self.metrics.tombstones_collected.inc_by(collected as u64);
+        collected
     }
 }

@@ -16,12 +16,16 @@
 //!
 //! Deletes write tombstones, which are kept (and replicated, and hashed into the digest)
 //! like values: a delete is never undone by a replica that missed it. Tombstones are
-//! collected only once every node holds them; see DESIGN.md.
+//! collected ([`Store::collect`]) only below a horizon the caller proves safe (every
+//! node holds them or something newer; see DESIGN.md §2 and `replication::tombstones`).
+//! The store numbers its changes ([`Store::seq`]) so the caller can name that horizon,
+//! and remembers recently collected tombstones (see [`collect`]).
 //!
 //! `replaces` does not take part in the merge. It records what the writer had seen of
 //! the key when it wrote (the version it overwrote), so that a node can tell an
 //! overwrite that knew its predecessor from a concurrent one that did not.
 
+pub mod collect;
 pub mod digest;
 pub mod limits;
 
@@ -34,6 +38,8 @@ use crdts::{CvRDT, LWWReg};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Version;
+pub use collect::Seq;
+use collect::{CollectedMemory, TombstoneIndex};
 pub use digest::{BucketId, Digest};
 pub use limits::{InputError, Limits};
 
@@ -154,6 +160,12 @@ pub struct Store {
     digest: Digest,
     tombstones: usize,
     max_version: Option<Version>,
+    /// The number of changes applied so far: each change's [`Seq`].
+    seq: Seq,
+    /// Tombstones by the seq of the change that wrote them.
+    tombstone_index: TombstoneIndex,
+    /// Tombstones collected lately, so that an older copy coming back is a no-op.
+    collected: CollectedMemory,
 }
 
 impl Store {
@@ -174,30 +186,87 @@ impl Store {
             .map(|register| Entry::of(key, register))
     }
 
-    /// Merges one entry: it replaces the key's register if its version is larger.
+    /// Merges one entry: it replaces the key's register if its version is larger. An
+    /// entry for an absent key whose tombstone was collected lately, at this version or
+    /// a newer one, is [`Merged::Stale`] too.
     pub fn merge(&mut self, entry: Entry) -> Merged {
         let (key, incoming) = entry.into_register();
         let bucket = digest::bucket_of(&key);
-        let previous = match self.registers.get_mut(key.as_str()) {
-            Some(current) if current.marker >= incoming.marker => return Merged::Stale,
-            Some(current) => {
-                let previous = current.clone();
-                current.merge(incoming.clone());
+        let (shared, previous) = match self.registers.get_key_value(key.as_str()) {
+            Some((_, current)) if current.marker >= incoming.marker => return Merged::Stale,
+            Some((shared, current)) => {
+                let (shared, previous) = (shared.clone(), current.clone());
                 self.forget(bucket, &key, &previous);
-                Some(previous)
+                if previous.val.value.is_none() {
+                    self.tombstone_index.remove(&key);
+                }
+                let current = self.registers.get_mut(key.as_str()).expect("present");
+                current.merge(incoming.clone());
+                (shared, Some(previous))
             }
             None => {
+                if self.collected.covers(&key, &incoming.marker) {
+                    return Merged::Stale;
+                }
+                self.collected.forget(&key);
                 let shared: Arc<str> = Arc::from(key.as_str());
                 self.buckets
                     .entry(bucket)
                     .or_default()
                     .insert(shared.clone());
-                self.registers.insert(shared, incoming.clone());
-                None
+                self.registers.insert(shared.clone(), incoming.clone());
+                (shared, None)
             }
         };
+        self.seq += 1;
+        if incoming.val.value.is_none() {
+            self.tombstone_index.insert(shared, self.seq);
+        }
         self.remember(bucket, &key, &incoming);
         Merged::Applied { previous }
+    }
+
+    /// The [`Seq`] of the last change applied (0: none). Every tombstone held now was
+    /// written at or below it.
+    pub fn seq(&self) -> Seq {
+        self.seq
+    }
+
+    /// Whether some tombstone was written at or below `horizon`.
+    pub fn has_collectable(&self, horizon: Seq) -> bool {
+        self.tombstone_index.any_below(horizon)
+    }
+
+    /// Drops up to `max` tombstones written at or below `horizon`, oldest first, and
+    /// remembers them (see [`collect`]); returns how many it dropped. The caller
+    /// guarantees that every node holds each of them or a newer version of its key.
+    pub fn collect(&mut self, horizon: Seq, max: usize) -> usize {
+        let keys = self.tombstone_index.below(horizon, max);
+        for key in &keys {
+            let bucket = digest::bucket_of(key);
+            let Some(register) = self.registers.remove(&**key) else {
+                continue;
+            };
+            self.forget(bucket, key, &register);
+            if let Some(set) = self.buckets.get_mut(&bucket) {
+                set.remove(&**key);
+                if set.is_empty() {
+                    self.buckets.remove(&bucket);
+                }
+            }
+            self.tombstone_index.remove(key);
+            self.collected.remember(key.clone(), register.marker);
+        }
+        keys.len()
+    }
+
+    /// An empty store that remembers at most `capacity` collected tombstones (tests use
+    /// 0 to show that safety does not rest on that memory).
+    pub fn with_collected_memory(capacity: usize) -> Self {
+        Self {
+            collected: CollectedMemory::new(capacity),
+            ..Self::default()
+        }
     }
 
     /// Counts a register into the digest and the counters.
@@ -408,6 +477,112 @@ mod tests {
         assert!(listed.iter().all(|key| digest::bucket_of(key) == bucket));
     }
 
+    #[test]
+    fn changes_are_numbered_and_tombstones_indexed_by_their_change() {
+        let mut store = Store::new();
+        assert_eq!(store.seq(), 0);
+        store.merge(put("a", 1, "n1", Some("1")));
+        store.merge(put("b", 1, "n1", None));
+        assert_eq!(store.seq(), 2);
+        // A stale merge is no change.
+        store.merge(put("a", 0, "n1", Some("0")));
+        assert_eq!(store.seq(), 2);
+        store.merge(put("a", 2, "n1", None));
+        assert_eq!(store.seq(), 3);
+        assert_eq!(store.tombstone_index.len(), 2);
+        assert!(!store.has_collectable(1));
+        assert!(store.has_collectable(2));
+        // Below horizon 2 only b's tombstone (change 2) is collectable.
+        assert_eq!(store.collect(2, 100), 1);
+        assert!(store.get("b").is_none());
+        assert!(store.get("a").is_some());
+        // A value written over a tombstone takes it out of the index.
+        store.merge(put("a", 3, "n1", Some("back")));
+        assert_eq!(store.tombstone_index.len(), 0);
+        assert_eq!(store.collect(u64::MAX, 100), 0);
+        assert_eq!(store.summary().tombstones, 0);
+    }
+
+    #[test]
+    fn collection_keeps_digest_index_and_counts_exact_and_works_in_slices() {
+        let mut store = Store::new();
+        for i in 0..50 {
+            store.merge(put(&format!("k{i}"), 1, "n1", Some("v")));
+        }
+        for i in 0..30 {
+            store.merge(put(&format!("k{i}"), 2, "n1", None));
+        }
+        let horizon = store.seq();
+        assert_eq!(store.collect(horizon, 8), 8, "one slice");
+        assert_eq!(store.summary().tombstones, 22);
+        let mut rounds = 1;
+        while store.collect(horizon, 8) > 0 {
+            rounds += 1;
+        }
+        assert_eq!(rounds, 4);
+        let summary = store.summary();
+        assert_eq!((summary.keys, summary.tombstones), (20, 0));
+        assert_eq!(summary.digest, store.recompute_root());
+        // The result is the store that never held the deleted keys.
+        let mut fresh = Store::new();
+        for i in 30..50 {
+            fresh.merge(put(&format!("k{i}"), 1, "n1", Some("v")));
+        }
+        assert_eq!(store.digest(), fresh.digest());
+        for bucket in 0..digest::BUCKETS as BucketId {
+            let mut ours: Vec<_> = store.bucket_versions(bucket).collect();
+            let mut theirs: Vec<_> = fresh.bucket_versions(bucket).collect();
+            ours.sort();
+            theirs.sort();
+            assert_eq!(ours, theirs);
+        }
+    }
+
+    #[test]
+    fn a_collected_tombstone_turns_older_copies_away_but_not_newer_writes() {
+        let mut store = Store::new();
+        store.merge(put("k", 1, "n1", Some("old")));
+        store.merge(put("k", 5, "n2", None));
+        store.collect(store.seq(), 10);
+        assert_eq!(store.collected.len(), 1);
+        // The same tombstone pushed back by a peer that still holds it, or an older
+        // value still in flight: no-ops.
+        assert_eq!(store.merge(put("k", 5, "n2", None)), Merged::Stale);
+        assert_eq!(store.merge(put("k", 1, "n1", Some("old"))), Merged::Stale);
+        assert!(store.get("k").is_none());
+        // A newer write is a write.
+        assert!(matches!(
+            store.merge(put("k", 6, "n3", Some("new"))),
+            Merged::Applied { previous: None }
+        ));
+        assert_eq!(store.collected.len(), 0);
+    }
+
+    #[test]
+    fn the_memory_of_collected_tombstones_is_bounded_oldest_first() {
+        let mut store = Store::with_collected_memory(2);
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            store.merge(put(key, 1, "n1", None));
+            store.collect(store.seq(), 10);
+            assert_eq!(store.collected.len(), (i + 1).min(2));
+        }
+        // `a` was forgotten: its old tombstone comes back as a tombstone (harmless,
+        // and collected again later); `b` and `c` are still remembered.
+        assert!(matches!(
+            store.merge(put("a", 1, "n1", None)),
+            Merged::Applied { .. }
+        ));
+        assert_eq!(store.merge(put("b", 1, "n1", None)), Merged::Stale);
+        assert_eq!(store.merge(put("c", 1, "n1", None)), Merged::Stale);
+        let mut none = Store::with_collected_memory(0);
+        none.merge(put("k", 1, "n1", None));
+        none.collect(1, 1);
+        assert!(matches!(
+            none.merge(put("k", 1, "n1", None)),
+            Merged::Applied { .. }
+        ));
+    }
+
     // ---- CRDT laws, property-tested -------------------------------------------------
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
@@ -525,6 +700,7 @@ mod tests {
             prop_assert_eq!(store.summary().digest, store.recompute_root());
             let tombstones = store.entries().filter(|e| e.value.is_none()).count();
             prop_assert_eq!(store.summary().tombstones, tombstones);
+            prop_assert_eq!(store.tombstone_index.len(), tombstones);
             let fresh = store_of(&contents(&store));
             prop_assert_eq!(fresh.digest(), store.digest());
         }

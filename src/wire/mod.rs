@@ -10,7 +10,7 @@
 //!
 //! | request | reply | purpose |
 //! | --- | --- | --- |
-//! | `Hello` | `Welcome` or `Refuse` | first frame: protocol version, cluster, both ids |
+//! | `Hello` | `Welcome` or `Refuse` | first frame: protocol version, cluster, both ids, each side's [`Lineage`] |
 //! | `Ping` | `Pong` | liveness when there is nothing else to say |
 //! | `Push` | `PushAck` | new writes (and anti-entropy repairs) for the replier |
 //! | `SyncRoot` | `InSync` or `SyncGroups` | anti-entropy, level 0: compare root hashes |
@@ -29,7 +29,29 @@ use crate::clock::{NodeId, Version};
 use crate::store::{BucketId, Entry};
 
 /// Bumped on every incompatible change of [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// Where a node's data comes from: the epoch its store began in, empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataEpoch {
+    /// A random number drawn when the store began empty (each start of a memory-only
+    /// node; the creation of a data directory).
+    pub id: u64,
+    /// When it began: wall-clock ms of the node.
+    pub created_ms: u64,
+}
+
+/// What each side of a handshake says of its data, for tombstone collection: its
+/// epoch, and the nodes whose older data it refuses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lineage {
+    /// The sender's data epoch.
+    pub epoch: DataEpoch,
+    /// `(node, at_ms)`: the sender (or a node it heard from) collected tombstones at
+    /// `at_ms` while `node` was out of contact for longer than the grace, so data of
+    /// `node` from an epoch created before `at_ms` must not rejoin. Usually empty.
+    pub retired: Vec<(NodeId, u64)>,
+}
 
 /// Every frame of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,9 +66,14 @@ pub enum Message {
         from: NodeId,
         /// The id the initiator expects to be talking to.
         to: NodeId,
+        /// The initiator's data epoch and retirements.
+        lineage: Lineage,
     },
     /// The handshake succeeded.
-    Welcome,
+    Welcome {
+        /// The replier's data epoch and retirements.
+        lineage: Lineage,
+    },
     /// The handshake failed; the connection closes after this frame.
     Refuse {
         /// One sentence, logged by the initiator.
@@ -144,7 +171,7 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello { .. } => "hello",
-            Message::Welcome => "welcome",
+            Message::Welcome { .. } => "welcome",
             Message::Refuse { .. } => "refuse",
             Message::Ping => "ping",
             Message::Pong => "pong",
@@ -177,8 +204,11 @@ mod tests {
                 cluster: String::new(),
                 from: id.clone(),
                 to: id,
+                lineage: Lineage::default(),
             },
-            Message::Welcome,
+            Message::Welcome {
+                lineage: Lineage::default(),
+            },
             Message::Refuse {
                 reason: String::new(),
             },
@@ -210,7 +240,7 @@ mod tests {
         for message in &every {
             match message {
                 Message::Hello { .. }
-                | Message::Welcome
+                | Message::Welcome { .. }
                 | Message::Refuse { .. }
                 | Message::Ping
                 | Message::Pong
