@@ -525,7 +525,14 @@ mod tests {
             .set(2);
         let text = metrics.render();
         assert_eq!(families_without_series(&text), Vec::<&str>::new(), "{text}");
-        assert_eq!(text.matches("# TYPE ").count(), 17, "{text}");
+        for family in [
+            "meshkv_catching_up",
+            "meshkv_journal_fsyncs",
+            "meshkv_journal_durable_lag",
+            "meshkv_tombstones_collected",
+        ] {
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family}: {text}");
+        }
         for series in [
             r#"meshkv_peer_frames_rejected_total{reason="bad_tag"} 0"#,
             r#"meshkv_peer_frames_rejected_total{reason="too_many_connections"} 0"#,
