@@ -341,7 +341,7 @@ fn check_acceptor_output(output: &[u8], key: Option<&[u8]>) {
     }
     assert!(buffer.is_empty(), "the node wrote half a frame");
     match replies.first() {
-        None | Some(Message::Welcome) => {}
+        None | Some(Message::Welcome { .. }) => {}
         Some(Message::Refuse { .. }) => assert_eq!(replies.len(), 1, "frames after Refuse"),
         Some(other) => panic!("the node answered a handshake with {}", other.kind()),
     }
@@ -349,7 +349,7 @@ fn check_acceptor_output(output: &[u8], key: Option<&[u8]>) {
         assert!(
             !matches!(
                 reply,
-                Message::Hello { .. } | Message::Welcome | Message::Refuse { .. }
+                Message::Hello { .. } | Message::Welcome { .. } | Message::Refuse { .. }
             ),
             "the node answered a request with {}",
             reply.kind()

@@ -102,6 +102,10 @@ pub struct Metrics {
     pub link_down: Family<PeerLabels, Counter>,
     /// Bounds reached, by bound (`job_queue`, …), other than those counted above.
     pub bounds_hit: Family<ReasonLabels, Counter>,
+    /// Each peer's measured clock offset (its clock minus ours), ms.
+    pub clock_offset_ms: Family<PeerLabels, Gauge>,
+    /// 1 while this node refuses client writes for clock skew, else 0.
+    pub fenced: Gauge,
 }
 
 impl Metrics {
@@ -126,6 +130,8 @@ impl Metrics {
             peer_state: Family::default(),
             link_down: Family::default(),
             bounds_hit: Family::default(),
+            clock_offset_ms: Family::default(),
+            fenced: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -208,6 +214,16 @@ impl Metrics {
             "bounds_hit",
             "Bounds reached (requests dropped), by bound",
             metrics.bounds_hit.clone(),
+        );
+        registry.register(
+            "clock_offset_ms",
+            "Measured clock offset of each peer (its clock minus ours), ms",
+            metrics.clock_offset_ms.clone(),
+        );
+        registry.register(
+            "fenced",
+            "1 while this node refuses client writes for clock skew",
+            metrics.fenced.clone(),
         );
         Arc::new(Self {
             registry,

@@ -79,7 +79,7 @@ pub struct TransportOptions {
     pub max_connections: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// The node's clock (rate limits of log lines).
+    /// The node's clock (rate limits of log lines; the wall time in `Welcome`).
     pub clock: Arc<dyn Clock>,
 }
 
@@ -137,6 +137,8 @@ impl LogLimiter {
 /// An outbound connection to one peer, past the handshake: strict request → reply.
 pub struct Link<S = BoxStream> {
     frames: Framed<S, FrameCodec>,
+    /// The peer's wall clock in its `Welcome`.
+    welcome_wall_ms: u64,
 }
 
 /// Opens a connection to `remote` from `local_ip` through `transport`, within `timeout`.
@@ -165,6 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         codec.set_peer(peer.as_str());
         let mut link = Self {
             frames: Framed::new(stream, codec),
+            welcome_wall_ms: 0,
         };
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
@@ -173,7 +176,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             to: peer.clone(),
         };
         match link.request(&hello, options.connect_timeout).await? {
-            Message::Welcome => {
+            Message::Welcome { wall_ms } => {
+                link.welcome_wall_ms = wall_ms;
                 link.frames
                     .codec_mut()
                     .set_max_frame_bytes(options.max_frame_bytes);
@@ -185,6 +189,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                 got: other.kind(),
             }),
         }
+    }
+
+    /// The peer's wall clock (ms) when it welcomed us: a clock-offset sample for whoever
+    /// timed [`Link::open`].
+    pub fn welcome_wall_ms(&self) -> u64 {
+        self.welcome_wall_ms
     }
 
     /// Resolves when the idle link dies: the peer closed it, reset it (a killed
@@ -367,9 +377,14 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     frames
         .codec_mut()
         .set_max_frame_bytes(options.max_frame_bytes);
-    if tokio::time::timeout(options.connect_timeout, frames.send(&Message::Welcome))
-        .await
-        .is_err()
+    if tokio::time::timeout(
+        options.connect_timeout,
+        frames.send(&Message::Welcome {
+            wall_ms: options.clock.wall_ms(),
+        }),
+    )
+    .await
+    .is_err()
     {
         return;
     }
@@ -481,7 +496,10 @@ mod tests {
     struct Echo;
     impl Responder for Echo {
         fn respond(&self, _from: &NodeId, request: Message) -> Option<Message> {
-            matches!(request, Message::Ping).then_some(Message::Pong)
+            matches!(request, Message::Ping).then_some(Message::Pong {
+                wall_ms: 7,
+                fenced: false,
+            })
         }
     }
 
@@ -493,7 +511,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_connections: 4,
             metrics: Metrics::new(),
-            clock: Arc::new(ManualClock::new(0)),
+            clock: Arc::new(ManualClock::new(5)),
         }
     }
 
@@ -522,11 +540,22 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(
+            link.welcome_wall_ms(),
+            5,
+            "the Welcome carries the replier's clock"
+        );
         let reply = link
             .request(&Message::Ping, Duration::from_secs(1))
             .await
             .unwrap();
-        assert_eq!(reply, Message::Pong);
+        assert_eq!(
+            reply,
+            Message::Pong {
+                wall_ms: 7,
+                fenced: false
+            }
+        );
         // A request the responder does not understand closes the connection.
         let closed = link.request(&Message::InSync, Duration::from_secs(1)).await;
         assert!(matches!(closed, Err(LinkError::Closed)), "{closed:?}");

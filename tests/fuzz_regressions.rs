@@ -161,7 +161,7 @@ fn entry(key: &str, value: Option<&[u8]>, replaces: Option<Version>) -> Entry {
 fn messages() -> Vec<(&'static str, Message)> {
     vec![
         ("hello", hello()),
-        ("welcome", Message::Welcome),
+        ("welcome", Message::Welcome { wall_ms: 0 }),
         (
             "refuse",
             Message::Refuse {
@@ -169,7 +169,13 @@ fn messages() -> Vec<(&'static str, Message)> {
             },
         ),
         ("ping", Message::Ping),
-        ("pong", Message::Pong),
+        (
+            "pong",
+            Message::Pong {
+                wall_ms: 0,
+                fenced: false,
+            },
+        ),
         (
             "push",
             Message::Push {
@@ -189,6 +195,8 @@ fn messages() -> Vec<(&'static str, Message)> {
             "push_ack",
             Message::PushAck {
                 refused: vec!["a".into(), "far-future".into()],
+                wall_ms: WALL_MS,
+                fenced: true,
             },
         ),
         (
@@ -404,7 +412,7 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
     ));
     // Initiator: what a peer answers to our hello and the anti-entropy round after it.
     let round = |label: &str, replies: Vec<Message>| {
-        let mut all = vec![Message::Welcome];
+        let mut all = vec![Message::Welcome { wall_ms: 0 }];
         all.extend(replies);
         (
             format!("initiate-{label}"),
@@ -426,7 +434,11 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
             ],
             remaining: vec![],
         },
-        Message::PushAck { refused: vec![] },
+        Message::PushAck {
+            refused: vec![],
+            wall_ms: 0,
+            fenced: false,
+        },
         Message::Entries {
             entries: vec![
                 entry("a", Some(b"newer on the peer"), None),
@@ -441,16 +453,25 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
         },
     ];
     seeds.push(round("repair", repair.clone()));
-    seeds.push(round("unexpected", vec![Message::Pong]));
+    seeds.push(round(
+        "unexpected",
+        vec![Message::Pong {
+            wall_ms: 0,
+            fenced: false,
+        }],
+    ));
     seeds.push((
         "initiate-refused".into(),
         with_mode(8, &frames(&[messages()[2].1.clone()], None)),
     ));
     seeds.push((
         "initiate-secret".into(),
-        with_mode(8 | 1, &frames(&[Message::Welcome, Message::InSync], secret)),
+        with_mode(
+            8 | 1,
+            &frames(&[Message::Welcome { wall_ms: 0 }, Message::InSync], secret),
+        ),
     ));
-    let replies: Vec<Vec<u8>> = std::iter::once(Message::Welcome)
+    let replies: Vec<Vec<u8>> = std::iter::once(Message::Welcome { wall_ms: 0 })
         .chain(repair)
         .map(|message| payload(&message))
         .collect();

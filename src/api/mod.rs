@@ -360,16 +360,24 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
         .peer_views()
         .into_iter()
         .map(|(view, pending)| {
+            let offset = state.replica.clock_offset(&view.id);
             json!({
                 "id": view.id.as_str(),
                 "state": view.state.as_str(),
                 "last_seen_ms": view.last_seen_ms,
                 "pending": pending,
                 "last_sync_ms": view.last_sync_ms,
+                "clock_offset_ms": offset.map(|(offset, _)| offset.round() as i64),
+                "clock_error_ms": offset.map(|(_, error)| error.ceil() as i64),
+                "fenced": state.replica.peer_fenced(&view.id),
             })
         })
         .collect();
-    json_response(json!({ "node": state.replica.id().as_str(), "peers": peers }))
+    json_response(json!({
+        "node": state.replica.id().as_str(),
+        "fenced": state.replica.fenced(),
+        "peers": peers,
+    }))
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -379,6 +387,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let metrics = replica.metrics();
     metrics.keys.set(summary.keys as i64);
     metrics.tombstones.set(summary.tombstones as i64);
+    metrics.fenced.set(replica.fenced() as i64);
     for (view, _) in replica.peer_views() {
         metrics
             .peer_state

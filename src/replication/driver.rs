@@ -105,7 +105,10 @@ pub async fn run(
                 transport.connect_timeout,
             )
             .await?;
-            Link::open(stream, &identity, peer_id, &transport).await
+            // The handshake is timed: its `Welcome` is the first clock sample.
+            let sent = (node.wall_ms(), node.now_ms());
+            let link = Link::open(stream, &identity, peer_id, &transport).await?;
+            Ok::<_, LinkError>((link, sent))
         };
         let result = tokio::select! {
             // In order: a stopping node starts nothing new.
@@ -114,8 +117,9 @@ pub async fn run(
             opened = opened => opened,
         };
         match result {
-            Ok(link) => {
+            Ok((link, (sent_wall_ms, sent_ms))) => {
                 info!(peer = %peer_id, "peer link up");
+                node.clock_sample(peer_id, sent_wall_ms, sent_ms, link.welcome_wall_ms(), None);
                 backoff = Duration::from_millis(50);
                 node.detector().link_up(peer_id, node.now_ms());
                 was_up = true;
@@ -238,7 +242,7 @@ async fn drive(
                 .pushed_entries
                 .inc_by(batch.entries.len() as u64);
             match exchange(node, peer_id, &mut link, &request, options).await {
-                Ok(Message::PushAck { refused }) => outbox.acknowledge(batch, &refused),
+                Ok(Message::PushAck { refused, .. }) => outbox.acknowledge(batch, &refused),
                 Ok(other) => {
                     outbox.give_back(batch);
                     return LinkError::Unexpected {
@@ -344,7 +348,7 @@ async fn drive(
             _ = tokio::time::sleep_until(next_round), if anti_entropy => {}
             _ = tokio::time::sleep_until(heartbeat_at) => {
                 match exchange(node, peer_id, &mut link, &Message::Ping, options).await {
-                    Ok(Message::Pong) => last_request = Instant::now(),
+                    Ok(Message::Pong { .. }) => last_request = Instant::now(),
                     Ok(other) => return LinkError::Unexpected { sent: "ping", got: other.kind() },
                     Err(error) => return error,
                 }
@@ -373,7 +377,8 @@ async fn run_job(
     }
 }
 
-/// One request → reply, with the failure detector told about both ends.
+/// One request → reply, with the failure detector told about both ends and the clock
+/// sample of the reply recorded.
 async fn exchange(
     node: &NodeState,
     peer: &NodeId,
@@ -381,9 +386,18 @@ async fn exchange(
     request: &Message,
     options: &DriverOptions,
 ) -> Result<Message, LinkError> {
-    node.detector().request_sent(peer, node.now_ms());
+    let (sent_wall_ms, sent_ms) = (node.wall_ms(), node.now_ms());
+    node.detector().request_sent(peer, sent_ms);
     let reply = link.request(request, options.request_timeout).await?;
     node.detector().reply_received(peer, node.now_ms());
+    // Replies that carry the peer's clock are offset samples (see `skew`).
+    if let Message::Pong { wall_ms, fenced }
+    | Message::PushAck {
+        wall_ms, fenced, ..
+    } = &reply
+    {
+        node.clock_sample(peer, sent_wall_ms, sent_ms, *wall_ms, Some(*fenced));
+    }
     Ok(reply)
 }
 

@@ -85,4 +85,21 @@ pub enum ReplicationError {
     /// The node has just started and has not caught up with its peers yet.
     #[error("node {0} is starting: it serves requests once it has caught up with its peers")]
     Starting(NodeId),
+    /// A write could not be acknowledged safely because of clock skew: this node is
+    /// fenced (API.md §3.2), a peer refused the version as too far in its future, or a
+    /// peer's clock lags too far for the commit-wait.
+    #[error(
+        "clock skew: {detail}{}",
+        if *applied_locally {
+            "; the write was applied on this node and will replicate, but is not acknowledged"
+        } else {
+            "; the write was not applied"
+        }
+    )]
+    ClockSkew {
+        /// What is off, with the measured offsets, in one clause.
+        detail: String,
+        /// Whether this node applied the write.
+        applied_locally: bool,
+    },
 }

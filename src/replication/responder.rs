@@ -41,10 +41,18 @@ impl Responder for PeerResponder {
         node.detector().heard_from(from, node.now_ms());
         let budget = node.options().batch_bytes;
         let reply = match request {
-            Message::Ping => Message::Pong,
-            Message::Push { entries } => Message::PushAck {
-                refused: node.apply_remote(from, entries),
+            Message::Ping => Message::Pong {
+                wall_ms: node.wall_ms(),
+                fenced: node.reports_fenced(),
             },
+            Message::Push { entries } => {
+                let refused = node.apply_remote(from, entries);
+                Message::PushAck {
+                    refused,
+                    wall_ms: node.wall_ms(),
+                    fenced: node.reports_fenced(),
+                }
+            }
             Message::SyncRoot { root } => {
                 node.with_store(|store| anti_entropy::answer_root(store, root))
             }

@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::clock::{Clock, Hlc, NodeId, Version};
 use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
+use crate::skew::{Estimate, Fence, Fenced, Sample, SkewMonitor, Transition};
 use crate::store::{Entry, Limits, Merged, Store};
 
 /// Settings of the replication layer.
@@ -55,6 +56,8 @@ pub(super) struct NodeState {
     id: NodeId,
     core: Mutex<Core>,
     detector: Mutex<FailureDetector>,
+    /// Clock offsets to the peers and the write fence (see `skew`).
+    skew: Mutex<SkewMonitor>,
     clock: Arc<dyn Clock>,
     options: ReplicationOptions,
     metrics: Arc<Metrics>,
@@ -81,6 +84,10 @@ impl NodeState {
                 store: Store::new(),
             }),
             detector: Mutex::new(detector),
+            skew: Mutex::new(SkewMonitor::new(
+                peers.iter().cloned(),
+                options.max_clock_skew_ms,
+            )),
             log_limiter: LogLimiter::new(clock.clone()),
             clock,
             options,
@@ -126,6 +133,110 @@ impl NodeState {
     /// True if a complaint about `source` may be logged now (see [`LogLimiter`]).
     pub(super) fn may_log(&self, source: &str) -> bool {
         self.log_limiter.allow(source)
+    }
+
+    fn skew(&self) -> MutexGuard<'_, SkewMonitor> {
+        self.skew.lock().expect("skew lock poisoned")
+    }
+
+    /// Records a clock sample from an exchange with `peer`: the request left at our
+    /// `sent_wall_ms` / monotonic `sent_ms`, the reply carried the peer's `peer_wall_ms`
+    /// and (`Some`) whether it is fenced. Logs a change of the fence.
+    pub(super) fn clock_sample(
+        &self,
+        peer: &NodeId,
+        sent_wall_ms: u64,
+        sent_ms: u64,
+        peer_wall_ms: u64,
+        peer_fenced: Option<bool>,
+    ) {
+        let at_ms = self.now_ms();
+        let sample = Sample {
+            sent_wall_ms,
+            peer_wall_ms,
+            rtt_ms: at_ms.saturating_sub(sent_ms),
+            at_ms,
+        };
+        let (transition, estimate) = {
+            let mut skew = self.skew();
+            let transition = skew.record(peer, sample, peer_fenced);
+            (transition, skew.estimate(peer, at_ms))
+        };
+        if let Some(estimate) = estimate {
+            self.metrics
+                .clock_offset_ms
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_string(),
+                })
+                .set(estimate.offset_ms.round() as i64);
+        }
+        self.on_fence_change(transition);
+    }
+
+    fn on_fence_change(&self, transition: Option<Transition>) {
+        match transition {
+            None => return,
+            Some(Transition::Fenced(far)) => {
+                let offsets: Vec<String> = far
+                    .iter()
+                    .map(|(peer, offset)| format!("{peer} {offset:+.0} ms"))
+                    .collect();
+                warn!(
+                    max_clock_skew_ms = self.options.max_clock_skew_ms,
+                    "clock skew: this node's clock is too far from a majority of the cluster \
+                     (peers' offsets: {}); refusing client writes until it is back within bounds",
+                    offsets.join(", ")
+                );
+            }
+            Some(Transition::Recovered) => {
+                info!("clock skew: this node's clock is back within bounds; accepting client writes again");
+            }
+        }
+        let fenced = self.skew().fence() != Fence::Open;
+        self.metrics.fenced.set(fenced as i64);
+    }
+
+    /// `Ok` if this node may stamp client writes now; else the offsets that fence it.
+    pub(super) fn write_fence(&self) -> Result<(), Fenced> {
+        let now = self.now_ms();
+        let transition = self.skew().poll(now);
+        self.on_fence_change(transition);
+        self.skew().check_write(now)
+    }
+
+    /// Peers certainly more than the allowed skew behind us that have not said they are
+    /// fenced, with their offsets: they would refuse a write stamped now.
+    pub(super) fn too_far_behind(&self) -> Vec<(NodeId, f64)> {
+        self.skew().too_far_behind(self.now_ms())
+    }
+
+    /// Whether replies to peers say this node is fenced (see `skew`).
+    pub(super) fn reports_fenced(&self) -> bool {
+        let now = self.now_ms();
+        let transition = self.skew().poll(now);
+        self.on_fence_change(transition);
+        self.skew().reports_fenced()
+    }
+
+    /// True while this node refuses client writes for clock skew.
+    pub(super) fn fenced(&self) -> bool {
+        self.write_fence().is_err()
+    }
+
+    /// How far `peer`'s clock may be behind ours, ms, for commit-wait; `None`: the peer
+    /// is fenced and cannot stamp writes for now.
+    pub(super) fn lag_bound_ms(&self, peer: &NodeId) -> Option<u64> {
+        self.skew().lag_bound_ms(peer, self.now_ms())
+    }
+
+    /// Whether `peer` said it is fenced (and its lease holds).
+    pub(super) fn peer_fenced(&self, peer: &NodeId) -> bool {
+        self.skew().peer_fenced(peer, self.now_ms())
+    }
+
+    /// The estimate of `peer`'s clock offset, `None` until measured.
+    pub(super) fn clock_offset(&self, peer: &NodeId) -> Option<Estimate> {
+        self.skew().estimate(peer, self.now_ms())
     }
 
     fn core(&self) -> MutexGuard<'_, Core> {

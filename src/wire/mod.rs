@@ -29,7 +29,7 @@ use crate::clock::{NodeId, Version};
 use crate::store::{BucketId, Entry};
 
 /// Bumped on every incompatible change of [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Every frame of the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +46,10 @@ pub enum Message {
         to: NodeId,
     },
     /// The handshake succeeded.
-    Welcome,
+    Welcome {
+        /// The replier's wall clock (ms since the epoch): a clock-offset sample.
+        wall_ms: u64,
+    },
     /// The handshake failed; the connection closes after this frame.
     Refuse {
         /// One sentence, logged by the initiator.
@@ -55,7 +58,13 @@ pub enum Message {
     /// Liveness probe.
     Ping,
     /// Answer to `Ping`.
-    Pong,
+    Pong {
+        /// The replier's wall clock (ms since the epoch): a clock-offset sample.
+        wall_ms: u64,
+        /// The replier refuses client writes for clock skew (a commit-wait may leave it
+        /// out for a while: see `skew`).
+        fenced: bool,
+    },
     /// Entries for the replier to merge.
     Push {
         /// The entries, each the sender's current register for its key.
@@ -66,6 +75,10 @@ pub enum Message {
         /// Keys whose versions were refused as too far in the future (clock skew);
         /// the rest were merged (or were already known).
         refused: Vec<String>,
+        /// The replier's wall clock (ms since the epoch): a clock-offset sample.
+        wall_ms: u64,
+        /// The replier refuses client writes for clock skew.
+        fenced: bool,
     },
     /// Anti-entropy: the initiator's root hash.
     SyncRoot {
@@ -124,10 +137,10 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Hello { .. } => "hello",
-            Message::Welcome => "welcome",
+            Message::Welcome { .. } => "welcome",
             Message::Refuse { .. } => "refuse",
             Message::Ping => "ping",
-            Message::Pong => "pong",
+            Message::Pong { .. } => "pong",
             Message::Push { .. } => "push",
             Message::PushAck { .. } => "push_ack",
             Message::SyncRoot { .. } => "sync_root",
