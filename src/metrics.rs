@@ -106,6 +106,8 @@ pub struct Metrics {
     pub clock_offset_ms: Family<PeerLabels, Gauge>,
     /// 1 while this node refuses client writes for clock skew, else 0.
     pub fenced: Gauge,
+    /// Concurrent writes that a merge on this node discarded (LWW conflicts).
+    pub conflicts: Counter,
 }
 
 impl Metrics {
@@ -132,6 +134,7 @@ impl Metrics {
             bounds_hit: Family::default(),
             clock_offset_ms: Family::default(),
             fenced: Gauge::default(),
+            conflicts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -224,6 +227,11 @@ impl Metrics {
             "fenced",
             "1 while this node refuses client writes for clock skew",
             metrics.fenced.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Concurrent writes that a merge on this node discarded (last-writer-wins conflicts)",
+            metrics.conflicts.clone(),
         );
         Arc::new(Self {
             registry,

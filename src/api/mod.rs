@@ -52,6 +52,7 @@ pub fn router(replica: Replica, request_timeout: Duration) -> Router {
             get(convergence).fallback(method_not_allowed),
         )
         .route("/v1/cluster", get(cluster).fallback(method_not_allowed))
+        .route("/v1/conflicts", get(conflicts).fallback(method_not_allowed))
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
@@ -114,6 +115,7 @@ fn route_name(method: &Method, path: Option<&str>) -> &'static str {
         (Some("/v1/kv"), _) => "kv_list",
         (Some("/v1/convergence"), _) => "convergence",
         (Some("/v1/cluster"), _) => "cluster",
+        (Some("/v1/conflicts"), _) => "conflicts",
         (Some("/health"), _) => "health",
         (Some("/metrics"), _) => "metrics",
         _ => "unmatched",
@@ -378,6 +380,64 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
         "fenced": state.replica.fenced(),
         "peers": peers,
     }))
+}
+
+/// Query of `GET /v1/conflicts`.
+#[derive(Deserialize)]
+struct ConflictParams {
+    limit: Option<String>,
+}
+
+/// `GET /v1/conflicts?limit=N`: the recent concurrent writes LWW discarded here, newest
+/// first (API.md §3.4).
+async fn conflicts(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<ConflictParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::store::conflict::{ConflictLog, Side};
+    let Query(params) = params
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let max = ConflictLog::CAPACITY;
+    let limit = match params.limit.as_deref() {
+        None => 100,
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) if limit <= max => limit,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be a whole number from 0 to {max}"
+                )))
+            }
+        },
+    };
+    let side = |side: &Side| {
+        let mut object = serde_json::Map::new();
+        object.insert("version".into(), side.version.to_string().into());
+        insert_value(&mut object, "value", side.value.as_deref());
+        if side.value.is_none() {
+            object.insert("deleted".into(), true.into());
+        }
+        if side.truncated {
+            object.insert("truncated".into(), true.into());
+        }
+        Value::Object(object)
+    };
+    let node = state.replica.id().as_str();
+    let items: Vec<Value> = state
+        .replica
+        .conflicts(limit)
+        .iter()
+        .map(|recorded| {
+            let conflict = &recorded.conflict;
+            json!({
+                "key": conflict.key,
+                "winner": side(&conflict.winner),
+                "loser": side(&conflict.loser),
+                "at_ms": recorded.at_ms,
+                "node": node,
+            })
+        })
+        .collect();
+    Ok(json_response(json!({ "conflicts": items })))
 }
 
 /// `GET /metrics` in the Prometheus text format.

@@ -181,6 +181,11 @@ impl Replica {
             .map(|estimate| (estimate.offset_ms, estimate.error_ms))
     }
 
+    /// The most recent `limit` conflicts this node's merges found, newest first.
+    pub fn conflicts(&self, limit: usize) -> Vec<crate::store::conflict::Recorded> {
+        self.node.conflicts(limit)
+    }
+
     /// Whether `peer` told us, recently, that it is fenced for clock skew.
     pub fn peer_fenced(&self, peer: &NodeId) -> bool {
         self.node.peer_fenced(peer)

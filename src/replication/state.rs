@@ -21,6 +21,7 @@ use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
 use crate::skew::{Estimate, Fence, Fenced, Sample, SkewMonitor, Transition};
+use crate::store::conflict::{self, ConflictLog, Recorded};
 use crate::store::{Entry, Limits, Merged, Store};
 
 /// Settings of the replication layer.
@@ -58,6 +59,8 @@ pub(super) struct NodeState {
     detector: Mutex<FailureDetector>,
     /// Clock offsets to the peers and the write fence (see `skew`).
     skew: Mutex<SkewMonitor>,
+    /// The recent concurrent writes that merges discarded (API.md §3.4).
+    conflicts: Mutex<ConflictLog>,
     clock: Arc<dyn Clock>,
     options: ReplicationOptions,
     metrics: Arc<Metrics>,
@@ -88,6 +91,7 @@ impl NodeState {
                 peers.iter().cloned(),
                 options.max_clock_skew_ms,
             )),
+            conflicts: Mutex::new(ConflictLog::default()),
             log_limiter: LogLimiter::new(clock.clone()),
             clock,
             options,
@@ -283,6 +287,7 @@ impl NodeState {
     pub(super) fn apply_remote(&self, from: &NodeId, entries: Vec<Entry>) -> Vec<String> {
         let mut refused = Vec::new();
         let mut worst_skew = None;
+        let mut conflicts = Vec::new();
         {
             let mut core = self.core();
             let now = self.clock.wall_ms();
@@ -292,9 +297,11 @@ impl NodeState {
                     refused.push(entry.key);
                     continue;
                 }
+                conflicts.extend(conflict::detect(core.store.get(&entry.key), &entry));
                 core.store.merge(entry);
             }
         }
+        self.record_conflicts(conflicts);
         if let Some(skew) = worst_skew {
             self.metrics.skew_refusals.inc_by(refused.len() as u64);
             if self.may_log(&format!("skew:{from}")) {
@@ -302,6 +309,26 @@ impl NodeState {
             }
         }
         refused
+    }
+
+    /// Counts and keeps the conflicts a merge found (each once).
+    fn record_conflicts(&self, found: Vec<conflict::Conflict>) {
+        if found.is_empty() {
+            return;
+        }
+        let at_ms = self.clock.wall_ms();
+        let mut log = self.conflicts.lock().expect("conflict log lock poisoned");
+        for conflict in found {
+            if log.record(conflict, at_ms) {
+                self.metrics.conflicts.inc();
+            }
+        }
+    }
+
+    /// The most recent `limit` conflicts seen here, newest first.
+    pub(super) fn conflicts(&self, limit: usize) -> Vec<Recorded> {
+        let log = self.conflicts.lock().expect("conflict log lock poisoned");
+        log.recent(limit)
     }
 
     /// A write could not be queued for `peer`: its outbox is full. Anti-entropy will

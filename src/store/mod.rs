@@ -22,6 +22,7 @@
 //! the key when it wrote (the version it overwrote), so that a node can tell an
 //! overwrite that knew its predecessor from a concurrent one that did not.
 
+pub mod conflict;
 pub mod digest;
 pub mod limits;
 
