@@ -15,6 +15,7 @@
 //! | 1 mechanism | [`wire`] | protocol messages and authenticated frames |
 //! | 1 mechanism | [`metrics`] | counters and the Prometheus registry |
 //! | 1 mechanism | [`persist`] | the data directory: append-only log, group commit, recovery, compaction, HLC lease |
+//! | 1 mechanism | [`skew`] | clock offsets to the peers, self-fencing, commit-wait bounds |
 //! | 2 transport | [`transport`] | the network seam: dial, listen; TCP in production |
 //! | 2 transport | [`peer`] | links from the node's own IP, handshakes, request/reply |
 //! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
@@ -36,6 +37,7 @@ pub mod node;
 pub mod peer;
 pub mod persist;
 pub mod replication;
+pub mod skew;
 pub mod store;
 pub mod tools;
 pub mod transport;

@@ -88,6 +88,8 @@ pub enum Route {
     Convergence,
     /// `/v1/cluster`.
     Cluster,
+    /// `/v1/conflicts`.
+    Conflicts,
     /// `/health`.
     Health,
     /// `/metrics`.
@@ -98,7 +100,7 @@ pub enum Route {
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 10] = [
+    pub const ALL: [Route; 11] = [
         Route::KvGet,
         Route::KvPut,
         Route::KvDelete,
@@ -106,6 +108,7 @@ impl Route {
         Route::KvList,
         Route::Convergence,
         Route::Cluster,
+        Route::Conflicts,
         Route::Health,
         Route::Metrics,
         Route::Unmatched,
@@ -121,6 +124,7 @@ impl Route {
             Route::KvList => "kv_list",
             Route::Convergence => "convergence",
             Route::Cluster => "cluster",
+            Route::Conflicts => "conflicts",
             Route::Health => "health",
             Route::Metrics => "metrics",
             Route::Unmatched => "unmatched",
@@ -226,6 +230,12 @@ pub struct Metrics {
     pub journal_disk_bytes: Gauge,
     /// Journal bytes known to be overwritten, not yet compacted away.
     pub journal_garbage_bytes: Gauge,
+    /// Each peer's measured clock offset (its clock minus ours), ms.
+    pub clock_offset_ms: Family<PeerLabels, Gauge>,
+    /// 1 while this node refuses client writes for clock skew, else 0.
+    pub fenced: Gauge,
+    /// Concurrent writes that a merge on this node discarded (LWW conflicts).
+    pub conflicts: Counter,
 }
 
 impl Metrics {
@@ -270,6 +280,9 @@ impl Metrics {
             journal_durable_lag: Gauge::default(),
             journal_disk_bytes: Gauge::default(),
             journal_garbage_bytes: Gauge::default(),
+            clock_offset_ms: Family::default(),
+            fenced: Gauge::default(),
+            conflicts: Counter::default(),
             registry: Registry::default(),
         };
         for route in Route::ALL {
@@ -406,6 +419,21 @@ impl Metrics {
             "Journal bytes known to be overwritten and not yet compacted away",
             metrics.journal_garbage_bytes.clone(),
         );
+        registry.register(
+            "clock_offset_ms",
+            "Measured clock offset of each peer (its clock minus ours), ms",
+            metrics.clock_offset_ms.clone(),
+        );
+        registry.register(
+            "fenced",
+            "1 while this node refuses client writes for clock skew",
+            metrics.fenced.clone(),
+        );
+        registry.register(
+            "conflicts",
+            "Concurrent writes that a merge on this node discarded (last-writer-wins conflicts)",
+            metrics.conflicts.clone(),
+        );
         Arc::new(Self {
             registry,
             ..metrics
@@ -531,7 +559,10 @@ mod tests {
             "meshkv_journal_durable_lag",
             "meshkv_tombstones_collected",
         ] {
-            assert!(text.contains(&format!("# TYPE {family} ")), "{family}: {text}");
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family}: {text}"
+            );
         }
         for series in [
             r#"meshkv_peer_frames_rejected_total{reason="bad_tag"} 0"#,

@@ -79,7 +79,7 @@ pub struct TransportOptions {
     pub max_connections: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
-    /// The node's clock (rate limits of log lines).
+    /// The node's clock (rate limits of log lines; the wall time in `Welcome`).
     pub clock: Arc<dyn Clock>,
 }
 
@@ -139,6 +139,8 @@ pub struct Link<S = BoxStream> {
     frames: Framed<S, FrameCodec>,
     /// What the peer said of its data in its `Welcome`.
     peer_lineage: Lineage,
+    /// The peer's wall clock in its `Welcome`.
+    welcome_wall_ms: u64,
 }
 
 /// Opens a connection to `remote` from `local_ip` through `transport`, within `timeout`.
@@ -171,6 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         let mut link = Self {
             frames: Framed::new(stream, codec),
             peer_lineage: Lineage::default(),
+            welcome_wall_ms: 0,
         };
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
@@ -180,7 +183,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             lineage,
         };
         match link.request(&hello, options.connect_timeout).await? {
-            Message::Welcome { lineage } => {
+            Message::Welcome { lineage, wall_ms } => {
+                link.welcome_wall_ms = wall_ms;
                 link.frames
                     .codec_mut()
                     .set_max_frame_bytes(options.max_frame_bytes);
@@ -198,6 +202,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// What the peer said of its data in the handshake.
     pub fn peer_lineage(&self) -> &Lineage {
         &self.peer_lineage
+    }
+
+    /// The peer's wall clock (ms) when it welcomed us: a clock-offset sample for whoever
+    /// timed [`Link::open`].
+    pub fn welcome_wall_ms(&self) -> u64 {
+        self.welcome_wall_ms
     }
 
     /// Resolves when the idle link dies: the peer closed it, reset it (a killed
@@ -412,7 +422,10 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     frames
         .codec_mut()
         .set_max_frame_bytes(options.max_frame_bytes);
-    let welcome = Message::Welcome { lineage };
+    let welcome = Message::Welcome {
+        lineage,
+        wall_ms: options.clock.wall_ms(),
+    };
     if tokio::time::timeout(options.connect_timeout, frames.send(&welcome))
         .await
         .is_err()
@@ -547,7 +560,10 @@ mod tests {
     impl Responder for Echo {
         fn respond(&self, _from: &NodeId, request: Message) -> ReplyFuture {
             let reply = match request {
-                Message::Ping => Ok(Message::Pong),
+                Message::Ping => Ok(Message::Pong {
+                    wall_ms: 7,
+                    fenced: false,
+                }),
                 _ => Err(NoReply::Unexpected),
             };
             Box::pin(std::future::ready(reply))
@@ -562,7 +578,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_connections: 4,
             metrics: Metrics::new(),
-            clock: Arc::new(ManualClock::new(0)),
+            clock: Arc::new(ManualClock::new(5)),
         }
     }
 
@@ -592,11 +608,22 @@ mod tests {
         )
         .await
         .unwrap();
+        assert_eq!(
+            link.welcome_wall_ms(),
+            5,
+            "the Welcome carries the replier's clock"
+        );
         let reply = link
             .request(&Message::Ping, Duration::from_secs(1))
             .await
             .unwrap();
-        assert_eq!(reply, Message::Pong);
+        assert_eq!(
+            reply,
+            Message::Pong {
+                wall_ms: 7,
+                fenced: false
+            }
+        );
         // A request the responder does not understand closes the connection.
         let closed = link.request(&Message::InSync, Duration::from_secs(1)).await;
         assert!(matches!(closed, Err(LinkError::Closed)), "{closed:?}");

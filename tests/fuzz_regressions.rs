@@ -161,6 +161,7 @@ fn entry(key: &str, value: Option<&[u8]>, replaces: Option<Version>) -> Entry {
 fn welcome() -> Message {
     Message::Welcome {
         lineage: Lineage::default(),
+        wall_ms: 0,
     }
 }
 
@@ -179,6 +180,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                     },
                     retired: vec![(id("n3"), WALL_MS - 1_000)],
                 },
+                wall_ms: WALL_MS,
             },
         ),
         (
@@ -188,7 +190,13 @@ fn messages() -> Vec<(&'static str, Message)> {
             },
         ),
         ("ping", Message::Ping),
-        ("pong", Message::Pong),
+        (
+            "pong",
+            Message::Pong {
+                wall_ms: 0,
+                fenced: false,
+            },
+        ),
         (
             "push",
             Message::Push {
@@ -208,6 +216,8 @@ fn messages() -> Vec<(&'static str, Message)> {
             "push_ack",
             Message::PushAck {
                 refused: vec!["a".into(), "far-future".into()],
+                wall_ms: WALL_MS,
+                fenced: true,
             },
         ),
         (
@@ -446,7 +456,11 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
             ],
             remaining: vec![],
         },
-        Message::PushAck { refused: vec![] },
+        Message::PushAck {
+            refused: vec![],
+            wall_ms: 0,
+            fenced: false,
+        },
         Message::Entries {
             entries: vec![
                 entry("a", Some(b"newer on the peer"), None),
@@ -461,7 +475,13 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
         },
     ];
     seeds.push(round("repair", repair.clone()));
-    seeds.push(round("unexpected", vec![Message::Pong]));
+    seeds.push(round(
+        "unexpected",
+        vec![Message::Pong {
+            wall_ms: 0,
+            fenced: false,
+        }],
+    ));
     seeds.push((
         "initiate-refused".into(),
         with_mode(8, &frames(&[messages()[2].1.clone()], None)),

@@ -65,6 +65,13 @@ impl From<ReplicationError> for ApiError {
                 message: error.to_string(),
                 applied_locally,
             },
+            ReplicationError::ClockSkew {
+                applied_locally, ..
+            } => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: error.to_string(),
+                applied_locally: Some(applied_locally),
+            },
             ReplicationError::Starting(_) | ReplicationError::Storage(_) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }

@@ -77,6 +77,7 @@ pub fn router(replica: Replica, request_timeout: Duration) -> Api {
             get(convergence).fallback(method_not_allowed),
         )
         .route("/v1/cluster", get(cluster).fallback(method_not_allowed))
+        .route("/v1/conflicts", get(conflicts).fallback(method_not_allowed))
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
@@ -182,6 +183,7 @@ fn route_of(method: &Method, path: &str) -> Route {
             "/v1/kv" => Route::KvList,
             "/v1/convergence" => Route::Convergence,
             "/v1/cluster" => Route::Cluster,
+            "/v1/conflicts" => Route::Conflicts,
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
             _ => Route::Unmatched,
@@ -337,6 +339,7 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
                 Some(gc) if gc.watermark.is_some() => "synced",
                 _ => "waiting",
             };
+            let offset = state.replica.clock_offset(&view.id);
             json!({
                 "id": view.id.as_str(),
                 "state": view.state.as_str(),
@@ -345,6 +348,9 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
                 "last_sync_ms": view.last_sync_ms,
                 "tombstones": tombstones,
                 "refused": gc.and_then(|gc| gc.refused.clone()),
+                "clock_offset_ms": offset.map(|(offset, _)| offset.round() as i64),
+                "clock_error_ms": offset.map(|(_, error)| error.ceil() as i64),
+                "fenced": state.replica.peer_fenced(&view.id),
             })
         })
         .collect();
@@ -352,9 +358,68 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
         "node": state.replica.id().as_str(),
         "durable": state.replica.durable(),
         "catching_up": state.replica.catching_up(),
+        "fenced": state.replica.fenced(),
         "peers": peers,
         "retired": state.replica.retired(),
     }))
+}
+
+/// Query of `GET /v1/conflicts`.
+#[derive(Deserialize)]
+struct ConflictParams {
+    limit: Option<String>,
+}
+
+/// `GET /v1/conflicts?limit=N`: the recent concurrent writes LWW discarded here, newest
+/// first (API.md §3.4).
+async fn conflicts(
+    State(state): State<Arc<AppState>>,
+    params: Result<Query<ConflictParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    use crate::store::conflict::{ConflictLog, Side};
+    let Query(params) = params
+        .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let max = ConflictLog::CAPACITY;
+    let limit = match params.limit.as_deref() {
+        None => 100,
+        Some(text) => match text.parse::<usize>() {
+            Ok(limit) if limit <= max => limit,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be a whole number from 0 to {max}"
+                )))
+            }
+        },
+    };
+    let side = |side: &Side| {
+        let mut object = serde_json::Map::new();
+        object.insert("version".into(), side.version.to_string().into());
+        insert_value(&mut object, "value", side.value.as_deref());
+        if side.value.is_none() {
+            object.insert("deleted".into(), true.into());
+        }
+        if side.truncated {
+            object.insert("truncated".into(), true.into());
+        }
+        Value::Object(object)
+    };
+    let node = state.replica.id().as_str();
+    let items: Vec<Value> = state
+        .replica
+        .conflicts(limit)
+        .iter()
+        .map(|recorded| {
+            let conflict = &recorded.conflict;
+            json!({
+                "key": conflict.key,
+                "winner": side(&conflict.winner),
+                "loser": side(&conflict.loser),
+                "at_ms": recorded.at_ms,
+                "node": node,
+            })
+        })
+        .collect();
+    Ok(json_response(json!({ "conflicts": items })))
 }
 
 /// `GET /metrics` in the Prometheus text format.
@@ -382,6 +447,7 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     metrics
         .journal_garbage_bytes
         .set(journal.garbage_bytes as i64);
+    metrics.fenced.set(replica.fenced() as i64);
     for (view, _) in replica.peer_views() {
         metrics
             .peer_state

@@ -256,7 +256,7 @@ impl SyncSession {
                 }
                 self.plan_repairs(store, &covered, versions);
             }
-            (Awaiting::Push, Message::PushAck { refused }) => {
+            (Awaiting::Push, Message::PushAck { refused, .. }) => {
                 self.refused |= !refused.is_empty();
             }
             (Awaiting::Fetch { mut keys }, Message::Entries { entries, served }) => {
@@ -405,7 +405,11 @@ mod tests {
                 for entry in entries {
                     replier.merge(entry);
                 }
-                Message::PushAck { refused: vec![] }
+                Message::PushAck {
+                    refused: vec![],
+                    wall_ms: 0,
+                    fenced: false,
+                }
             }
             other => panic!("unexpected request {other:?}"),
         }
@@ -502,6 +506,8 @@ mod tests {
             .on_reply(
                 Message::PushAck {
                     refused: vec!["only_a".into()],
+                    wall_ms: 0,
+                    fenced: false,
                 },
                 &a,
             )
@@ -518,7 +524,15 @@ mod tests {
         let store = Store::new();
         let mut session = SyncSession::new();
         session.next_request(&store, 1024).unwrap();
-        let error = session.on_reply(Message::Pong, &store).unwrap_err();
+        let error = session
+            .on_reply(
+                Message::Pong {
+                    wall_ms: 0,
+                    fenced: false,
+                },
+                &store,
+            )
+            .unwrap_err();
         assert_eq!(
             error,
             SyncError::Unexpected {
@@ -568,7 +582,15 @@ mod tests {
             ("sync_root", bucket_versions, "bucket_versions"),
             ("sync_buckets", Message::InSync, "in_sync"),
             ("push", entries, "entries"),
-            ("fetch", Message::PushAck { refused: vec![] }, "push_ack"),
+            (
+                "fetch",
+                Message::PushAck {
+                    refused: vec![],
+                    wall_ms: 0,
+                    fenced: false,
+                },
+                "push_ack",
+            ),
         ];
         for (state, wrong, got) in cases {
             let mut session = session_awaiting(&a, &b, state);

@@ -127,10 +127,11 @@ pub async fn run(
                 &node.lineage(),
                 &transport,
                 redial,
+                || (node.wall_ms(), node.now_ms()),
             )
             .await?;
             // Our side of the admission: the peer's data may be retired (or ours).
-            node.admit(peer_id, link.peer_lineage())
+            node.admit(peer_id, link.0.peer_lineage())
                 .map_err(LinkError::Refused)?;
             Ok(link)
         };
@@ -142,8 +143,9 @@ pub async fn run(
         };
         let mut unanswered = false;
         match result {
-            Ok(link) => {
+            Ok((link, (sent_wall_ms, sent_ms))) => {
                 info!(peer = %peer_id, "peer link up");
+                node.clock_sample(peer_id, sent_wall_ms, sent_ms, link.welcome_wall_ms(), None);
                 backoff = Duration::from_millis(50);
                 node.detector().link_up(peer_id, node.now_ms());
                 was_up = true;
@@ -228,6 +230,7 @@ pub async fn run(
 /// 100 ms of the heal, without shortening the timeout that slow networks need. Any
 /// definite answer (refused, reset, a refused handshake) ends the attempts: the
 /// peer's host answers, so more SYNs would not help, and the caller backs off.
+#[allow(clippy::too_many_arguments)]
 async fn open_link(
     network: &dyn Transport,
     target: &PeerTarget,
@@ -236,7 +239,8 @@ async fn open_link(
     lineage: &Lineage,
     transport: &TransportOptions,
     redial: Duration,
-) -> Result<Link, LinkError> {
+    stamp: impl Fn() -> (u64, u64),
+) -> Result<(Link, (u64, u64)), LinkError> {
     let attempt = || async {
         let stream = dial(
             network,
@@ -245,7 +249,10 @@ async fn open_link(
             transport.connect_timeout,
         )
         .await?;
-        Link::open(stream, identity, peer, lineage.clone(), transport).await
+        // The handshake is timed: its `Welcome` is the first clock sample.
+        let sent = stamp();
+        let link = Link::open(stream, identity, peer, lineage.clone(), transport).await?;
+        Ok((link, sent))
     };
     let limit = (transport.connect_timeout.as_millis() / redial.as_millis().max(1)).max(1);
     let mut attempts = FuturesUnordered::new();
@@ -362,7 +369,7 @@ async fn drive(
                 .pushed_entries
                 .inc_by(batch.entries.len() as u64);
             match exchange(node, peer_id, &mut link, &request, options).await {
-                Ok(Message::PushAck { refused }) => outbox.acknowledge(batch, &refused),
+                Ok(Message::PushAck { refused, .. }) => outbox.acknowledge(batch, &refused),
                 Ok(other) => {
                     outbox.give_back(batch);
                     return LinkError::Unexpected {
@@ -421,7 +428,7 @@ async fn drive(
             _ = tokio::time::sleep_until(round.next), if round.enabled => {}
             _ = tokio::time::sleep_until(heartbeat_at) => {
                 match exchange(node, peer_id, &mut link, &Message::Ping, options).await {
-                    Ok(Message::Pong) => last_request = Instant::now(),
+                    Ok(Message::Pong { .. }) => last_request = Instant::now(),
                     Ok(other) => return LinkError::Unexpected { sent: "ping", got: other.kind() },
                     Err(error) => return error,
                 }
@@ -636,7 +643,8 @@ async fn run_job(
     }
 }
 
-/// One request → reply, with the failure detector told about both ends.
+/// One request → reply, with the failure detector told about both ends and the clock
+/// sample of the reply recorded.
 async fn exchange(
     node: &NodeState,
     peer: &NodeId,
@@ -644,9 +652,18 @@ async fn exchange(
     request: &Message,
     options: &DriverOptions,
 ) -> Result<Message, LinkError> {
-    node.detector().request_sent(peer, node.now_ms());
+    let (sent_wall_ms, sent_ms) = (node.wall_ms(), node.now_ms());
+    node.detector().request_sent(peer, sent_ms);
     let reply = link.request(request, options.request_timeout).await?;
     node.detector().reply_received(peer, node.now_ms());
+    // Replies that carry the peer's clock are offset samples (see `skew`).
+    if let Message::Pong { wall_ms, fenced }
+    | Message::PushAck {
+        wall_ms, fenced, ..
+    } = &reply
+    {
+        node.clock_sample(peer, sent_wall_ms, sent_ms, *wall_ms, Some(*fenced));
+    }
     Ok(reply)
 }
 

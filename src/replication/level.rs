@@ -89,4 +89,21 @@ pub enum ReplicationError {
     /// durable, and the node accepts no more writes until restarted.
     #[error("the write could not be made durable on this node: {0}")]
     Storage(String),
+    /// A write could not be acknowledged safely because of clock skew: this node is
+    /// fenced (API.md §3.2), a peer refused the version as too far in its future, or a
+    /// peer's clock lags too far for the commit-wait.
+    #[error(
+        "clock skew: {detail}{}",
+        if *applied_locally {
+            "; the write was applied on this node and will replicate, but is not acknowledged"
+        } else {
+            "; the write was not applied"
+        }
+    )]
+    ClockSkew {
+        /// What is off, with the measured offsets, in one clause.
+        detail: String,
+        /// Whether this node applied the write.
+        applied_locally: bool,
+    },
 }

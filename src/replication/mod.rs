@@ -297,6 +297,29 @@ impl Replica {
         }
     }
 
+    /// True while this node refuses client writes for clock skew (API.md §3.2).
+    pub fn fenced(&self) -> bool {
+        self.node.fenced()
+    }
+
+    /// `peer`'s measured clock offset (its clock minus ours) and the bound of the
+    /// measurement's error, in ms; `None` until measured.
+    pub fn clock_offset(&self, peer: &NodeId) -> Option<(f64, f64)> {
+        self.node
+            .clock_offset(peer)
+            .map(|estimate| (estimate.offset_ms, estimate.error_ms))
+    }
+
+    /// The most recent `limit` conflicts this node's merges found, newest first.
+    pub fn conflicts(&self, limit: usize) -> Vec<crate::store::conflict::Recorded> {
+        self.node.conflicts(limit)
+    }
+
+    /// Whether `peer` told us, recently, that it is fenced for clock skew.
+    pub fn peer_fenced(&self, peer: &NodeId) -> bool {
+        self.node.peer_fenced(peer)
+    }
+
     /// Merges entries from `from`, refusing versions too far in the future. Returns the
     /// keys refused.
     /// Does not wait: if the journal's queue is full (or the journal failed), every key

@@ -7,8 +7,9 @@
 //! The queue holds keys, not values: a batch reads each key's *current* register when
 //! it is taken, so ten writes to one key while the link is busy cost one entry on the
 //! wire (coalescing), and whatever is sent is never older than what was queued. A
-//! waiter is released when a batch holding its key is acknowledged; it is dropped (the
-//! write sees a failure for this peer) if the peer refuses the entry or the link fails.
+//! waiter is told the peer's answer when a batch holding its key is acknowledged (applied,
+//! or refused for clock skew); it is dropped (the write sees a failure for this peer) if
+//! the link fails.
 //! When the queue is full, new keys are dropped and counted: anti-entropy repairs them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -18,8 +19,18 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::store::Entry;
 
-/// Released when the peer has acknowledged the write; dropped if it never will.
-pub type AckWaiter = oneshot::Sender<()>;
+/// What a peer answered for a pushed key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// The peer merged the entry (or held a newer one): its HLC has seen the version.
+    Applied,
+    /// The peer refused the entry as too far in its future (clock skew): it does not
+    /// hold the write, and it does not count as a replica of it.
+    RefusedForSkew,
+}
+
+/// Told the peer's [`Ack`]; dropped if the peer will not answer soon (lost link).
+pub type AckWaiter = oneshot::Sender<Ack>;
 
 /// What happened to an enqueued key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,16 +147,19 @@ impl Outbox {
         Some(batch)
     }
 
-    /// The peer acknowledged `batch`; waiters of every key not in `refused` are released.
+    /// The peer acknowledged `batch`: waiters of the keys in `refused` are told
+    /// [`Ack::RefusedForSkew`], the others [`Ack::Applied`].
     pub fn acknowledge(&self, batch: Batch, refused: &[String]) {
         self.state().in_flight -= batch.waiters.len();
         let refused: HashSet<&str> = refused.iter().map(String::as_str).collect();
         for (key, waiters) in batch.waiters {
-            if refused.contains(key.as_str()) {
-                continue;
-            }
+            let ack = if refused.contains(key.as_str()) {
+                Ack::RefusedForSkew
+            } else {
+                Ack::Applied
+            };
             for waiter in waiters {
-                let _ = waiter.send(());
+                let _ = waiter.send(ack);
             }
         }
     }
@@ -239,7 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn waiters_are_released_on_ack_and_dropped_on_refusal_or_failure() {
+    fn waiters_are_told_the_ack_or_refusal_and_dropped_on_failure() {
         let outbox = Outbox::new(10);
         let (acked_tx, mut acked_rx) = oneshot::channel();
         let (refused_tx, mut refused_rx) = oneshot::channel();
@@ -247,11 +261,8 @@ mod tests {
         outbox.enqueue("b", Some(refused_tx));
         let batch = outbox.take(1 << 20, read).unwrap();
         outbox.acknowledge(batch, &["b".to_owned()]);
-        assert_eq!(acked_rx.try_recv(), Ok(()));
-        assert!(matches!(
-            refused_rx.try_recv(),
-            Err(oneshot::error::TryRecvError::Closed)
-        ));
+        assert_eq!(acked_rx.try_recv(), Ok(Ack::Applied));
+        assert_eq!(refused_rx.try_recv(), Ok(Ack::RefusedForSkew));
 
         let (lost_tx, mut lost_rx) = oneshot::channel();
         outbox.enqueue("c", Some(lost_tx));

@@ -57,7 +57,13 @@ impl Responder for PeerResponder {
         node.detector().heard_from(from, node.now_ms());
         let budget = node.options().batch_bytes;
         let (reply, barrier) = match request {
-            Message::Ping => (Message::Pong, 0),
+            Message::Ping => (
+                Message::Pong {
+                    wall_ms: node.wall_ms(),
+                    fenced: node.reports_fenced(),
+                },
+                0,
+            ),
             Message::Push { entries } => {
                 let from = from.clone();
                 // Merged at once when the journal's queue has room; otherwise the
@@ -77,7 +83,13 @@ impl Responder for PeerResponder {
                     }
                     .map_err(failed)?;
                     node.wait_durable(lsn).await.map_err(failed)?;
-                    Ok(Message::PushAck { refused })
+                    // A clock sample: any moment between the request and the reply
+                    // is one (the reply waited for the fsync, the round trip says so).
+                    Ok(Message::PushAck {
+                        refused,
+                        wall_ms: node.wall_ms(),
+                        fenced: node.reports_fenced(),
+                    })
                 });
             }
             Message::SyncRoot { root } => {
@@ -235,7 +247,10 @@ mod tests {
         );
         let summary = responder.respond(&n2, Message::Summarize);
         let ping = responder.respond(&n2, Message::Ping);
-        assert_eq!(ping.await, Ok(Message::Pong), "a ping claims nothing");
+        assert!(
+            matches!(ping.await, Ok(Message::Pong { .. })),
+            "a ping claims nothing"
+        );
         let (push, summary) = (tokio::spawn(push), tokio::spawn(summary));
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
@@ -247,12 +262,10 @@ mod tests {
             "a digest exposed data not yet durable"
         );
         journal.durable.send_replace(1);
-        assert_eq!(
+        assert!(matches!(
             push.await.unwrap(),
-            Ok(Message::PushAck {
-                refused: Vec::new()
-            })
-        );
+            Ok(Message::PushAck { refused, .. }) if refused.is_empty()
+        ));
         assert!(matches!(
             summary.await.unwrap(),
             Ok(Message::Summary { keys: 1, .. })

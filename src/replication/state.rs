@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tracing::warn;
+use tracing::{info, warn};
 
 use super::durable::{self, Lease, Recovered};
 use crate::clock::{Clock, Hlc, NodeId, Timestamp, Version};
@@ -33,6 +33,8 @@ use crate::store::{Entry, Limits, Merged, Seq, Store};
 use crate::wire::{DataEpoch, Lineage};
 
 use super::tombstones::{CollectionView, Horizon, Ledger};
+use crate::skew::{Estimate, Fence, Fenced, Sample, SkewMonitor, Transition};
+use crate::store::conflict::{self, ConflictLog, Recorded};
 
 /// Settings of the replication layer.
 #[derive(Clone, Debug)]
@@ -97,6 +99,10 @@ pub(super) struct NodeState {
     id: NodeId,
     core: Mutex<Core>,
     detector: Mutex<FailureDetector>,
+    /// Clock offsets to the peers and the write fence (see `skew`).
+    skew: Mutex<SkewMonitor>,
+    /// The recent concurrent writes that merges discarded (API.md §3.4).
+    conflicts: Mutex<ConflictLog>,
     clock: Arc<dyn Clock>,
     options: ReplicationOptions,
     metrics: Arc<Metrics>,
@@ -164,6 +170,11 @@ impl NodeState {
                 last_lsn: 0,
             }),
             detector: Mutex::new(detector),
+            skew: Mutex::new(SkewMonitor::new(
+                peers.iter().cloned(),
+                options.max_clock_skew_ms,
+            )),
+            conflicts: Mutex::new(ConflictLog::default()),
             log_limiter: LogLimiter::new(clock.clone()),
             clock,
             options,
@@ -297,6 +308,110 @@ impl NodeState {
         self.log_limiter.allow(source)
     }
 
+    fn skew(&self) -> MutexGuard<'_, SkewMonitor> {
+        self.skew.lock().expect("skew lock poisoned")
+    }
+
+    /// Records a clock sample from an exchange with `peer`: the request left at our
+    /// `sent_wall_ms` / monotonic `sent_ms`, the reply carried the peer's `peer_wall_ms`
+    /// and (`Some`) whether it is fenced. Logs a change of the fence.
+    pub(super) fn clock_sample(
+        &self,
+        peer: &NodeId,
+        sent_wall_ms: u64,
+        sent_ms: u64,
+        peer_wall_ms: u64,
+        peer_fenced: Option<bool>,
+    ) {
+        let at_ms = self.now_ms();
+        let sample = Sample {
+            sent_wall_ms,
+            peer_wall_ms,
+            rtt_ms: at_ms.saturating_sub(sent_ms),
+            at_ms,
+        };
+        let (transition, estimate) = {
+            let mut skew = self.skew();
+            let transition = skew.record(peer, sample, peer_fenced);
+            (transition, skew.estimate(peer, at_ms))
+        };
+        if let Some(estimate) = estimate {
+            self.metrics
+                .clock_offset_ms
+                .get_or_create(&PeerLabels {
+                    peer: peer.to_string(),
+                })
+                .set(estimate.offset_ms.round() as i64);
+        }
+        self.on_fence_change(transition);
+    }
+
+    fn on_fence_change(&self, transition: Option<Transition>) {
+        match transition {
+            None => return,
+            Some(Transition::Fenced(far)) => {
+                let offsets: Vec<String> = far
+                    .iter()
+                    .map(|(peer, offset)| format!("{peer} {offset:+.0} ms"))
+                    .collect();
+                warn!(
+                    max_clock_skew_ms = self.options.max_clock_skew_ms,
+                    "clock skew: this node's clock is too far from a majority of the cluster \
+                     (peers' offsets: {}); refusing client writes until it is back within bounds",
+                    offsets.join(", ")
+                );
+            }
+            Some(Transition::Recovered) => {
+                info!("clock skew: this node's clock is back within bounds; accepting client writes again");
+            }
+        }
+        let fenced = self.skew().fence() != Fence::Open;
+        self.metrics.fenced.set(fenced as i64);
+    }
+
+    /// `Ok` if this node may stamp client writes now; else the offsets that fence it.
+    pub(super) fn write_fence(&self) -> Result<(), Fenced> {
+        let now = self.now_ms();
+        let transition = self.skew().poll(now);
+        self.on_fence_change(transition);
+        self.skew().check_write(now)
+    }
+
+    /// Peers certainly more than the allowed skew behind us that have not said they are
+    /// fenced, with their offsets: they would refuse a write stamped now.
+    pub(super) fn too_far_behind(&self) -> Vec<(NodeId, f64)> {
+        self.skew().too_far_behind(self.now_ms())
+    }
+
+    /// Whether replies to peers say this node is fenced (see `skew`).
+    pub(super) fn reports_fenced(&self) -> bool {
+        let now = self.now_ms();
+        let transition = self.skew().poll(now);
+        self.on_fence_change(transition);
+        self.skew().reports_fenced()
+    }
+
+    /// True while this node refuses client writes for clock skew.
+    pub(super) fn fenced(&self) -> bool {
+        self.write_fence().is_err()
+    }
+
+    /// How far `peer`'s clock may be behind ours, ms, for commit-wait; `None`: the peer
+    /// is fenced and cannot stamp writes for now.
+    pub(super) fn lag_bound_ms(&self, peer: &NodeId) -> Option<u64> {
+        self.skew().lag_bound_ms(peer, self.now_ms())
+    }
+
+    /// Whether `peer` said it is fenced (and its lease holds).
+    pub(super) fn peer_fenced(&self, peer: &NodeId) -> bool {
+        self.skew().peer_fenced(peer, self.now_ms())
+    }
+
+    /// The estimate of `peer`'s clock offset, `None` until measured.
+    pub(super) fn clock_offset(&self, peer: &NodeId) -> Option<Estimate> {
+        self.skew().estimate(peer, self.now_ms())
+    }
+
     fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().expect("core lock poisoned")
     }
@@ -376,6 +491,7 @@ impl NodeState {
     ) -> Result<(Vec<String>, Lsn), JournalError> {
         let mut refused = Vec::new();
         let mut worst_skew = None;
+        let mut conflicts = Vec::new();
         let barrier = {
             let mut core = self.core();
             let now = self.clock.wall_ms();
@@ -402,6 +518,7 @@ impl NodeState {
                 core.last_lsn = self.journal.append(slot, batch)?;
                 for entry in fresh {
                     let key = entry.key.clone();
+                    conflicts.extend(conflict::detect(core.store.get(&entry.key), &entry));
                     if let Merged::Applied {
                         previous: Some(previous),
                     } = core.store.merge(entry)
@@ -413,6 +530,7 @@ impl NodeState {
             }
             core.last_lsn
         };
+        self.record_conflicts(conflicts);
         if let Some(skew) = worst_skew {
             self.metrics.skew_refusals.inc_by(refused.len() as u64);
             if self.may_log(&format!("skew:{from}")) {
@@ -435,6 +553,26 @@ impl NodeState {
                 warn!(peer = %from, "cannot store entries from a peer: {error}");
             }
         }
+    }
+
+    /// Counts and keeps the conflicts a merge found (each once).
+    fn record_conflicts(&self, found: Vec<conflict::Conflict>) {
+        if found.is_empty() {
+            return;
+        }
+        let at_ms = self.clock.wall_ms();
+        let mut log = self.conflicts.lock().expect("conflict log lock poisoned");
+        for conflict in found {
+            if log.record(conflict, at_ms) {
+                self.metrics.conflicts.inc();
+            }
+        }
+    }
+
+    /// The most recent `limit` conflicts seen here, newest first.
+    pub(super) fn conflicts(&self, limit: usize) -> Vec<Recorded> {
+        let log = self.conflicts.lock().expect("conflict log lock poisoned");
+        log.recent(limit)
     }
 
     /// A write could not be queued for `peer`: its outbox is full. Anti-entropy will

@@ -707,7 +707,11 @@ mod tests {
                                 for entry in entries {
                                     b.store.merge(entry);
                                 }
-                                Message::PushAck { refused: vec![] }
+                                Message::PushAck {
+                                    refused: vec![],
+                                    wall_ms: 0,
+                                    fenced: false,
+                                }
                             }
                             other => panic!("unexpected {other:?}"),
                         };

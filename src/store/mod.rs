@@ -26,6 +26,7 @@
 //! overwrite that knew its predecessor from a concurrent one that did not.
 
 pub mod collect;
+pub mod conflict;
 pub mod digest;
 pub mod limits;
 

@@ -302,26 +302,46 @@ async fn status_through(client: &Client) -> String {
 fn write_views(out: &mut String, views: Vec<(String, Option<Value>)>) {
     let _ = writeln!(
         out,
-        "\n{:<8} {:<8} {:<8} {:>12} {:>8} {:>12}",
-        "view of", "peer", "state", "last_seen_ms", "pending", "last_sync_ms"
+        "\n{:<8} {:<8} {:<8} {:>12} {:>8} {:>12} {:>15}",
+        "view of", "peer", "state", "last_seen_ms", "pending", "last_sync_ms", "clock_offset_ms"
     );
+    let mut fenced = Vec::new();
     for (id, view) in views {
         let Some(view) = view else {
             let _ = writeln!(out, "{id:<8} (no /v1/cluster answer)");
             continue;
         };
+        if view["fenced"] == Value::Bool(true) {
+            fenced.push(id.clone());
+        }
         for peer in view["peers"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 out,
-                "{:<8} {:<8} {:<8} {:>12} {:>8} {:>12}",
+                "{:<8} {:<8} {:<8} {:>12} {:>8} {:>12} {:>15}",
                 id,
                 cell(&peer["id"]),
                 cell(&peer["state"]),
                 cell(&peer["last_seen_ms"]),
                 cell(&peer["pending"]),
-                cell(&peer["last_sync_ms"])
+                cell(&peer["last_sync_ms"]),
+                offset_cell(&peer["clock_offset_ms"], &peer["clock_error_ms"])
             );
         }
+    }
+    for id in fenced {
+        let _ = writeln!(
+            out,
+            "{id} is FENCED: its clock is too far from the cluster's; it refuses writes"
+        );
+    }
+}
+
+/// A peer's clock offset as `+12±1` (its clock minus the viewer's), `-` if unknown.
+fn offset_cell(offset: &Value, error: &Value) -> String {
+    match (offset.as_i64(), error.as_i64()) {
+        (Some(offset), Some(error)) => format!("{offset:+}±{error}"),
+        (Some(offset), None) => format!("{offset:+}"),
+        _ => "-".to_owned(),
     }
 }
 

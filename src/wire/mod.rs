@@ -73,6 +73,8 @@ pub enum Message {
     Welcome {
         /// The replier's data epoch and retirements.
         lineage: Lineage,
+        /// The replier's wall clock (ms since the epoch): a clock-offset sample.
+        wall_ms: u64,
     },
     /// The handshake failed; the connection closes after this frame.
     Refuse {
@@ -82,7 +84,13 @@ pub enum Message {
     /// Liveness probe.
     Ping,
     /// Answer to `Ping`.
-    Pong,
+    Pong {
+        /// The replier's wall clock (ms since the epoch): a clock-offset sample.
+        wall_ms: u64,
+        /// The replier refuses client writes for clock skew (a commit-wait may leave it
+        /// out for a while: see `skew`).
+        fenced: bool,
+    },
     /// Entries for the replier to merge.
     Push {
         /// The entries, each the sender's current register for its key.
@@ -93,6 +101,10 @@ pub enum Message {
         /// Keys whose versions were refused as too far in the future (clock skew);
         /// the rest were merged (or were already known).
         refused: Vec<String>,
+        /// The replier's wall clock (ms since the epoch): a clock-offset sample.
+        wall_ms: u64,
+        /// The replier refuses client writes for clock skew.
+        fenced: bool,
     },
     /// Anti-entropy: the initiator's root hash.
     SyncRoot {
@@ -174,7 +186,7 @@ impl Message {
             Message::Welcome { .. } => "welcome",
             Message::Refuse { .. } => "refuse",
             Message::Ping => "ping",
-            Message::Pong => "pong",
+            Message::Pong { .. } => "pong",
             Message::Push { .. } => "push",
             Message::PushAck { .. } => "push_ack",
             Message::SyncRoot { .. } => "sync_root",
@@ -208,14 +220,22 @@ mod tests {
             },
             Message::Welcome {
                 lineage: Lineage::default(),
+                wall_ms: 0,
             },
             Message::Refuse {
                 reason: String::new(),
             },
             Message::Ping,
-            Message::Pong,
+            Message::Pong {
+                wall_ms: 0,
+                fenced: false,
+            },
             Message::Push { entries: vec![] },
-            Message::PushAck { refused: vec![] },
+            Message::PushAck {
+                refused: vec![],
+                wall_ms: 0,
+                fenced: false,
+            },
             Message::SyncRoot { root: 0 },
             Message::InSync,
             Message::SyncGroups { groups: vec![] },
@@ -243,7 +263,7 @@ mod tests {
                 | Message::Welcome { .. }
                 | Message::Refuse { .. }
                 | Message::Ping
-                | Message::Pong
+                | Message::Pong { .. }
                 | Message::Push { .. }
                 | Message::PushAck { .. }
                 | Message::SyncRoot { .. }

@@ -42,6 +42,8 @@ struct Node {
     paused: bool,
     /// Extra `serve` arguments for this node's next start (e.g. `--repair`).
     extra_args: Vec<String>,
+    /// Extra environment of the process (e.g. libfaketime's `LD_PRELOAD`).
+    env: Vec<(String, String)>,
 }
 
 /// A running cluster of real `meshkv serve` processes.
@@ -103,17 +105,32 @@ impl TestCluster {
     /// Starts `n` nodes; `extra_toml` holds optional top-level keys of the cluster file
     /// (e.g. `"live_timeout_ms = 300\n"`). Returns once every node answers `/health`.
     pub fn start(n: usize, extra_toml: &str) -> TestCluster {
-        Self::start_with(n, extra_toml, None)
+        Self::start_with(n, extra_toml, None, |_| Vec::new())
     }
 
     /// [`TestCluster::start`] with durable nodes: node `i` keeps its data in
     /// [`TestCluster::data_dir`]`(i)` with `--fsync fsync`, and keeps it across
     /// [`TestCluster::restart`].
     pub fn start_durable(n: usize, extra_toml: &str, fsync: &str) -> TestCluster {
-        Self::start_with(n, extra_toml, Some(fsync.to_owned()))
+        Self::start_with(n, extra_toml, Some(fsync.to_owned()), |_| Vec::new())
     }
 
-    fn start_with(n: usize, extra_toml: &str, fsync: Option<String>) -> TestCluster {
+    /// As [`TestCluster::start`], with extra environment variables for node `i`'s
+    /// process (kept across restarts): `env(i)`.
+    pub fn start_with_env(
+        n: usize,
+        extra_toml: &str,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> TestCluster {
+        Self::start_with(n, extra_toml, None, env)
+    }
+
+    fn start_with(
+        n: usize,
+        extra_toml: &str,
+        fsync: Option<String>,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> TestCluster {
         assert!((1..=200).contains(&n), "a test cluster has 1 to 200 nodes");
         let pid = std::process::id();
         let a = (20 + pid % 200) as u8;
@@ -142,6 +159,7 @@ impl TestCluster {
                 child: None,
                 paused: false,
                 extra_args: Vec::new(),
+                env: env(i),
             };
             toml.push_str(&format!(
                 "[[nodes]]\nid = \"{}\"\nhttp = \"{}\"\npeer = \"{}\"\n\n",
@@ -209,7 +227,10 @@ impl TestCluster {
                 .arg("--fsync")
                 .arg(fsync);
         }
-        command.args(&node.extra_args).env("RUST_LOG", "info");
+        command
+            .args(&node.extra_args)
+            .env("RUST_LOG", "info")
+            .envs(node.env.iter().map(|(key, value)| (key, value)));
         command
     }
 
@@ -689,4 +710,47 @@ where
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Where Debian's `faketime` package puts the preload library.
+const LIBFAKETIME: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+];
+
+/// The environment that shifts a process's wall clock by `offset` (libfaketime syntax,
+/// e.g. `"+3s"`; with `Some(file)`, the offset is read from that file on every clock
+/// reading instead, so a test can change it), leaving its monotonic clock alone; `None` if libfaketime is missing,
+/// after a loud SKIPPED line — unless `MESHKV_REQUIRE_FAKETIME=1` (set by `.ci/run`),
+/// where it panics, so that CI never silently passes a clock test.
+pub fn faketime_env(
+    test_name: &str,
+    offset: &str,
+    file: Option<&Path>,
+) -> Option<Vec<(String, String)>> {
+    let Some(library) = LIBFAKETIME.iter().find(|path| Path::new(path).exists()) else {
+        let why = "needs libfaketime (Debian package faketime) to shift a node's clock";
+        if std::env::var("MESHKV_REQUIRE_FAKETIME").as_deref() == Ok("1") {
+            panic!("{test_name}: {why}, and MESHKV_REQUIRE_FAKETIME=1 forbids skipping");
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n***** SKIPPED {test_name}: {why} (set MESHKV_REQUIRE_FAKETIME=1 to fail instead) *****\n"
+        );
+        return None;
+    };
+    let mut env = vec![
+        ("LD_PRELOAD".into(), (*library).into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    match file {
+        None => env.push(("FAKETIME".into(), offset.into())),
+        Some(file) => {
+            std::fs::write(file, offset).expect("faketime file written");
+            env.push(("FAKETIME_TIMESTAMP_FILE".into(), file.display().to_string()));
+            env.push(("FAKETIME_NO_CACHE".into(), "1".into()));
+        }
+    }
+    Some(env)
 }
