@@ -182,6 +182,8 @@ fn replication_options(limits: Limits) -> ReplicationOptions {
         outbox_max_keys: 1000,
         suspect_after: Duration::from_millis(600),
         startup_sync_timeout: Duration::from_millis(5000),
+        watch_buffer: 1024,
+        max_watchers: 256,
     }
 }
 
@@ -433,10 +435,15 @@ pub fn cluster_file(data: &[u8]) {
             outbox_max_keys: tuning.outbox_max_keys,
             suspect_after: Tuning::ms(tuning.suspect_after_ms),
             startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
+            watch_buffer: tuning.watch_buffer,
+            max_watchers: tuning.max_watchers,
         },
         Metrics::new(),
     );
-    let _router = crate::api::router(replica, Tuning::ms(tuning.http_timeout_ms));
+    let _router = crate::api::router(
+        replica,
+        crate::api::ApiOptions::new(Tuning::ms(tuning.http_timeout_ms)),
+    );
 }
 
 /// One HTTP request decoded from fuzz bytes: text shaped like HTTP/1.1 on the wire,
@@ -510,7 +517,10 @@ async fn serve_request(request: Request<Body>) {
     }
     let before = replica.summary();
     let is_head = request.method() == Method::HEAD;
-    let router = crate::api::router(replica.clone(), Duration::from_secs(10));
+    let router = crate::api::router(
+        replica.clone(),
+        crate::api::ApiOptions::new(Duration::from_secs(10)),
+    );
     let response = router
         .oneshot(request)
         .await

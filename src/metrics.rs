@@ -102,6 +102,12 @@ pub struct Metrics {
     pub link_down: Family<PeerLabels, Counter>,
     /// Bounds reached, by bound (`job_queue`, …), other than those counted above.
     pub bounds_hit: Family<ReasonLabels, Counter>,
+    /// Open watches (`GET /v1/watch`).
+    pub watchers: Gauge,
+    /// Events handed to watchers, snapshot entries included.
+    pub watch_events: Counter,
+    /// Watchers cut off because they fell behind.
+    pub watch_overflows: Counter,
 }
 
 impl Metrics {
@@ -126,6 +132,9 @@ impl Metrics {
             peer_state: Family::default(),
             link_down: Family::default(),
             bounds_hit: Family::default(),
+            watchers: Gauge::default(),
+            watch_events: Counter::default(),
+            watch_overflows: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -208,6 +217,21 @@ impl Metrics {
             "bounds_hit",
             "Bounds reached (requests dropped), by bound",
             metrics.bounds_hit.clone(),
+        );
+        registry.register(
+            "watchers",
+            "Open watches (GET /v1/watch)",
+            metrics.watchers.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Events sent to watchers, snapshot entries included",
+            metrics.watch_events.clone(),
+        );
+        registry.register(
+            "watch_overflows",
+            "Watchers cut off because they fell behind",
+            metrics.watch_overflows.clone(),
         );
         Arc::new(Self {
             registry,

@@ -163,6 +163,8 @@ pub async fn run_with(
             outbox_max_keys: tuning.outbox_max_keys,
             suspect_after: Tuning::ms(tuning.suspect_after_ms),
             startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
+            watch_buffer: tuning.watch_buffer,
+            max_watchers: tuning.max_watchers,
         },
         metrics.clone(),
     );
@@ -218,6 +220,16 @@ pub async fn run_with(
             shutdown.clone(),
         ));
     }
+    // Open watch streams never end on their own: end them when the node stops, so
+    // that the HTTP server's graceful shutdown does not wait for them.
+    tasks.spawn({
+        let replica = replica.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            replica.close_watches();
+        }
+    });
     tasks.close();
 
     info!(
@@ -228,7 +240,14 @@ pub async fn run_with(
         authenticated = secret.is_some(),
         "node serving"
     );
-    let app = crate::api::router(replica, Tuning::ms(tuning.http_timeout_ms));
+    let api_options = crate::api::ApiOptions {
+        request_timeout: Tuning::ms(tuning.http_timeout_ms),
+        peer_http: peers
+            .iter()
+            .map(|(peer, _)| (peer.id.to_string(), peer.http))
+            .collect(),
+    };
+    let app = crate::api::router(replica, api_options);
     let server_options = ServerOptions {
         max_connections: tuning.max_http_connections,
         header_timeout: Tuning::ms(tuning.http_header_timeout_ms),

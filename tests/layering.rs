@@ -56,7 +56,9 @@ const REPLICATION: &[(&str, &[&str])] = &[
     ("level", &[]),
     ("outbox", &[]),
     ("anti_entropy", &[]),
-    ("state", &[]),
+    // The change feed knows nothing of the state that publishes into it.
+    ("changes", &[]),
+    ("state", &["changes"]),
     ("peers", &["outbox", "state"]),
     ("driver", &["anti_entropy", "outbox", "peers", "state"]),
     ("gate", &["level", "peers", "state"]),
@@ -69,6 +71,7 @@ const REPLICATION: &[(&str, &[&str])] = &[
             "level",
             "outbox",
             "anti_entropy",
+            "changes",
             "state",
             "peers",
             "driver",

@@ -1,4 +1,4 @@
-//! The client HTTP API, version 1 (API.md §3).
+//! The client HTTP API, version 1 (API.md §3), and the dashboard page at `/`.
 //!
 //! Owns: routes, request parsing and validation, JSON shapes, request metrics. Every
 //! input is checked before the replica sees it, so bad input changes nothing.
@@ -6,7 +6,10 @@
 
 pub mod error;
 pub mod server;
+pub mod watch;
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,16 +37,46 @@ pub const MAX_LIST_LIMIT: usize = 10_000;
 
 const KV_PREFIX: &str = "/v1/kv/";
 
-#[derive(Clone)]
-struct AppState {
-    replica: Replica,
+/// The dashboard: one static page, its script and style inline (see DESIGN.md).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the API needs besides the replica.
+#[derive(Clone, Debug, Default)]
+pub struct ApiOptions {
+    /// Every request (up to its response headers) must finish within this time.
+    pub request_timeout: Duration,
+    /// Each peer's client HTTP address, which `/v1/cluster` gives so that the dashboard
+    /// can ask every node for its own view.
+    pub peer_http: BTreeMap<String, SocketAddr>,
 }
 
-/// The router of the client API; every request must finish within `request_timeout`.
-pub fn router(replica: Replica, request_timeout: Duration) -> Router {
+impl ApiOptions {
+    /// Options with `request_timeout` and no peer addresses.
+    pub fn new(request_timeout: Duration) -> Self {
+        Self {
+            request_timeout,
+            peer_http: BTreeMap::new(),
+        }
+    }
+}
+
+struct AppState {
+    replica: Replica,
+    peer_http: BTreeMap<String, SocketAddr>,
+}
+
+/// The router of the client API.
+pub fn router(replica: Replica, options: ApiOptions) -> Router {
     let body_limit = replica.limits().max_value_bytes + 1;
-    let state = Arc::new(AppState { replica });
+    let request_timeout = options.request_timeout;
+    let state = Arc::new(AppState {
+        replica,
+        peer_http: options.peer_http,
+    });
     Router::new()
+        .route("/", get(dashboard).fallback(method_not_allowed))
+        .route("/ui", get(dashboard).fallback(method_not_allowed))
+        .route("/v1/watch", get(watch::watch).fallback(method_not_allowed))
         .route("/v1/kv/{*key}", any(kv))
         .route("/v1/kv/", any(empty_key))
         .route("/v1/kv", get(list).fallback(method_not_allowed))
@@ -116,6 +149,8 @@ fn route_name(method: &Method, path: Option<&str>) -> &'static str {
         (Some("/v1/cluster"), _) => "cluster",
         (Some("/health"), _) => "health",
         (Some("/metrics"), _) => "metrics",
+        (Some("/v1/watch"), _) => "watch",
+        (Some("/" | "/ui"), _) => "dashboard",
         _ => "unmatched",
     }
 }
@@ -124,6 +159,18 @@ fn route_name(method: &Method, path: Option<&str>) -> &'static str {
 async fn health(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
     state.replica.check_ready()?;
     Ok("ok")
+}
+
+/// `GET /`: the dashboard page.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -353,15 +400,22 @@ async fn convergence(
     ))
 }
 
-/// `GET /v1/cluster`: this node's failure-detector view of its peers.
+/// `GET /v1/cluster`: this node's failure-detector view of its peers, with each peer's
+/// client address. Any web page may read it (`Access-Control-Allow-Origin: *`), so that
+/// the dashboard served by one node can show every node's view; it holds no data.
 async fn cluster(State(state): State<Arc<AppState>>) -> Response {
     let peers: Vec<Value> = state
         .replica
         .peer_views()
         .into_iter()
         .map(|(view, pending)| {
+            let http = state
+                .peer_http
+                .get(view.id.as_str())
+                .map(|address| address.to_string());
             json!({
                 "id": view.id.as_str(),
+                "http": http,
                 "state": view.state.as_str(),
                 "last_seen_ms": view.last_seen_ms,
                 "pending": pending,
@@ -369,7 +423,13 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
-    json_response(json!({ "node": state.replica.id().as_str(), "peers": peers }))
+    let mut response =
+        json_response(json!({ "node": state.replica.id().as_str(), "peers": peers }));
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
 }
 
 /// `GET /metrics` in the Prometheus text format.

@@ -17,10 +17,12 @@
 //! | [`driver`] | one task per peer: its link, pushes, jobs, anti-entropy rounds |
 //! | `peers` | one owned `Peer` per peer: outbox, job queue, wake-up |
 //! | `state` | the node's shared state: HLC + store (the one merge point), detector, clock, metrics |
+//! | [`changes`] | the change feed that watches read: per-watcher bounded buffers, fed by `state` |
 //! | `level` | [`Consistency`], [`ReplicationError`] |
 //! | [`outbox`], [`anti_entropy`] | pure mechanisms: the per-peer queue; the round planner |
 
 pub mod anti_entropy;
+pub mod changes;
 pub mod driver;
 mod gate;
 mod level;
@@ -35,11 +37,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::clock::{Clock, NodeId};
+use crate::clock::{Clock, NodeId, Version};
 use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
 use crate::store::{Entry, Limits, Summary};
+use changes::{TooManyWatchers, Watch};
 use driver::DriverPort;
 use gate::StartupGate;
 pub use level::{Consistency, ReplicationError, UnknownConsistency};
@@ -49,6 +52,19 @@ use responder::PeerResponder;
 use state::NodeState;
 pub use state::ReplicationOptions;
 pub use write::WriteOutcome;
+
+/// Entries a resumed watch sends before its live changes, at most.
+pub const MAX_WATCH_SNAPSHOT: usize = 10_000;
+
+/// A watch as it starts: see [`Replica::watch`].
+pub struct WatchStart {
+    /// The live changes from now on.
+    pub watch: Watch,
+    /// The entries newer than `after` when the watch started, in key order.
+    pub snapshot: Vec<Entry>,
+    /// More than [`MAX_WATCH_SNAPSHOT`] entries were newer: the snapshot is cut short.
+    pub snapshot_truncated: bool,
+}
 
 /// The node's replicated state. Clones share it.
 #[derive(Clone)]
@@ -166,6 +182,29 @@ impl Replica {
                 (view, pending)
             })
             .collect()
+    }
+
+    /// Watches the changes this node applies under `prefix` from now on; with `after`,
+    /// also the entries under it newer than that version now (tombstones included), so
+    /// that a watcher can resume without a gap. Refused past `max_watchers`.
+    pub fn watch(
+        &self,
+        prefix: &str,
+        after: Option<&Version>,
+    ) -> Result<WatchStart, TooManyWatchers> {
+        let (watch, snapshot, snapshot_truncated) =
+            self.node.watch(prefix, after, MAX_WATCH_SNAPSHOT)?;
+        Ok(WatchStart {
+            watch,
+            snapshot,
+            snapshot_truncated,
+        })
+    }
+
+    /// Ends every watch: each drains what it holds, then its stream ends (the node is
+    /// stopping, and open streams must not hold up its shutdown).
+    pub fn close_watches(&self) {
+        self.node.close_watches();
     }
 
     /// Merges entries from `from`, refusing versions too far in the future. Returns the

@@ -4,7 +4,9 @@
 //! the clock, the settings ([`ReplicationOptions`]), the metrics and the log limiter.
 //! The store changes only through [`NodeState::apply_local`] (a client's write) and
 //! [`NodeState::apply_remote`] (entries from a peer); everything else reads it through
-//! [`NodeState::with_store`]. Durability hooks in at those two methods.
+//! [`NodeState::with_store`]. Durability hooks in at those two methods, and so does the
+//! change feed that watches read (`changes`): each change that wins its merge is
+//! published there, inside the critical section, so watchers see the apply order.
 //! Knows nothing of: peers' queues and links, consistency levels, tasks.
 //!
 //! The core lock is a std mutex: it is held for microseconds and never across an
@@ -21,6 +23,8 @@ use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
 use crate::store::{Entry, Limits, Merged, Store};
+
+use super::changes::{ChangeFeed, Origin, TooManyWatchers, Watch};
 
 /// Settings of the replication layer.
 #[derive(Clone, Debug)]
@@ -41,6 +45,10 @@ pub struct ReplicationOptions {
     pub suspect_after: Duration,
     /// Longest wait after start before serving clients, caught up or not.
     pub startup_sync_timeout: Duration,
+    /// Changes buffered per watcher before it is cut off.
+    pub watch_buffer: usize,
+    /// Watchers open at once.
+    pub max_watchers: usize,
 }
 
 /// The clock and the data, locked together: a write's stamp and its merge are one
@@ -59,6 +67,8 @@ pub(super) struct NodeState {
     options: ReplicationOptions,
     metrics: Arc<Metrics>,
     log_limiter: LogLimiter,
+    /// Every applied change goes here, under the core lock (see `changes`).
+    changes: ChangeFeed,
 }
 
 impl NodeState {
@@ -82,6 +92,7 @@ impl NodeState {
             }),
             detector: Mutex::new(detector),
             log_limiter: LogLimiter::new(clock.clone()),
+            changes: ChangeFeed::new(options.watch_buffer, options.max_watchers, metrics.clone()),
             clock,
             options,
             metrics,
@@ -149,8 +160,12 @@ impl NodeState {
             value,
             replaces: core.store.get(key).map(|register| register.marker.clone()),
         };
+        let change = self.changes.capture(&entry, Origin::Local);
         let previous = match core.store.merge(entry) {
-            Merged::Applied { previous } => previous.and_then(|register| register.val.value),
+            Merged::Applied { previous } => {
+                self.changes.publish(change);
+                previous.and_then(|register| register.val.value)
+            }
             // Cannot happen: every stored version went through the HLC, so a fresh
             // stamp is larger. Were it to, the write is lost to a newer one, as
             // LWW says; panicking here would poison the lock and stop the node.
@@ -181,7 +196,10 @@ impl NodeState {
                     refused.push(entry.key);
                     continue;
                 }
-                core.store.merge(entry);
+                let change = self.changes.capture(&entry, Origin::Replicated);
+                if let Merged::Applied { .. } = core.store.merge(entry) {
+                    self.changes.publish(change);
+                }
             }
         }
         if let Some(skew) = worst_skew {
@@ -191,6 +209,31 @@ impl NodeState {
             }
         }
         refused
+    }
+
+    /// A watch of the changes under `prefix`, and the entries (tombstones included, in
+    /// key order) whose version is newer than `after` when it starts, at most
+    /// `max_snapshot` of them (the flag says more were newer). Taken under the core lock,
+    /// where changes are published, so the snapshot and the watch neither overlap nor
+    /// leave a gap.
+    pub(super) fn watch(
+        &self,
+        prefix: &str,
+        after: Option<&Version>,
+        max_snapshot: usize,
+    ) -> Result<(Watch, Vec<Entry>, bool), TooManyWatchers> {
+        let core = self.core();
+        let watch = self.changes.subscribe(prefix)?;
+        let (snapshot, more) = match after {
+            Some(after) => core.store.newer_than(prefix, after, max_snapshot),
+            None => (Vec::new(), false),
+        };
+        Ok((watch, snapshot, more))
+    }
+
+    /// Ends every watch (the node is stopping).
+    pub(super) fn close_watches(&self) {
+        self.changes.close();
     }
 
     /// A write could not be queued for `peer`: its outbox is full. Anti-entropy will
