@@ -69,12 +69,25 @@ pub enum WatchEvent {
 }
 
 /// Why a subscription was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{limit} watchers are open on this node already (max_watchers); try again later")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TooManyWatchers {
     /// The limit reached.
     pub limit: usize,
 }
+
+impl std::fmt::Display for TooManyWatchers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.limit {
+            0 => write!(f, "watches are turned off on this node (max_watchers = 0)"),
+            limit => write!(
+                f,
+                "{limit} watchers are open on this node already (max_watchers); try again later"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TooManyWatchers {}
 
 struct Subscriber {
     prefix: String,
