@@ -110,6 +110,23 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Print every change a node applies under PREFIX, one JSON line each, until Ctrl-C
+    /// (exit 1 if the node cuts the watch off or the connection is lost).
+    Watch {
+        /// Only keys starting with this (default: every key).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// First print the entries newer than this version (a `version` from a reply
+        /// or an earlier event), then the live changes.
+        #[arg(long, value_name = "VERSION")]
+        after: Option<String>,
+        /// The node's URL, e.g. http://127.0.0.11:7001.
+        #[arg(long, conflicts_with = "cluster", value_name = "URL")]
+        node: Option<String>,
+        /// A cluster file: the first node that answers is watched.
+        #[arg(long, value_name = "FILE")]
+        cluster: Option<PathBuf>,
+    },
     /// Run a test suite against a cluster (docs/API.md §6).
     Test(crate::tools::suites::TestArgs),
 }
@@ -284,12 +301,60 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("{}", reply.to_json());
             Ok(())
         }
+        Command::Watch {
+            prefix,
+            after,
+            node,
+            cluster,
+        } => {
+            let target = Target {
+                node,
+                cluster,
+                consistency: None,
+            };
+            let client = pick(&target).await?;
+            tokio::select! {
+                result = watch(&client, &prefix, after.as_deref()) => result,
+                _ = termination() => Ok(()),
+            }
+        }
         Command::Test(args) => match crate::tools::suites::run(args).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Failure::failed("the suite's checks failed")),
             Err(message) => Err(Failure::usage(message)),
         },
     }
+}
+
+/// Prints the watch's events as JSON lines until the node ends the stream.
+async fn watch(client: &Client, prefix: &str, after: Option<&str>) -> Result<(), Failure> {
+    use crate::tools::client::WatchEvent;
+    use std::io::Write;
+    let mut stream = client.watch(prefix, after).await?;
+    while let Some(event) = stream.next().await? {
+        match event {
+            WatchEvent::Change(change) => {
+                let mut stdout = std::io::stdout().lock();
+                let written = writeln!(stdout, "{}", change.json).and_then(|()| stdout.flush());
+                if let Err(error) = written {
+                    // A closed pipe (`| head`) ends the watch quietly.
+                    if error.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(Failure::failed(format!(
+                        "cannot write to standard output: {error}"
+                    )));
+                }
+            }
+            WatchEvent::Overflow { reason } => {
+                return Err(Failure::failed(format!(
+                    "{} stopped the watch: {reason}",
+                    client.url()
+                )))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load(path: &Path) -> Result<ClusterConfig, Failure> {

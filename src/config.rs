@@ -144,6 +144,11 @@ pub struct Tuning {
     /// data may bring deleted keys back. An empty node rejoins. Default 7 days; tests
     /// use seconds.
     pub tombstone_grace_ms: u64,
+    /// Concurrent watches (`GET /v1/watch`); more are answered 503.
+    pub max_watchers: usize,
+    /// Changes buffered for one watcher; one that falls further behind is cut off with
+    /// an `overflow` event.
+    pub watch_buffer: usize,
 }
 
 impl Default for Tuning {
@@ -174,6 +179,8 @@ impl Default for Tuning {
             http_header_timeout_ms: 5_000,
             fsync: FsyncPolicy::Batch,
             tombstone_grace_ms: 7 * 24 * 3600 * 1000,
+            max_watchers: 256,
+            watch_buffer: 1024,
         }
     }
 }
@@ -311,6 +318,7 @@ impl ClusterConfig {
             ("max_http_connections", tuning.max_http_connections as u64),
             ("http_header_timeout_ms", tuning.http_header_timeout_ms),
             ("tombstone_grace_ms", tuning.tombstone_grace_ms),
+            ("watch_buffer", tuning.watch_buffer as u64),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return invalid(format!("{name} must be positive"));
@@ -319,6 +327,9 @@ impl ClusterConfig {
         // margin under the frame cap.
         if tuning.batch_bytes > tuning.max_frame_bytes / 4 {
             return invalid("batch_bytes must be at most a quarter of max_frame_bytes".into());
+        }
+        if tuning.watch_buffer > 1_000_000 {
+            return invalid("watch_buffer must be at most 1000000".into());
         }
         if tuning.peer_idle_timeout_ms <= tuning.heartbeat_interval_ms {
             return invalid("peer_idle_timeout_ms must exceed heartbeat_interval_ms".into());

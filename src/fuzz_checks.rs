@@ -187,6 +187,8 @@ fn replication_options(limits: Limits) -> ReplicationOptions {
             id: 1,
             created_ms: WALL_MS,
         },
+        watch_buffer: 1024,
+        max_watchers: 256,
     }
 }
 
@@ -446,10 +448,15 @@ pub fn cluster_file(data: &[u8]) {
                 id: 1,
                 created_ms: WALL_MS,
             },
+            watch_buffer: tuning.watch_buffer,
+            max_watchers: tuning.max_watchers,
         },
         Metrics::new(),
     );
-    let _router = crate::api::router(replica, Tuning::ms(tuning.http_timeout_ms));
+    let _router = crate::api::router(
+        replica,
+        crate::api::ApiOptions::new(Tuning::ms(tuning.http_timeout_ms)),
+    );
 }
 
 /// One HTTP request decoded from fuzz bytes: text shaped like HTTP/1.1 on the wire,
@@ -523,7 +530,10 @@ async fn serve_request(request: Request<Body>) {
     }
     let before = replica.summary();
     let is_head = request.method() == Method::HEAD;
-    let router = crate::api::router(replica.clone(), Duration::from_secs(10));
+    let router = crate::api::router(
+        replica.clone(),
+        crate::api::ApiOptions::new(Duration::from_secs(10)),
+    );
     let response = hyper::service::Service::call(&router, request)
         .await
         .expect("the service is infallible");

@@ -90,6 +90,10 @@ pub enum Route {
     Cluster,
     /// `/v1/conflicts`.
     Conflicts,
+    /// `/v1/watch`.
+    Watch,
+    /// `/` and `/ui`: the dashboard.
+    Dashboard,
     /// `/health`.
     Health,
     /// `/metrics`.
@@ -100,7 +104,7 @@ pub enum Route {
 
 impl Route {
     /// Every route.
-    pub const ALL: [Route; 11] = [
+    pub const ALL: [Route; 13] = [
         Route::KvGet,
         Route::KvPut,
         Route::KvDelete,
@@ -109,6 +113,8 @@ impl Route {
         Route::Convergence,
         Route::Cluster,
         Route::Conflicts,
+        Route::Watch,
+        Route::Dashboard,
         Route::Health,
         Route::Metrics,
         Route::Unmatched,
@@ -125,6 +131,8 @@ impl Route {
             Route::Convergence => "convergence",
             Route::Cluster => "cluster",
             Route::Conflicts => "conflicts",
+            Route::Watch => "watch",
+            Route::Dashboard => "dashboard",
             Route::Health => "health",
             Route::Metrics => "metrics",
             Route::Unmatched => "unmatched",
@@ -236,6 +244,12 @@ pub struct Metrics {
     pub fenced: Gauge,
     /// Concurrent writes that a merge on this node discarded (LWW conflicts).
     pub conflicts: Counter,
+    /// Open watches (`GET /v1/watch`).
+    pub watchers: Gauge,
+    /// Events handed to watchers, snapshot entries included.
+    pub watch_events: Counter,
+    /// Watchers cut off because they fell behind.
+    pub watch_overflows: Counter,
 }
 
 impl Metrics {
@@ -283,6 +297,9 @@ impl Metrics {
             clock_offset_ms: Family::default(),
             fenced: Gauge::default(),
             conflicts: Counter::default(),
+            watchers: Gauge::default(),
+            watch_events: Counter::default(),
+            watch_overflows: Counter::default(),
             registry: Registry::default(),
         };
         for route in Route::ALL {
@@ -433,6 +450,21 @@ impl Metrics {
             "conflicts",
             "Concurrent writes that a merge on this node discarded (last-writer-wins conflicts)",
             metrics.conflicts.clone(),
+        );
+        registry.register(
+            "watchers",
+            "Open watches (GET /v1/watch)",
+            metrics.watchers.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Events sent to watchers, snapshot entries included",
+            metrics.watch_events.clone(),
+        );
+        registry.register(
+            "watch_overflows",
+            "Watchers cut off because they fell behind",
+            metrics.watch_overflows.clone(),
         );
         Arc::new(Self {
             registry,

@@ -284,6 +284,8 @@ pub async fn run_with(
                     created_ms: env.clock.wall_ms(),
                 },
             },
+            watch_buffer: tuning.watch_buffer,
+            max_watchers: tuning.max_watchers,
         },
         metrics.clone(),
         recovered,
@@ -351,6 +353,16 @@ pub async fn run_with(
         let (replica, shutdown) = (replica.clone(), shutdown.clone());
         async move { replica.collect_tombstones(collect_every, shutdown).await }
     });
+    // Open watch streams never end on their own: end them when the node stops, so
+    // that the HTTP server's graceful shutdown does not wait for them.
+    tasks.spawn({
+        let replica = replica.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            replica.close_watches();
+        }
+    });
     tasks.close();
 
     info!(
@@ -362,7 +374,14 @@ pub async fn run_with(
         storage = %env.storage.describe(),
         "node serving"
     );
-    let app = crate::api::router(replica, Tuning::ms(tuning.http_timeout_ms));
+    let api_options = crate::api::ApiOptions {
+        request_timeout: Tuning::ms(tuning.http_timeout_ms),
+        peer_http: peers
+            .iter()
+            .map(|(peer, _)| (peer.id.to_string(), peer.http))
+            .collect(),
+    };
+    let app = crate::api::router(replica, api_options);
     let server_options = ServerOptions {
         max_connections: tuning.max_http_connections,
         header_timeout: Tuning::ms(tuning.http_header_timeout_ms),

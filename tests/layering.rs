@@ -62,7 +62,9 @@ const REPLICATION: &[(&str, &[&str])] = &[
     ("anti_entropy", &[]),
     ("durable", &[]),
     ("tombstones", &[]),
-    ("state", &["durable", "tombstones"]),
+    // The change feed knows nothing of the state that publishes into it.
+    ("changes", &[]),
+    ("state", &["changes", "durable", "tombstones"]),
     ("peers", &["outbox", "state"]),
     ("driver", &["anti_entropy", "outbox", "peers", "state"]),
     ("gate", &["level", "peers", "state"]),
@@ -77,6 +79,7 @@ const REPLICATION: &[(&str, &[&str])] = &[
             "anti_entropy",
             "durable",
             "tombstones",
+            "changes",
             "state",
             "peers",
             "driver",

@@ -1,4 +1,4 @@
-//! The client HTTP API, version 1 (API.md §3).
+//! The client HTTP API, version 1 (API.md §3), and the dashboard page at `/`.
 //!
 //! Owns: routes, request parsing and validation, JSON shapes, request metrics. Every
 //! input is checked before the replica sees it, so bad input changes nothing.
@@ -7,16 +7,19 @@
 pub mod error;
 mod kv;
 pub mod server;
+pub mod watch;
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::{header, Method, Request, StatusCode};
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::BoxError;
@@ -38,9 +41,17 @@ pub const MAX_LIST_LIMIT: usize = 10_000;
 
 const KV_PREFIX: &str = "/v1/kv/";
 
-#[derive(Clone)]
-struct AppState {
-    replica: Replica,
+/// The dashboard: one static page, its script and style inline (see DESIGN.md).
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What the API needs besides the replica.
+#[derive(Clone, Debug, Default)]
+pub struct ApiOptions {
+    /// Every request (up to its response headers) must finish within this time.
+    pub request_timeout: Duration,
+    /// Each peer's client HTTP address, which `/v1/cluster` gives so that the dashboard
+    /// can ask every node for its own view.
+    pub peer_http: BTreeMap<String, SocketAddr>,
 }
 
 /// The client API as one hyper service. Cheap to clone.
@@ -63,13 +74,33 @@ struct Shared {
     routes: Router,
 }
 
-/// The client API; every request must finish within `request_timeout`.
-pub fn router(replica: Replica, request_timeout: Duration) -> Api {
+impl ApiOptions {
+    /// Options with `request_timeout` and no peer addresses.
+    pub fn new(request_timeout: Duration) -> Self {
+        Self {
+            request_timeout,
+            peer_http: BTreeMap::new(),
+        }
+    }
+}
+
+struct AppState {
+    replica: Replica,
+    peer_http: BTreeMap<String, SocketAddr>,
+}
+
+/// The client API; every request must finish within `options.request_timeout`.
+pub fn router(replica: Replica, options: ApiOptions) -> Api {
     let body_limit = replica.limits().max_value_bytes + 1;
+    let request_timeout = options.request_timeout;
     let state = Arc::new(AppState {
         replica: replica.clone(),
+        peer_http: options.peer_http,
     });
     let routes = Router::new()
+        .route("/", get(dashboard).fallback(method_not_allowed))
+        .route("/ui", get(dashboard).fallback(method_not_allowed))
+        .route("/v1/watch", get(watch::watch).fallback(method_not_allowed))
         .route("/v1/kv/", any(empty_key))
         .route("/v1/kv", get(list).fallback(method_not_allowed))
         .route(
@@ -184,6 +215,8 @@ fn route_of(method: &Method, path: &str) -> Route {
             "/v1/convergence" => Route::Convergence,
             "/v1/cluster" => Route::Cluster,
             "/v1/conflicts" => Route::Conflicts,
+            "/v1/watch" => Route::Watch,
+            "/" | "/ui" => Route::Dashboard,
             "/health" => Route::Health,
             "/metrics" => Route::Metrics,
             _ => Route::Unmatched,
@@ -195,6 +228,18 @@ fn route_of(method: &Method, path: &str) -> Route {
 async fn health(State(state): State<Arc<AppState>>) -> Result<&'static str, ApiError> {
     state.replica.check_ready()?;
     Ok("ok")
+}
+
+/// `GET /`: the dashboard page.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        DASHBOARD,
+    )
+        .into_response()
 }
 
 async fn not_found() -> ApiError {
@@ -320,12 +365,14 @@ async fn convergence(
     ))
 }
 
-/// `GET /v1/cluster`: this node's failure-detector view of its peers, and how
-/// tombstone collection sees each (`tombstones`: `synced` when a clean round set its
-/// watermark (it holds the tombstones this node held then), `waiting` for a first clean
-/// round, `excluded` for silence longer than the grace; `refused` says why
-/// a retired peer's data is refused). `retired` says why this node's own data was
-/// retired, if it was.
+/// `GET /v1/cluster`: this node's failure-detector view of its peers, with each peer's
+/// client address, and how tombstone collection sees each (`tombstones`: `synced` when
+/// a clean round set its watermark (it holds the tombstones this node held then),
+/// `waiting` for a first clean round, `excluded` for silence longer than the grace;
+/// `refused` says why a retired peer's data is refused). `retired` says why this node's
+/// own data was retired, if it was. Any web page may read it
+/// (`Access-Control-Allow-Origin: *`), so that the dashboard served by one node can
+/// show every node's view; it holds no data.
 async fn cluster(State(state): State<Arc<AppState>>) -> Response {
     let collection = state.replica.collection_views();
     let peers: Vec<Value> = state
@@ -340,8 +387,13 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
                 _ => "waiting",
             };
             let offset = state.replica.clock_offset(&view.id);
+            let http = state
+                .peer_http
+                .get(view.id.as_str())
+                .map(|address| address.to_string());
             json!({
                 "id": view.id.as_str(),
+                "http": http,
                 "state": view.state.as_str(),
                 "last_seen_ms": view.last_seen_ms,
                 "pending": pending,
@@ -354,14 +406,19 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
             })
         })
         .collect();
-    json_response(json!({
+    let mut response = json_response(json!({
         "node": state.replica.id().as_str(),
         "durable": state.replica.durable(),
         "catching_up": state.replica.catching_up(),
         "fenced": state.replica.fenced(),
         "peers": peers,
         "retired": state.replica.retired(),
-    }))
+    }));
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
 }
 
 /// Query of `GET /v1/conflicts`.

@@ -18,10 +18,12 @@
 //! | `peers` | one owned `Peer` per peer: outbox, job queue, wake-up |
 //! | `state` | the node's shared state: HLC + store (the one merge point, which appends to the journal), detector, clock, metrics, the collection ledger |
 //! | `durable` | the journal record codec, recovery into a store, the HLC lease and its keeper |
+//! | [`changes`] | the change feed that watches read: per-watcher bounded buffers, fed by `state` |
 //! | `level` | [`Consistency`], [`ReplicationError`] |
 //! | [`outbox`], [`anti_entropy`], [`tombstones`] | pure mechanisms: the per-peer queue; the round planner; the tombstone collection rule |
 
 pub mod anti_entropy;
+pub mod changes;
 pub mod driver;
 pub mod durable;
 mod gate;
@@ -47,6 +49,7 @@ use crate::peer::Responder;
 use crate::persist::{JournalError, JournalStats, MemoryOnly};
 use crate::store::{Entry, Limits, Summary};
 use crate::wire::Message;
+use changes::{TooManyWatchers, Watch};
 use driver::DriverPort;
 use durable::Recovered;
 use gate::StartupGate;
@@ -61,6 +64,19 @@ pub use write::WriteOutcome;
 
 /// Tombstones dropped per hold of the core lock.
 pub const COLLECT_SLICE: usize = 1024;
+
+/// Entries a resumed watch sends before its live changes, at most.
+pub const MAX_WATCH_SNAPSHOT: usize = 10_000;
+
+/// A watch as it starts: see [`Replica::watch`].
+pub struct WatchStart {
+    /// The live changes from now on.
+    pub watch: Watch,
+    /// The entries newer than `after` when the watch started, in key order.
+    pub snapshot: Vec<Entry>,
+    /// More than [`MAX_WATCH_SNAPSHOT`] entries were newer: the snapshot is cut short.
+    pub snapshot_truncated: bool,
+}
 
 /// The node's replicated state. Clones share it.
 #[derive(Clone)]
@@ -320,6 +336,29 @@ impl Replica {
         self.node.peer_fenced(peer)
     }
 
+    /// Watches the changes this node applies under `prefix` from now on; with `after`,
+    /// also the entries under it newer than that version now (tombstones included), so
+    /// that a watcher can resume without a gap. Refused past `max_watchers`.
+    pub fn watch(
+        &self,
+        prefix: &str,
+        after: Option<&Version>,
+    ) -> Result<WatchStart, TooManyWatchers> {
+        let (watch, snapshot, snapshot_truncated) =
+            self.node.watch(prefix, after, MAX_WATCH_SNAPSHOT)?;
+        Ok(WatchStart {
+            watch,
+            snapshot,
+            snapshot_truncated,
+        })
+    }
+
+    /// Ends every watch: each drains what it holds, then its stream ends (the node is
+    /// stopping, and open streams must not hold up its shutdown).
+    pub fn close_watches(&self) {
+        self.node.close_watches();
+    }
+
     /// Merges entries from `from`, refusing versions too far in the future. Returns the
     /// keys refused.
     /// Does not wait: if the journal's queue is full (or the journal failed), every key
@@ -364,6 +403,8 @@ mod tests {
                 id: 1,
                 created_ms: 0,
             },
+            watch_buffer: 1024,
+            max_watchers: 256,
         }
     }
 

@@ -207,6 +207,8 @@ mod tests {
                 id: 1,
                 created_ms: 0,
             },
+            watch_buffer: 1024,
+            max_watchers: 256,
         };
         let recovered = Recovered {
             store: Store::new(),

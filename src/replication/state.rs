@@ -11,6 +11,9 @@
 //! durable HLC lease (see `durable`).
 //! The one other change, dropping tombstones, is [`NodeState::collect_tombstones`],
 //! under the rule of the collection [`Ledger`] it also holds.
+//! The change feed that watches read (`changes`) hooks in at the same two methods:
+//! each change that wins its merge is published there, inside the critical section,
+//! so watchers see the apply order.
 //! Knows nothing of: peers' queues and links, consistency levels, tasks.
 //!
 //! The core lock is a std mutex: it is held for microseconds and never across an
@@ -35,6 +38,8 @@ use crate::wire::{DataEpoch, Lineage};
 use super::tombstones::{CollectionView, Horizon, Ledger};
 use crate::skew::{Estimate, Fence, Fenced, Sample, SkewMonitor, Transition};
 use crate::store::conflict::{self, ConflictLog, Recorded};
+
+use super::changes::{ChangeFeed, Origin, TooManyWatchers, Watch};
 
 /// Settings of the replication layer.
 #[derive(Clone, Debug)]
@@ -61,6 +66,10 @@ pub struct ReplicationOptions {
     /// The epoch of this node's data: when and with which random id its store began
     /// empty.
     pub epoch: DataEpoch,
+    /// Changes buffered per watcher before it is cut off.
+    pub watch_buffer: usize,
+    /// Watchers open at once.
+    pub max_watchers: usize,
 }
 
 /// The clock and the data, locked together: a write's stamp and its merge are one
@@ -113,6 +122,8 @@ pub(super) struct NodeState {
     resumed: bool,
     /// Tombstone collection: watermarks, contacts, retirements.
     ledger: Mutex<Ledger>,
+    /// Every applied change goes here, under the core lock (see `changes`).
+    changes: ChangeFeed,
 }
 
 impl NodeState {
@@ -176,6 +187,7 @@ impl NodeState {
             )),
             conflicts: Mutex::new(ConflictLog::default()),
             log_limiter: LogLimiter::new(clock.clone()),
+            changes: ChangeFeed::new(options.watch_buffer, options.max_watchers, metrics.clone()),
             clock,
             options,
             metrics,
@@ -453,12 +465,16 @@ impl NodeState {
         };
         let lsn = self.journal.append(slot, batch)?;
         core.last_lsn = lsn;
+        let change = self.changes.capture(&entry, Origin::Local);
         let previous = match core.store.merge(entry) {
-            Merged::Applied { previous } => previous.and_then(|register| {
-                self.journal
-                    .record_garbage(durable::record_weight(key, &register));
-                register.val.value
-            }),
+            Merged::Applied { previous } => {
+                self.changes.publish(change);
+                previous.and_then(|register| {
+                    self.journal
+                        .record_garbage(durable::record_weight(key, &register));
+                    register.val.value
+                })
+            }
             // Cannot happen: every stored version went through the HLC, so a fresh
             // stamp is larger. Were it to, the write is lost to a newer one, as
             // LWW says; panicking here would poison the lock and stop the node.
@@ -519,12 +535,13 @@ impl NodeState {
                 for entry in fresh {
                     let key = entry.key.clone();
                     conflicts.extend(conflict::detect(core.store.get(&entry.key), &entry));
-                    if let Merged::Applied {
-                        previous: Some(previous),
-                    } = core.store.merge(entry)
-                    {
-                        self.journal
-                            .record_garbage(durable::record_weight(&key, &previous));
+                    let change = self.changes.capture(&entry, Origin::Replicated);
+                    if let Merged::Applied { previous } = core.store.merge(entry) {
+                        self.changes.publish(change);
+                        if let Some(previous) = previous {
+                            self.journal
+                                .record_garbage(durable::record_weight(&key, &previous));
+                        }
                     }
                 }
             }
@@ -573,6 +590,31 @@ impl NodeState {
     pub(super) fn conflicts(&self, limit: usize) -> Vec<Recorded> {
         let log = self.conflicts.lock().expect("conflict log lock poisoned");
         log.recent(limit)
+    }
+
+    /// A watch of the changes under `prefix`, and the entries (tombstones included, in
+    /// key order) whose version is newer than `after` when it starts, at most
+    /// `max_snapshot` of them (the flag says more were newer). Taken under the core lock,
+    /// where changes are published, so the snapshot and the watch neither overlap nor
+    /// leave a gap.
+    pub(super) fn watch(
+        &self,
+        prefix: &str,
+        after: Option<&Version>,
+        max_snapshot: usize,
+    ) -> Result<(Watch, Vec<Entry>, bool), TooManyWatchers> {
+        let core = self.core();
+        let watch = self.changes.subscribe(prefix)?;
+        let (snapshot, more) = match after {
+            Some(after) => core.store.newer_than(prefix, after, max_snapshot),
+            None => (Vec::new(), false),
+        };
+        Ok((watch, snapshot, more))
+    }
+
+    /// Ends every watch (the node is stopping).
+    pub(super) fn close_watches(&self) {
+        self.changes.close();
     }
 
     /// A write could not be queued for `peer`: its outbox is full. Anti-entropy will

@@ -331,6 +331,25 @@ impl Store {
         (items, false)
     }
 
+    /// Entries under `prefix` (tombstones included) whose version is newer than
+    /// `after`, in key order, at most `limit` of them; the flag says whether more
+    /// matched. Walks every key under the prefix: for resuming a watch, not hot paths.
+    pub fn newer_than(&self, prefix: &str, after: &Version, limit: usize) -> (Vec<Entry>, bool) {
+        let mut items = Vec::new();
+        let newer = self
+            .registers
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix))
+            .filter(|(_, register)| &register.marker > after);
+        for (key, register) in newer {
+            if items.len() == limit {
+                return (items, true);
+            }
+            items.push(Entry::of(key, register));
+        }
+        (items, false)
+    }
+
     /// The digest tree.
     pub fn digest(&self) -> &Digest {
         &self.digest
@@ -391,6 +410,21 @@ mod tests {
         store
             .get(key)
             .and_then(|register| register.val.value.clone())
+    }
+
+    #[test]
+    fn newer_than_keeps_tombstones_and_the_prefix() {
+        let mut store = Store::new();
+        store.merge(put("a/1", 1, "n1", Some("old")));
+        store.merge(put("a/2", 3, "n1", None));
+        store.merge(put("a/3", 4, "n2", Some("new")));
+        store.merge(put("b/1", 5, "n1", Some("other")));
+        let (items, more) = store.newer_than("a/", &version(2, "n1"), 10);
+        let keys: Vec<_> = items.iter().map(|entry| entry.key.as_str()).collect();
+        assert_eq!((keys, more), (vec!["a/2", "a/3"], false));
+        assert_eq!(items[0].value, None);
+        let (items, more) = store.newer_than("a/", &version(0, "n1"), 2);
+        assert_eq!((items.len(), more), (2, true));
     }
 
     #[test]

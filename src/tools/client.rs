@@ -187,6 +187,178 @@ impl ReadReply {
     }
 }
 
+/// How long a watch may go without a byte (a change or a keep-alive, which the server
+/// sends every 15 s) before the connection counts as lost.
+pub const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// One change from a watch (API.md §3.5).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeEvent {
+    /// The key.
+    pub key: String,
+    /// The version of the change.
+    pub version: String,
+    /// The new value, `None` for a deletion.
+    pub value: Option<Bytes>,
+    /// `local` or `replicated`.
+    pub origin: String,
+    /// Sent from the snapshot of a resumed watch (`after=`), not as it happened.
+    pub snapshot: bool,
+    /// The event exactly as the node sent it.
+    pub json: Value,
+}
+
+impl ChangeEvent {
+    fn from_json(json: Value) -> Result<Self, String> {
+        let value = decode_value(&json, "value")?;
+        let deleted = json.get("deleted").and_then(Value::as_bool) == Some(true);
+        if value.is_none() && !deleted {
+            return Err("the change has neither a value nor \"deleted\": true".to_owned());
+        }
+        Ok(Self {
+            key: string_field(&json, "key")?,
+            version: string_field(&json, "version")?,
+            value,
+            origin: string_field(&json, "origin")?,
+            snapshot: json.get("snapshot").and_then(Value::as_bool) == Some(true),
+            json,
+        })
+    }
+}
+
+/// What a watch yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent {
+    /// A change under the prefix.
+    Change(ChangeEvent),
+    /// The node cut the watch off because it fell behind; the stream ends after this.
+    Overflow {
+        /// The node's explanation.
+        reason: String,
+    },
+}
+
+/// The server-sent-events framing: lines in, complete `(event type, data)` pairs out.
+#[derive(Debug, Default)]
+struct SseParser {
+    buffer: Vec<u8>,
+    event: String,
+    data: String,
+}
+
+impl SseParser {
+    fn feed(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete event in what was fed, if any. Comments (keep-alives) and
+    /// events without data are skipped.
+    fn next_event(&mut self) -> Result<Option<(String, String)>, String> {
+        while let Some(end) = self.buffer.iter().position(|&byte| byte == b'\n') {
+            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            let line = String::from_utf8(line).map_err(|_| "a line is not UTF-8".to_owned())?;
+            if line.is_empty() {
+                let event = std::mem::take(&mut self.event);
+                let data = std::mem::take(&mut self.data);
+                if !data.is_empty() {
+                    return Ok(Some((event, data)));
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.event = value.to_owned(),
+                "data" => {
+                    if !self.data.is_empty() {
+                        self.data.push('\n');
+                    }
+                    self.data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// One event of the watch API as a [`WatchEvent`]; `None` for event types of later
+/// versions.
+fn watch_event(event: &str, data: &str) -> Result<Option<WatchEvent>, String> {
+    let json: Value =
+        serde_json::from_str(data).map_err(|error| format!("an event is not JSON: {error}"))?;
+    match event {
+        "overflow" => Ok(Some(WatchEvent::Overflow {
+            reason: json
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("the watcher fell behind")
+                .to_owned(),
+        })),
+        "" | "message" => {
+            ChangeEvent::from_json(json).map(|change| Some(WatchEvent::Change(change)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// An open watch: server-sent events read one at a time.
+pub struct WatchStream {
+    url: String,
+    response: reqwest::Response,
+    parser: SseParser,
+    ended: bool,
+}
+
+impl WatchStream {
+    /// The next event; `Ok(None)` when the node ended the stream (it is stopping, or
+    /// after an overflow). A connection lost, or silent for [`WATCH_IDLE_TIMEOUT`], is
+    /// an error.
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
+        loop {
+            while let Some((event, data)) =
+                self.parser.next_event().map_err(|r| self.protocol(r))?
+            {
+                if let Some(event) = watch_event(&event, &data).map_err(|r| self.protocol(r))? {
+                    return Ok(Some(event));
+                }
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            let chunk = tokio::time::timeout(WATCH_IDLE_TIMEOUT, self.response.chunk())
+                .await
+                .map_err(|_| ClientError::Unreachable {
+                    url: self.url.clone(),
+                    reason: format!("the watch was silent for {WATCH_IDLE_TIMEOUT:?}"),
+                })?
+                .map_err(|error| ClientError::Unreachable {
+                    url: self.url.clone(),
+                    reason: format!("the watch connection was lost: {error}"),
+                })?;
+            match chunk {
+                Some(bytes) => self.parser.feed(&bytes),
+                // A last event without its blank line is incomplete: dropped.
+                None => self.ended = true,
+            }
+        }
+    }
+
+    fn protocol(&self, reason: String) -> ClientError {
+        ClientError::Protocol {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+}
+
 /// A client of one node.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -336,6 +508,56 @@ impl Client {
         self.parse(&body)
     }
 
+    /// Watches the changes under `prefix` (`GET /v1/watch`); with `after`, first the
+    /// entries newer than that version. The stream has no overall deadline, only the
+    /// idle one of [`WatchStream::next`].
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+    ) -> Result<WatchStream, ClientError> {
+        use percent_encoding::NON_ALPHANUMERIC;
+        let mut url = format!(
+            "{}/v1/watch?prefix={}",
+            self.base,
+            utf8_percent_encode(prefix, NON_ALPHANUMERIC)
+        );
+        if let Some(after) = after {
+            url.push_str("&after=");
+            url.push_str(&utf8_percent_encode(after, NON_ALPHANUMERIC).to_string());
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(DEFAULT_TIMEOUT)
+            .build()
+            .expect("a client without TLS always builds");
+        let response = tokio::time::timeout(DEFAULT_TIMEOUT, http.get(url).send())
+            .await
+            .map_err(|_| ClientError::Unreachable {
+                url: self.base.clone(),
+                reason: "timed out".to_owned(),
+            })?
+            .map_err(|e| self.unreachable(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|json| json.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(body);
+            return Err(ClientError::Status {
+                url: self.base.clone(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        Ok(WatchStream {
+            url: self.base.clone(),
+            response,
+            parser: SseParser::default(),
+            ended: false,
+        })
+    }
+
     /// `GET /health` answered `ok`.
     pub async fn healthy(&self) -> bool {
         matches!(self.send(self.http.get(format!("{}/health", self.base))).await, Ok((_, body)) if body == "ok")
@@ -365,6 +587,41 @@ mod tests {
         )
         .is_err());
         assert!(ReadReply::from_json(&json!({"key": "k", "version": "v", "node": "n1"})).is_err());
+    }
+
+    #[test]
+    fn event_streams_parse_across_chunks() {
+        let mut parser = SseParser::default();
+        parser.feed(b": keep-alive\n\ndata: {\"key\":\"a\",\"version\":\"v1\",");
+        assert_eq!(parser.next_event(), Ok(None));
+        parser.feed(b"\"value\":\"x\",\"origin\":\"local\"}\r\n\r\nevent: overflow\ndata: {\"reason\":\"slow\"}\n\n");
+        let (event, data) = parser.next_event().unwrap().unwrap();
+        let Some(WatchEvent::Change(change)) = watch_event(&event, &data).unwrap() else {
+            panic!("not a change: {event} {data}");
+        };
+        assert_eq!(
+            (change.key.as_str(), change.value.as_deref()),
+            ("a", Some(&b"x"[..]))
+        );
+        assert_eq!(change.origin, "local");
+        let (event, data) = parser.next_event().unwrap().unwrap();
+        assert_eq!(
+            watch_event(&event, &data).unwrap(),
+            Some(WatchEvent::Overflow {
+                reason: "slow".into()
+            })
+        );
+        assert_eq!(parser.next_event(), Ok(None));
+        let deleted = watch_event(
+            "",
+            r#"{"key":"k","version":"v","deleted":true,"origin":"replicated"}"#,
+        );
+        assert!(matches!(
+            deleted,
+            Ok(Some(WatchEvent::Change(ChangeEvent { value: None, .. })))
+        ));
+        assert!(watch_event("", r#"{"key":"k","version":"v","origin":"local"}"#).is_err());
+        assert_eq!(watch_event("later", "{}"), Ok(None));
     }
 
     #[test]
