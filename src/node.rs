@@ -97,6 +97,13 @@ impl Clock for SystemClock {
     }
 }
 
+/// Called once with the node's [`Replica`] as the node starts. Lets a deterministic
+/// simulator look at every node's state from outside the network (its invariant
+/// checks: which replicas hold a write when a `quorum` write is acknowledged, what a
+/// node held when it crashed), between two steps of the simulation. Production has
+/// none.
+pub type ReplicaObserver = Arc<dyn Fn(&Replica) + Send + Sync>;
+
 /// The outside world of one node: the seams through which time and the network reach
 /// it. [`run`] uses [`NodeEnv::production`]; a deterministic simulator builds its own
 /// (simulated time, simulated TCP) and calls [`run_with`] once per node, all in one
@@ -108,6 +115,8 @@ pub struct NodeEnv {
     /// Every connection: to peers, from peers, from HTTP clients.
     pub transport: Arc<dyn Transport>,
     // The storage seam (`persist`, the data directory) joins here.
+    /// Read-only access to the node's state for a simulator; `None` in production.
+    pub observer: Option<ReplicaObserver>,
 }
 
 impl NodeEnv {
@@ -116,6 +125,7 @@ impl NodeEnv {
         Self {
             clock: Arc::new(SystemClock::new()),
             transport: Arc::new(TcpTransport),
+            observer: None,
         }
     }
 }
@@ -160,6 +170,9 @@ pub async fn run_with(
         },
         metrics.clone(),
     );
+    if let Some(observer) = &env.observer {
+        observer(&replica);
+    }
     let identity = Arc::new(Identity {
         node: me.id.clone(),
         cluster: tuning.cluster.clone(),

@@ -148,6 +148,12 @@ impl Replica {
             .with_store(|store| store.scan(prefix, start_after, limit))
     }
 
+    /// The register this node holds for `key` now, tombstone included, without asking
+    /// any peer (a simulator's view of one replica).
+    pub fn local_entry(&self, key: &str) -> Option<Entry> {
+        self.node.with_store(|store| store.entry(key))
+    }
+
     /// Counts and digest of the local state.
     pub fn summary(&self) -> Summary {
         self.node.with_store(|store| store.summary())
