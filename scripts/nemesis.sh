@@ -60,6 +60,7 @@ signal_node() {
 peer_ip() {
     local peer ip
     peer=$(node_line "$1" | awk '{print $3}')
+    [[ -n $peer ]] || die "node $1 has no peer address in $CLUSTER_FILE; nemesis.sh cuts node-to-node traffic by peer IP, so pass your own --partition-cmd/--heal-cmd for this store."
     ip=${peer%:*}
     [[ $ip =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "node $1's peer address $peer is not IPv4; nemesis.sh partitions IPv4 addresses only."
     echo "$ip"

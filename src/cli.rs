@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::node;
 use crate::tools::client::{Client, ClientError, DEFAULT_TIMEOUT};
+use crate::tools::inspect::Source;
 
 /// A multi-master, eventually consistent key-value store.
 #[derive(Parser, Debug)]
@@ -74,15 +75,13 @@ enum Command {
     },
     /// Show every node of a cluster and its view of its peers.
     Status {
-        /// The cluster file.
-        #[arg(long)]
-        cluster: PathBuf,
+        #[command(flatten)]
+        scope: Scope,
     },
     /// Exit 0 when every reachable node holds the same state, 1 otherwise.
     Check {
-        /// The cluster file.
-        #[arg(long)]
-        cluster: PathBuf,
+        #[command(flatten)]
+        scope: Scope,
         /// Keep polling up to this long (e.g. 500ms, 10s, 2m) for convergence.
         #[arg(long, default_value = "0s", value_parser = crate::tools::inspect::parse_duration)]
         wait: Duration,
@@ -97,7 +96,7 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
-    /// Run a test suite against a cluster (API.md §6).
+    /// Run a test suite against a cluster (docs/API.md §6).
     Test(crate::tools::suites::TestArgs),
 }
 
@@ -115,6 +114,35 @@ struct Target {
     /// Consistency level: one, live, quorum or all.
     #[arg(long)]
     consistency: Option<String>,
+}
+
+/// Which cluster `status` and `check` look at. Without `--node` or `--cluster`: the
+/// cluster of a running `meshkv demo` if there is one, else the single node on
+/// http://127.0.0.1:7001.
+#[derive(Args, Debug)]
+struct Scope {
+    /// The cluster file: every node in it is asked.
+    #[arg(long, value_name = "FILE")]
+    cluster: Option<PathBuf>,
+    /// One node's URL: that node is asked, and it asks the others (through
+    /// `/v1/convergence?cluster=true`).
+    #[arg(long, conflicts_with = "cluster", value_name = "URL")]
+    node: Option<String>,
+}
+
+impl Scope {
+    fn source(&self) -> Result<Source, Failure> {
+        let demo = demo_cluster_file();
+        match (&self.node, &self.cluster) {
+            (Some(url), _) => Ok(Source::Node(Client::new(url, DEFAULT_TIMEOUT))),
+            (None, Some(path)) => Ok(Source::Cluster(Box::new(load(path)?))),
+            (None, None) if demo.exists() => Ok(Source::Cluster(Box::new(load(&demo)?))),
+            (None, None) => Ok(Source::Node(Client::new(
+                "http://127.0.0.1:7001",
+                DEFAULT_TIMEOUT,
+            ))),
+        }
+    }
 }
 
 /// A failure to report: the sentence and the exit code.
@@ -222,12 +250,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("{}", reply.to_json());
             Ok(())
         }
-        Command::Status { cluster } => {
-            print!("{}", crate::tools::inspect::status(&load(&cluster)?).await);
+        Command::Status { scope } => {
+            print!("{}", crate::tools::inspect::status(&scope.source()?).await);
             Ok(())
         }
-        Command::Check { cluster, wait, all } => {
-            if crate::tools::inspect::check(&load(&cluster)?, wait, all).await {
+        Command::Check { scope, wait, all } => {
+            if crate::tools::inspect::check(&scope.source()?, wait, all).await {
                 Ok(())
             } else {
                 Err(Failure::failed("the cluster has not converged"))
@@ -415,7 +443,7 @@ async fn demo(count: usize, port: u16) -> Result<(), Failure> {
     // client could quietly talk to whatever already listens there (an older demo).
     // Checked before anything is written, so a running demo's files stay as they are.
     for spec in &config.nodes {
-        for address in [spec.http, spec.peer] {
+        for address in std::iter::once(spec.http).chain(spec.peer) {
             if let Err(error) = std::net::TcpListener::bind(address) {
                 return Err(Failure::failed(format!(
                     "cannot start the demo: {address} is not free ({error}); is another demo or node running?"
@@ -490,7 +518,8 @@ async fn demo(count: usize, port: u16) -> Result<(), Failure> {
             "  {:<4} {:<22} {:<22} {}",
             spec.id,
             format!("http://{}", spec.http),
-            spec.peer,
+            spec.peer
+                .map_or_else(|| "-".to_owned(), |peer| peer.to_string()),
             child.id().map_or_else(|| "?".into(), |pid| pid.to_string())
         );
     }

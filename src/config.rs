@@ -56,6 +56,11 @@ pub enum ConfigError {
     /// `--node` names no node of the file.
     #[error("node {0:?} is not in the cluster file")]
     UnknownNode(String),
+    /// A node to be served, or one of its peers, has no `peer` address.
+    #[error(
+        "node {0} has no peer address in the cluster file; serving a node needs `peer` on every node (only testing a cluster can do without it)"
+    )]
+    NoPeerAddress(String),
 }
 
 /// One `[[nodes]]` entry.
@@ -67,7 +72,10 @@ pub struct NodeSpec {
     /// Client HTTP address.
     pub http: SocketAddr,
     /// Node-to-node address; outbound peer connections also originate from its IP.
-    pub peer: SocketAddr,
+    /// Needed to serve the node (see [`ClusterConfig::peer_address`]), not to test it:
+    /// a store that is not meshkv may be described by `id` and `http` alone.
+    #[serde(default)]
+    pub peer: Option<SocketAddr>,
 }
 
 /// Every optional top-level key of the cluster file, with its default.
@@ -233,7 +241,7 @@ impl ClusterConfig {
             nodes: vec![NodeSpec {
                 id: NodeId::new("n1").expect("valid id"),
                 http: "127.0.0.1:7001".parse().expect("valid address"),
-                peer: "127.0.0.1:7101".parse().expect("valid address"),
+                peer: Some("127.0.0.1:7101".parse().expect("valid address")),
             }],
             tuning: Tuning::default(),
             base_dir: PathBuf::new(),
@@ -252,7 +260,7 @@ impl ClusterConfig {
             if !ids.insert(&node.id) {
                 return invalid(format!("node id {} appears twice", node.id));
             }
-            for address in [node.http, node.peer] {
+            for address in std::iter::once(node.http).chain(node.peer) {
                 if !addresses.insert(address) {
                     return invalid(format!("address {address} is used twice"));
                 }
@@ -308,6 +316,12 @@ impl ClusterConfig {
             .iter()
             .find(|node| node.id.as_str() == id)
             .ok_or_else(|| ConfigError::UnknownNode(id.to_owned()))
+    }
+
+    /// The `peer` address of `node`, which serving a cluster needs on every node.
+    pub fn peer_address(&self, node: &NodeSpec) -> Result<SocketAddr, ConfigError> {
+        node.peer
+            .ok_or_else(|| ConfigError::NoPeerAddress(node.id.to_string()))
     }
 
     /// Every node but `id`.
@@ -374,7 +388,7 @@ mod tests {
         assert_eq!(config.tuning, Tuning::default());
         assert_eq!(
             config.node("n2").unwrap().peer,
-            "127.0.0.12:7102".parse().unwrap()
+            Some("127.0.0.12:7102".parse().unwrap())
         );
         let me = NodeId::new("n1").unwrap();
         assert_eq!(
@@ -416,6 +430,34 @@ mod tests {
                 "{text:?} gave {error:?}, expected {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn nodes_without_peer_addresses_can_be_tested_not_served() {
+        let text = "[[nodes]]\nid=\"a\"\nhttp=\"127.0.0.1:1\"\n[[nodes]]\nid=\"b\"\nhttp=\"127.0.0.1:2\"\npeer=\"127.0.0.1:3\"";
+        let config = ClusterConfig::parse(text).unwrap();
+        assert_eq!(config.nodes[0].peer, None);
+        let error = config.peer_address(&config.nodes[0]).unwrap_err();
+        assert!(
+            error.to_string().contains("node a has no peer address"),
+            "{error}"
+        );
+        assert_eq!(
+            config.peer_address(&config.nodes[1]).unwrap(),
+            "127.0.0.1:3".parse().unwrap()
+        );
+        // Duplicates are still refused, between http and peer addresses alike.
+        let twice =
+            "[[nodes]]\nid=\"a\"\nhttp=\"127.0.0.1:1\"\n[[nodes]]\nid=\"b\"\nhttp=\"127.0.0.1:1\"";
+        assert!(ClusterConfig::parse(twice)
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
+        let crossed = "[[nodes]]\nid=\"a\"\nhttp=\"127.0.0.1:1\"\n[[nodes]]\nid=\"b\"\nhttp=\"127.0.0.1:2\"\npeer=\"127.0.0.1:1\"";
+        assert!(ClusterConfig::parse(crossed)
+            .unwrap_err()
+            .to_string()
+            .contains("used twice"));
     }
 
     #[test]

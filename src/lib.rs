@@ -19,6 +19,7 @@
 //! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
 //! | 4 edge | [`api`] | the client HTTP API |
 //! | 5 assembly | [`config`], [`node`] | the cluster file; spawning and shutdown of a node |
+//! | 5 assembly | `fuzz_checks` (hidden) | the bodies of the fuzz targets, replayed by `cargo test` |
 //! | 6 tools | [`tools`] | HTTP client, `status`/`check`, the test suites: public API only |
 //! | 7 entry | [`cli`] | the `meshkv` command line |
 
@@ -26,6 +27,8 @@ pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod membership;
 pub mod metrics;
 pub mod node;

@@ -147,16 +147,22 @@ pub async fn run_with(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let me = config.node(id)?.clone();
+    // Refused before anything is bound: every node, this one and its peers, needs a
+    // `peer` address (a cluster file written to test a foreign store may have none).
+    let my_peer_address = config.peer_address(&me)?;
+    let peers = config
+        .peers_of(&me.id)
+        .map(|peer| Ok((peer.clone(), config.peer_address(peer)?)))
+        .collect::<Result<Vec<_>, ConfigError>>()?;
     let tuning = &config.tuning;
     let secret = config.secret()?;
     let http_listener = bind(&*env.transport, "client HTTP", me.http).await?;
-    let peer_listener = bind(&*env.transport, "peer", me.peer).await?;
+    let peer_listener = bind(&*env.transport, "peer", my_peer_address).await?;
 
     let metrics = Metrics::new();
-    let peers: Vec<_> = config.peers_of(&me.id).cloned().collect();
     let replica = Replica::new(
         me.id.clone(),
-        peers.iter().map(|peer| peer.id.clone()).collect(),
+        peers.iter().map(|(peer, _)| peer.id.clone()).collect(),
         env.clock.clone(),
         ReplicationOptions {
             limits: tuning.limits(),
@@ -206,14 +212,14 @@ pub async fn run_with(
         replica.responder(),
         shutdown.clone(),
     ));
-    for peer in &peers {
+    for (peer, address) in &peers {
         let Some(port) = replica.driver_port(&peer.id) else {
             warn!(peer = %peer.id, "a driver for this peer is already running");
             continue;
         };
         let target = PeerTarget {
-            address: peer.peer,
-            local_ip: me.peer.ip(),
+            address: *address,
+            local_ip: my_peer_address.ip(),
         };
         tasks.spawn(driver::run(
             port,
@@ -230,7 +236,7 @@ pub async fn run_with(
     info!(
         node = %me.id,
         http = %me.http,
-        peer = %me.peer,
+        peer = %my_peer_address,
         peers = peers.len(),
         authenticated = secret.is_some(),
         "node serving"

@@ -195,6 +195,11 @@ async fn all_fails_with_a_node_down_but_quorum_succeeds() {
     let (status, body) = put_status(&cluster, 1, "a", "two of three", "all").await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["applied_locally"], true);
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("needs 3 replicas but only 2 answered"),
+        "the error counts the two live replicas that took the write: {body}"
+    );
     let local = cluster
         .client(1)
         .get("a", Some("one"))
@@ -211,6 +216,12 @@ async fn all_fails_with_a_node_down_but_quorum_succeeds() {
         .await
         .unwrap();
     assert_eq!(read.status().as_u16(), 503);
+    let body: serde_json::Value = read.json().await.unwrap();
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("needs 3 replicas but only 2 answered"),
+        "the error counts the two live replicas that answered the read: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -297,6 +308,13 @@ async fn check_fails_during_a_divergent_partition_and_passes_after_heal() {
     let (code, out) = meshkv(&["status", "--cluster", &file]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("n3") && out.contains("alive"), "{out}");
+    // Through one node: it reports every node's summary and its own view of its peers.
+    let n2 = cluster.url(2);
+    let (code, out) = meshkv(&["status", "--node", &n2]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("n1") && out.contains("n3") && out.contains("alive"), "{out}");
+    let (code, out) = meshkv(&["check", "--node", &n2, "--all"]);
+    assert_eq!(code, 0, "{out}");
 
     cluster.partition(&[&[1], &[2, 3]]);
     cluster
@@ -318,6 +336,10 @@ async fn check_fails_during_a_divergent_partition_and_passes_after_heal() {
         .await
         .unwrap();
     assert_eq!(json["converged"], false, "{json}");
+    // n2 cannot reach n1: through n2, the check fails with --all and names n1.
+    let (code, out) = meshkv(&["check", "--node", &n2, "--all"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("n1 is unreachable"), "{out}");
 
     cluster.heal();
     let (code, out) = meshkv(&["check", "--cluster", &file, "--wait", "30s"]);
@@ -329,6 +351,8 @@ async fn check_fails_during_a_divergent_partition_and_passes_after_heal() {
         .unwrap();
     assert_eq!(json["converged"], true, "{json}");
     assert_eq!(json["nodes"].as_array().unwrap().len(), 3);
+    let (code, out) = meshkv(&["check", "--node", &n2, "--all", "--wait", "30s"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +425,9 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
     let peer_address = {
         let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
         let config = meshkv::config::ClusterConfig::parse(&text).unwrap();
-        config.nodes[0].peer
+        config.nodes[0]
+            .peer
+            .expect("the harness writes peer addresses")
     };
     let local_ip = "127.0.0.1".parse().unwrap();
     let n1 = NodeId::new("n1").unwrap();
@@ -508,7 +534,9 @@ async fn garbage_on_the_peer_port_leaves_the_node_serving() {
     let cluster = TestCluster::start(2, "");
     cluster.wait_mesh(WAIT).await;
     let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
-    let peer_address = meshkv::config::ClusterConfig::parse(&text).unwrap().nodes[0].peer;
+    let peer_address = meshkv::config::ClusterConfig::parse(&text).unwrap().nodes[0]
+        .peer
+        .expect("the harness writes peer addresses");
     let payloads: [&[u8]; 5] = [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
         &[0xff, 0xff, 0xff, 0xff, 1, 2, 3, 4],

@@ -19,6 +19,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 4),
     ("config", 5),
     ("node", 5),
+    // The fuzz targets' bodies: they drive every parser of untrusted bytes, from the
+    // codec to the router, so they sit with the assembly.
+    ("fuzz_checks", 5),
     ("tools", 6),
     ("cli", 7),
 ];

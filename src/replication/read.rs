@@ -63,10 +63,9 @@ pub(super) async fn read(
         reached,
         applied_locally: None,
     };
+    // Every reachable peer is asked even when they cannot be enough: the error then
+    // counts the replicas that really answered, and the read still repairs them.
     let targets = reachable_peers(node, peers);
-    if 1 + targets.len() < needed {
-        return Err(unavailable(1));
-    }
     let request = Message::Fetch {
         keys: vec![key.to_owned()],
     };

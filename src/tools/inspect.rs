@@ -40,6 +40,15 @@ pub struct Verdict {
     pub report: String,
 }
 
+/// Where the tools learn about a cluster.
+pub enum Source {
+    /// Every node of a cluster file is asked directly.
+    Cluster(Box<ClusterConfig>),
+    /// One node is asked, and it asks the others (`/v1/convergence?cluster=true`): for
+    /// an operator who knows one address and not the cluster file.
+    Node(Client),
+}
+
 fn clients(config: &ClusterConfig) -> Vec<(String, Client)> {
     config
         .nodes
@@ -53,8 +62,53 @@ fn clients(config: &ClusterConfig) -> Vec<(String, Client)> {
         .collect()
 }
 
-/// Reads every node's `/v1/convergence`.
-pub async fn poll(config: &ClusterConfig) -> Vec<NodeState> {
+/// Reads every node's `/v1/convergence`, directly or through one node.
+pub async fn poll(source: &Source) -> Vec<NodeState> {
+    match source {
+        Source::Cluster(config) => poll_cluster(config).await,
+        Source::Node(client) => poll_through(client).await,
+    }
+}
+
+/// Asks one node for every node's summary. A node the asked one could not reach is
+/// unreachable; if the asked node itself does not answer, it is the only entry.
+async fn poll_through(client: &Client) -> Vec<NodeState> {
+    let json = match client.get_json("/v1/convergence?cluster=true").await {
+        Ok(json) => json,
+        Err(error) => {
+            return vec![NodeState {
+                id: client.url().to_owned(),
+                http: client.url().to_owned(),
+                state: Err(error.to_string()),
+            }]
+        }
+    };
+    let Some(nodes) = json["nodes"].as_array() else {
+        return vec![NodeState {
+            id: client.url().to_owned(),
+            http: client.url().to_owned(),
+            state: Err("answered /v1/convergence?cluster=true without a node list".to_owned()),
+        }];
+    };
+    nodes
+        .iter()
+        .map(|node| NodeState {
+            id: cell(&node["id"]),
+            http: format!("via {}", client.url()),
+            state: match (node["digest"].as_str(), node["keys"].as_u64()) {
+                (Some(digest), Some(keys)) => Ok((
+                    digest.to_owned(),
+                    keys,
+                    node["tombstones"].as_u64().unwrap_or(0),
+                )),
+                _ => Err(format!("{} could not reach it", client.url())),
+            },
+        })
+        .collect()
+}
+
+/// Reads the `/v1/convergence` of every node of a cluster file.
+async fn poll_cluster(config: &ClusterConfig) -> Vec<NodeState> {
     let reads = clients(config).into_iter().map(|(id, client)| async move {
         let state = match client.get_json("/v1/convergence").await {
             Ok(json) => match (json["digest"].as_str(), json["keys"].as_u64()) {
@@ -129,12 +183,12 @@ pub fn judge(states: &[NodeState], all: bool) -> Verdict {
 
 /// `meshkv check`: polls until converged or `wait` has passed. Prints the outcome;
 /// returns whether the cluster converged.
-pub async fn check(config: &ClusterConfig, wait: Duration, all: bool) -> bool {
+pub async fn check(source: &Source, wait: Duration, all: bool) -> bool {
     let started = Instant::now();
     let mut polls = 0u64;
     loop {
         polls += 1;
-        let states = poll(config).await;
+        let states = poll(source).await;
         let verdict = judge(&states, all);
         if verdict.converged || started.elapsed() >= wait {
             let reachable = states.iter().filter(|node| node.state.is_ok()).count();
@@ -172,8 +226,14 @@ fn cell(value: &Value) -> String {
     }
 }
 
-/// `meshkv status`: every node's state and its view of its peers, as text.
-pub async fn status(config: &ClusterConfig) -> String {
+/// `meshkv status`: every node's state and its view of its peers, as text. Through
+/// one node (`Source::Node`), the rows come from that node's summary of the cluster and
+/// the view of peers is its own.
+pub async fn status(source: &Source) -> String {
+    let clients = match source {
+        Source::Cluster(config) => clients(config),
+        Source::Node(client) => return status_through(client).await,
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -181,7 +241,7 @@ pub async fn status(config: &ClusterConfig) -> String {
         "node", "http", "up", "keys", "tombstones", "digest"
     );
     let mut views = Vec::new();
-    for (id, client) in clients(config) {
+    for (id, client) in clients {
         match client.get_json("/v1/convergence").await {
             Ok(json) => {
                 let _ = writeln!(
@@ -202,6 +262,44 @@ pub async fn status(config: &ClusterConfig) -> String {
             }
         }
     }
+    write_views(&mut out, views);
+    out
+}
+
+/// `status` through one node: every node's summary as that node reports it, and that
+/// node's view of its peers.
+async fn status_through(client: &Client) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<8} {:<32} {:<6} {:>8} {:>10}  digest",
+        "node", "asked", "up", "keys", "tombstones"
+    );
+    for node in poll_through(client).await {
+        match node.state {
+            Ok((digest, keys, tombstones)) => {
+                let _ = writeln!(
+                    out,
+                    "{:<8} {:<32} {:<6} {:>8} {:>10}  {digest}",
+                    node.id, node.http, "yes", keys, tombstones
+                );
+            }
+            Err(error) => {
+                let _ = writeln!(out, "{:<8} {:<32} {:<6} {error}", node.id, node.http, "NO");
+            }
+        }
+    }
+    let own = client.get_json("/v1/convergence").await.ok();
+    let id = own
+        .as_ref()
+        .map_or_else(|| client.url().to_owned(), |json| cell(&json["node"]));
+    let view = client.get_json("/v1/cluster").await.ok();
+    write_views(&mut out, vec![(id, view)]);
+    out
+}
+
+/// The table of each node's view of its peers (`/v1/cluster`).
+fn write_views(out: &mut String, views: Vec<(String, Option<Value>)>) {
     let _ = writeln!(
         out,
         "\n{:<8} {:<8} {:<8} {:>12} {:>8} {:>12}",
@@ -225,7 +323,6 @@ pub async fn status(config: &ClusterConfig) -> String {
             );
         }
     }
-    out
 }
 
 /// Parses `500ms`, `2s`, `1.5s`, `3m` or a plain number of seconds.

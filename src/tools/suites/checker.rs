@@ -119,6 +119,8 @@ pub struct Duplicate {
 pub struct Lost {
     /// The key.
     pub key: String,
+    /// Position of the write among the key's writes (0-based).
+    pub index: usize,
     /// The lost value.
     pub value: String,
 }
@@ -312,6 +314,7 @@ fn check_key(history: &KeyHistory, outcome: &mut CheckOutcome) {
         if !seen && !is_final {
             outcome.lost.push(Lost {
                 key: key.clone(),
+                index,
                 value: value.to_owned(),
             });
         }
@@ -417,6 +420,7 @@ mod tests {
             outcome.lost,
             [Lost {
                 key: "k".into(),
+                index: 1,
                 value: "b".into()
             }]
         );
@@ -436,6 +440,7 @@ mod tests {
             outcome.lost,
             [Lost {
                 key: "k".into(),
+                index: 2,
                 value: "c".into()
             }]
         );

@@ -2,16 +2,24 @@
 //! serves the public HTTP API.
 //!
 //! Owns: the command-line arguments ([`TestArgs`]), dispatch to the suites, the shared
-//! context ([`Ctx`]: the nodes' clients, the seed, the fault commands), convergence
-//! waits and final reads, and a small seeded random generator.
+//! context ([`Ctx`]: the nodes' clients, the seed, the fault commands, what the run
+//! expects), the checks made before each suite, convergence waits and final reads, the
+//! one place where a suite reads or writes a key ([`read()`], [`write()`]), and a small
+//! seeded random generator.
 //! Knows nothing of: the server's internals. The suites speak only the client API
 //! through [`crate::tools::client::Client`] and read the node list from the cluster file; they
-//! never touch the store, replication or wire modules.
+//! never touch the store, replication or wire modules. They need only `/v1/kv` of
+//! API.md §3: `/v1/cluster` and `/v1/convergence` are used where a store offers them.
+//!
+//! Every suite measures the same figures whatever `--expect` says; the mode decides
+//! which checks fail the run (see `report.rs` and docs/testing.md).
 //!
 //! | file | owns |
 //! | --- | --- |
 //! | `checker.rs` | the write-chain consistency checker |
-//! | `report.rs` | samples, latency, availability, progress line, summary, JSON |
+//! | `report.rs` | samples, latency, availability, expectations and verdicts, tables, JSON |
+//! | `progress.rs` | a progress bar per phase (plain lines off a terminal), narration |
+//! | `views.rs` | the optional `/v1/cluster` and `/v1/convergence`, waits built on them |
 //! | `faults.rs` | running the kill / restart / partition / heal commands |
 //! | `throughput.rs` | `throughput` |
 //! | `consistency.rs` | `consistency`, and the sequential writer shared by `failure` and `stress-partition` |
@@ -24,10 +32,13 @@ pub mod consistency;
 pub mod failure;
 pub mod faults;
 pub mod partition;
+pub mod progress;
 pub mod report;
 pub mod stress_partition;
 pub mod throughput;
+pub mod views;
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,14 +47,12 @@ use serde_json::{json, Value};
 
 use crate::config::ClusterConfig;
 use crate::tools::client::{Client, DEFAULT_TIMEOUT};
+use crate::tools::inspect::parse_duration;
 
 use self::faults::Faults;
-use self::report::{say, Op, Recorder, SuiteReport};
-
-/// Longest wait for the nodes to agree after the last write or a heal.
-pub const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(30);
-/// Interval between two convergence polls.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
+use self::progress::{say, Phase};
+use self::report::{Check, Expect, Op, Recorder, Rule, SuiteReport};
+use self::views::{Seen, POLL_INTERVAL};
 
 /// A suite of API.md §6.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -115,6 +124,18 @@ pub struct TestArgs {
     /// Seed of the random choices (default: from the clock; printed for reruns).
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// What the store promises, which decides what fails the run: `ap` (meshkv's
+    /// promises), `cp` (strong consistency: a minority may refuse, no read is stale)
+    /// or `report` (measure only; fail only when a suite could not run).
+    #[arg(long, value_enum, default_value = "ap")]
+    pub expect: Expect,
+    /// Longest wait for the nodes to agree (after the last write, a heal, a restart),
+    /// e.g. 500ms, 30s.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub converge_timeout: Duration,
+    /// How long the `partition` suite holds its partition before reading both sides.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub partition_hold: Duration,
 }
 
 /// One node of the cluster, as the suites see it.
@@ -140,9 +161,31 @@ pub struct Ctx {
     pub start: Instant,
     /// The command-line sizes.
     pub args: TestArgs,
+    /// The suite running now.
+    pub suite: SuiteName,
 }
 
 impl Ctx {
+    /// The name of the suite running now.
+    pub fn suite_name(&self) -> &'static str {
+        self.suite.name()
+    }
+
+    /// What the run expects of the store.
+    pub fn expect(&self) -> Expect {
+        self.args.expect
+    }
+
+    /// An empty report of `suite` for this run.
+    pub fn report(&self, suite: &str) -> SuiteReport {
+        SuiteReport::new(suite, self.seed, self.args.expect)
+    }
+
+    /// A key that no suite writes, read to see whether a node answers.
+    pub fn probe_key(&self) -> String {
+        format!("probe-{}/never-written", self.run)
+    }
+
     /// The key `k{index}` of this run of `suite`.
     pub fn key(&self, suite: &str, index: usize) -> String {
         format!("{suite}-{}/k{index}", self.run)
@@ -199,6 +242,7 @@ pub async fn run(args: TestArgs) -> Result<bool, String> {
         faults,
         start,
         args: args.clone(),
+        suite: args.suite,
     };
 
     let suites: Vec<SuiteName> = match args.suite {
@@ -214,39 +258,35 @@ pub async fn run(args: TestArgs) -> Result<bool, String> {
     let mut reports = Vec::new();
     for (number, suite) in suites.iter().enumerate() {
         ctx.seed = seed.wrapping_add(number as u64);
+        ctx.suite = *suite;
         say(&format!(
-            "meshkv test {}: {} nodes ({}), seed {} (rerun with --seed {seed})",
+            "meshkv test {} --expect {}: {} nodes ({}), seed {} (rerun with --seed {seed})",
             suite.name(),
+            args.expect.name(),
             ctx.nodes.len(),
             ctx.node_ids(&(0..ctx.nodes.len()).collect::<Vec<_>>())
                 .join(", "),
             ctx.seed,
         ));
-        // Every suite starts from a settled cluster: every node answers and sees every
-        // peer alive (a node restarted or a partition healed by the previous suite may
-        // still be reconnecting).
-        let all: Vec<usize> = (0..ctx.nodes.len()).collect();
-        let settled = wait_for_peers_alive(&ctx, &all, SETTLE_TIMEOUT).await;
-        match &settled {
-            Ok(took) if *took > Duration::from_millis(100) => say(&format!(
-                "{}: waited {:.0} ms for every node to see every peer alive",
-                suite.name(),
-                report::ms(*took)
-            )),
-            Ok(_) => {}
-            Err(view) => say(&format!(
-                "{}: WARNING: the cluster is not settled after {} s: {view}",
-                suite.name(),
-                SETTLE_TIMEOUT.as_secs()
-            )),
-        }
+        // Every suite starts from a cluster that answers and, where the store offers a
+        // view, in which every node sees every peer alive (a node restarted or a
+        // partition healed by the previous suite may still be reconnecting).
+        let before = settle(&ctx).await;
         ctx.start = Instant::now();
         ctx.faults.reset(ctx.start);
-        let outcome = tokio::select! {
-            report = run_one(*suite, &ctx) => Some(report.with_settled(&settled)),
-            _ = tokio::signal::ctrl_c() => None,
+        let answered = before
+            .iter()
+            .all(|check| check.held || check.rule != Rule::SuiteRan);
+        let outcome = if answered {
+            tokio::select! {
+                report = run_one(*suite, &ctx) => Some(report),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        } else {
+            // Nothing to measure against a cluster that does not answer.
+            Some(ctx.report(suite.name()))
         };
-        let Some(mut report) = outcome else {
+        let Some(report) = outcome else {
             say("interrupted");
             if ctx.faults.partitioned() {
                 say("healing the partition before exiting");
@@ -256,26 +296,26 @@ pub async fn run(args: TestArgs) -> Result<bool, String> {
             }
             return Ok(false);
         };
+        let mut report = report.with_first_checks(before);
         report.elapsed = ctx.start.elapsed();
         report.print();
         reports.push(report);
     }
     let passed = reports.iter().all(SuiteReport::passed);
     if reports.len() > 1 {
-        println!("\n== meshkv test all ==");
-        for report in &reports {
-            println!(
-                "  {:<17} {}",
-                report.suite,
-                if report.passed() { "passed" } else { "FAILED" }
-            );
-        }
+        println!(
+            "\n== meshkv test all (--expect {}): {} ==",
+            args.expect.name(),
+            if passed { "PASSED" } else { "FAILED" }
+        );
+        print!("{}", report::summary_table(&reports));
     }
     if let Some(path) = &args.json {
         let document = if reports.len() == 1 {
             reports[0].to_json()
         } else {
             json!({
+                "expect": args.expect.name(),
                 "passed": passed,
                 "seed": seed,
                 "suites": reports.iter().map(SuiteReport::to_json).collect::<Vec<Value>>(),
@@ -376,14 +416,107 @@ impl Rng {
     }
 }
 
+/// The checks made before a suite starts: every node answers a read (else the suite
+/// cannot run), and every node sees every peer alive where the store offers a view.
+async fn settle(ctx: &Ctx) -> Vec<Check> {
+    let answered = views::wait_until_answering(&ctx.nodes, &ctx.probe_key(), SETTLE_TIMEOUT).await;
+    let mut checks = vec![Check {
+        what: "at the start, every node answered a read".to_owned(),
+        rule: Rule::SuiteRan,
+        held: answered.is_ok(),
+        detail: match &answered {
+            Ok(took) => format!("after {:.0} ms", report::ms(*took)),
+            Err(silent) => format!(
+                "not within {} s, so the suite did not run: {silent}",
+                SETTLE_TIMEOUT.as_secs()
+            ),
+        },
+    }];
+    if answered.is_err() {
+        say(&format!(
+            "WARNING: the cluster does not answer; the suite cannot run: {}",
+            checks[0].detail
+        ));
+        return checks;
+    }
+    let alive = views::wait_for_peers_alive(&ctx.nodes, SETTLE_TIMEOUT).await;
+    match &alive {
+        Seen::After(took) if *took > Duration::from_millis(100) => say(&format!(
+            "waited {:.0} ms for every node to see every peer alive",
+            report::ms(*took)
+        )),
+        Seen::Never(view) => say(&format!(
+            "WARNING: the cluster is not settled after {} s: {view}",
+            SETTLE_TIMEOUT.as_secs()
+        )),
+        _ => {}
+    }
+    checks.push(Check {
+        what: "at the start, every node saw every peer alive".to_owned(),
+        rule: Rule::ApAndCp,
+        held: alive.ok(),
+        detail: match &alive {
+            Seen::NotOffered => "not checked: no node offers /v1/cluster".to_owned(),
+            Seen::After(took) => format!("after {:.0} ms", report::ms(*took)),
+            Seen::Never(view) => view.clone(),
+        },
+    });
+    checks
+}
+
+/// Reads `key` from node `index`, recording the request: `Ok(None)` when absent.
+/// With [`write()`], the only place where the suites look at a value.
+pub async fn read(
+    ctx: &Ctx,
+    index: usize,
+    key: &str,
+    recorder: &mut Recorder,
+) -> Result<Option<String>, String> {
+    let node = &ctx.nodes[index];
+    let sent = Instant::now();
+    let result = node.client.get(key, None).await;
+    recorder.record(&node.id, Op::Get, sent, &result);
+    result
+        .map(|reply| reply.map(|r| r.text().into_owned()))
+        .map_err(|e| e.to_string())
+}
+
+/// Writes `key` on node `index`, recording the request: the `previous` it answered.
+pub async fn write(
+    ctx: &Ctx,
+    index: usize,
+    key: &str,
+    value: &str,
+    recorder: &mut Recorder,
+) -> Result<Option<String>, String> {
+    let node = &ctx.nodes[index];
+    let sent = Instant::now();
+    let result = node.client.put(key, value, None).await;
+    recorder.record(&node.id, Op::Put, sent, &result);
+    result
+        .map(|reply| reply.previous_text().map(Cow::into_owned))
+        .map_err(|e| e.to_string())
+}
+
+/// Whether the nodes' digests came to agree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Digests {
+    /// The store offers no `/v1/convergence`: values alone judge convergence.
+    NotOffered,
+    /// Equal on every node, this long after the wait began.
+    EqualAfter(Duration),
+    /// Not equal within the bound (or not polled: the values never agreed).
+    NeverEqual,
+}
+
 /// What each node holds for each key after a convergence wait.
 pub struct FinalState {
     /// Time until every node agreed, if they did within the bound.
     pub converged_after: Option<Duration>,
     /// `values[key][node]`: the value (`None`: absent), or the error of the last read.
     pub values: Vec<Vec<Result<Option<String>, String>>>,
-    /// Time until every node reported the same digest, if they did within the bound.
-    pub digests_after: Option<Duration>,
+    /// Whether the digests agreed too.
+    pub digests: Digests,
 }
 
 impl FinalState {
@@ -394,6 +527,40 @@ impl FinalState {
         row.iter()
             .all(|value| value.as_ref().ok() == Some(first))
             .then(|| first.clone())
+    }
+
+    /// Every node agreed on the values and, where offered, on the digests.
+    pub fn converged(&self) -> bool {
+        self.converged_after.is_some() && self.digests != Digests::NeverEqual
+    }
+
+    /// The digests figure: ms, `null` (never), or `"not offered"`.
+    pub fn digests_figure(&self) -> Value {
+        match self.digests {
+            Digests::NotOffered => json!("not offered"),
+            Digests::EqualAfter(took) => json!(report::ms(took)),
+            Digests::NeverEqual => Value::Null,
+        }
+    }
+
+    /// What the convergence wait saw, in a sentence.
+    pub fn describe(&self) -> String {
+        match (self.converged_after, &self.digests) {
+            (Some(values), Digests::EqualAfter(digests)) => format!(
+                "values after {:.0} ms, digests after {:.0} ms",
+                report::ms(values),
+                report::ms(*digests)
+            ),
+            (Some(values), Digests::NotOffered) => format!(
+                "values after {:.0} ms (the store offers no /v1/convergence digest)",
+                report::ms(values)
+            ),
+            (Some(values), Digests::NeverEqual) => format!(
+                "values agreed after {:.0} ms but the digests never did",
+                report::ms(values)
+            ),
+            (None, _) => "the nodes still disagree".to_owned(),
+        }
     }
 }
 
@@ -408,15 +575,7 @@ async fn read_all(
     for key in keys {
         let mut row = Vec::with_capacity(nodes.len());
         for &index in nodes {
-            let node = &ctx.nodes[index];
-            let sent = Instant::now();
-            let result = node.client.get(key, None).await;
-            recorder.record(&node.id, Op::Get, sent, &result);
-            row.push(
-                result
-                    .map(|reply| reply.map(|r| r.text().into_owned()))
-                    .map_err(|e| e.to_string()),
-            );
+            row.push(read(ctx, index, key, recorder).await);
         }
         values.push(row);
     }
@@ -424,7 +583,8 @@ async fn read_all(
 }
 
 /// Polls every key on every node of `nodes` until all agree (bounded by
-/// [`CONVERGENCE_TIMEOUT`]), then the nodes' digests likewise. Reads are recorded.
+/// `--converge-timeout`), then the nodes' digests likewise where the store offers
+/// them. Reads are recorded.
 pub async fn wait_for_convergence(
     ctx: &Ctx,
     nodes: &[usize],
@@ -432,20 +592,31 @@ pub async fn wait_for_convergence(
     recorder: &mut Recorder,
 ) -> FinalState {
     let started = Instant::now();
-    let deadline = started + CONVERGENCE_TIMEOUT;
+    let deadline = started + ctx.args.converge_timeout;
+    let phase = Phase::start(
+        ctx.suite_name(),
+        "waiting for the nodes to agree",
+        None,
+        "polls",
+    );
     let mut values;
     let mut converged_after = None;
     loop {
         values = read_all(ctx, nodes, keys, recorder).await;
-        let agree = values.iter().all(|row| {
-            row.first().is_some_and(|first| {
-                first.is_ok()
-                    && row
-                        .iter()
-                        .all(|value| value.as_ref().ok() == first.as_ref().ok())
+        phase.inc();
+        let agreeing = values
+            .iter()
+            .filter(|row| {
+                row.first().is_some_and(|first| {
+                    first.is_ok()
+                        && row
+                            .iter()
+                            .all(|value| value.as_ref().ok() == first.as_ref().ok())
+                })
             })
-        });
-        if agree {
+            .count();
+        phase.message(&format!("{agreeing} of {} keys agree", keys.len()));
+        if agreeing == keys.len() {
             converged_after = Some(started.elapsed());
             break;
         }
@@ -454,23 +625,41 @@ pub async fn wait_for_convergence(
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-    let mut digests_after = None;
-    // Bounded by the same deadline (plus one poll).
-    while converged_after.is_some() {
-        let mut digests = Vec::new();
+    // Then the digests, bounded by the same deadline (plus one poll). When the values
+    // never agreed, one poll still tells whether the store offers digests at all.
+    let mut digests = Digests::NeverEqual;
+    loop {
+        let mut seen = Vec::new();
+        let mut offered = false;
         for &index in nodes {
             let node = &ctx.nodes[index];
             let sent = Instant::now();
-            let result = node.client.get_json("/v1/convergence").await;
-            recorder.record(&node.id, Op::Convergence, sent, &result);
-            digests.push(result.ok().and_then(|json| {
-                json.get("digest")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-            }));
+            let result = views::digest(&node.client).await;
+            match &result {
+                Ok(None) => seen.push(None),
+                Ok(Some(digest)) => {
+                    offered = true;
+                    seen.push(Some(digest.clone()));
+                }
+                Err(_) => {
+                    // An offered endpoint that failed is a failed request.
+                    offered = true;
+                    seen.push(None);
+                }
+            }
+            if !matches!(result, Ok(None)) {
+                recorder.record(&node.id, Op::Convergence, sent, &result);
+            }
         }
-        if digests[0].is_some() && digests.iter().all(|d| d == &digests[0]) {
-            digests_after = Some(started.elapsed());
+        if !offered {
+            digests = Digests::NotOffered;
+            break;
+        }
+        if converged_after.is_none() {
+            break;
+        }
+        if seen[0].is_some() && seen.iter().all(|d| d == &seen[0]) {
+            digests = Digests::EqualAfter(started.elapsed());
             break;
         }
         if Instant::now() >= deadline {
@@ -481,48 +670,12 @@ pub async fn wait_for_convergence(
     FinalState {
         converged_after,
         values,
-        digests_after,
+        digests,
     }
 }
 
-/// Longest wait for every node to see every peer alive before a suite.
+/// Longest wait for every node to answer, and to see every peer alive, before a suite.
 pub const SETTLE_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Polls `GET /v1/cluster` on every node of `nodes` until each one holds every peer
-/// `alive` (bounded by `timeout`). `Err` describes the last view that was not.
-pub async fn wait_for_peers_alive(
-    ctx: &Ctx,
-    nodes: &[usize],
-    timeout: Duration,
-) -> Result<Duration, String> {
-    let started = Instant::now();
-    loop {
-        let mut problems = Vec::new();
-        for &index in nodes {
-            let node = &ctx.nodes[index];
-            match node.client.get_json("/v1/cluster").await {
-                Ok(view) => {
-                    let peers = view.get("peers").and_then(Value::as_array);
-                    for peer in peers.into_iter().flatten() {
-                        let state = peer.get("state").and_then(Value::as_str).unwrap_or("?");
-                        if state != "alive" {
-                            let id = peer.get("id").and_then(Value::as_str).unwrap_or("?");
-                            problems.push(format!("{} holds {id} {state}", node.id));
-                        }
-                    }
-                }
-                Err(error) => problems.push(error.to_string()),
-            }
-        }
-        if problems.is_empty() {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() >= timeout {
-            return Err(problems.join(", "));
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
-}
 
 /// Milliseconds of an optional duration, for figures (`null` when absent).
 pub fn ms_or_null(duration: Option<Duration>) -> Value {

@@ -1,17 +1,21 @@
-//! Measurements and reports of the suites.
+//! Measurements, verdicts and reports of the suites.
 //!
 //! Owns: request samples ([`Sample`], [`Recorder`]), fault events ([`FaultEvent`]),
 //! latency figures, the availability section (failed requests, slowest replies around
-//! each fault), the progress line ([`Progress`]), the human summary and the JSON document
-//! ([`SuiteReport`]).
+//! each fault), what a run expects of the store ([`Expect`]) and which expectation each
+//! check belongs to ([`Rule`]), the human report (details, checks, a final table of
+//! figures) and the JSON document ([`SuiteReport`]).
 //! Knows nothing of: what a suite does; suites feed it figures, checks and samples.
+//!
+//! A suite *measures* the same figures under every `--expect`; the mode only decides
+//! which of its checks fail the run. A check that does not hold under a mode that does
+//! not promise it is `reported`: a property of the store, shown but not failed.
 
 use std::fmt::Write as _;
-use std::io::{IsTerminal, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
+use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
 use crate::tools::client::ClientError;
@@ -184,15 +188,145 @@ pub fn ms(duration: Duration) -> f64 {
     round(duration.as_secs_f64() * 1000.0)
 }
 
+/// What a run expects of the store (`--expect`): which checks fail it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Expect {
+    /// meshkv's promises: every node accepts writes in a partition, the sides may
+    /// diverge, the later write wins after the heal, no acknowledged write is lost.
+    #[default]
+    Ap,
+    /// Strong consistency: a minority may refuse (5xx); no read is ever stale and no
+    /// acknowledged write is lost.
+    Cp,
+    /// Measure and report only: fail only when the suite itself could not run.
+    Report,
+}
+
+impl Expect {
+    /// Its name on the command line and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Expect::Ap => "ap",
+            Expect::Cp => "cp",
+            Expect::Report => "report",
+        }
+    }
+}
+
+/// Which expectations a check belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    /// The suite itself could run: a fault command worked and took effect, the cluster
+    /// answered. Binds under every mode, `report` included.
+    SuiteRan,
+    /// Promised by `ap` and `cp` alike (a healthy cluster serves every request and
+    /// reads fresh, nothing acknowledged is lost, the nodes converge).
+    ApAndCp,
+    /// Promised by `ap` only (available on both sides of a partition, the later write
+    /// wins after the heal).
+    Ap,
+    /// Promised by `cp` only (no stale read, no lost or forked write, even while
+    /// partitioned).
+    Cp,
+}
+
+impl Rule {
+    /// Whether a run under `expect` fails when this check does not hold.
+    pub fn binds(self, expect: Expect) -> bool {
+        match self {
+            Rule::SuiteRan => true,
+            Rule::ApAndCp => expect != Expect::Report,
+            Rule::Ap => expect == Expect::Ap,
+            Rule::Cp => expect == Expect::Cp,
+        }
+    }
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::SuiteRan => "ran",
+            Rule::ApAndCp => "ap+cp",
+            Rule::Ap => "ap",
+            Rule::Cp => "cp",
+        }
+    }
+}
+
+/// What a check means for the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It held.
+    Held,
+    /// It did not hold and the mode promises it: the run fails.
+    Failed,
+    /// It did not hold, but the mode does not promise it: a figure, not a failure.
+    Reported,
+}
+
+impl Verdict {
+    /// Its name in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Held => "held",
+            Verdict::Failed => "failed",
+            Verdict::Reported => "reported",
+        }
+    }
+
+    /// Its tag in the human report.
+    fn tag(self) -> &'static str {
+        match self {
+            Verdict::Held => "[ ok ]",
+            Verdict::Failed => "[FAIL]",
+            Verdict::Reported => "[note]",
+        }
+    }
+}
+
 /// A rule of the suite and whether it held.
 #[derive(Clone, Debug)]
 pub struct Check {
     /// What must hold.
     pub what: String,
+    /// Which expectations it belongs to.
+    pub rule: Rule,
     /// Whether it held.
-    pub ok: bool,
+    pub held: bool,
     /// What was observed.
     pub detail: String,
+}
+
+/// The part of the figure table a figure belongs to (the seed's properties).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Group {
+    /// What the suite did: sizes, keys, rates.
+    Workload,
+    /// Failed requests and how long replies took, around faults too.
+    Availability,
+    /// Violations, stale reads, lost acknowledged writes, by phase.
+    Consistency,
+    /// Divergence, time to converge, final values.
+    Convergence,
+}
+
+impl Group {
+    fn name(self) -> &'static str {
+        match self {
+            Group::Workload => "workload",
+            Group::Availability => "availability",
+            Group::Consistency => "consistency",
+            Group::Convergence => "convergence",
+        }
+    }
+}
+
+/// One figure: JSON key, table label, value.
+#[derive(Clone, Debug)]
+struct Figure {
+    group: Group,
+    key: String,
+    label: String,
+    value: Value,
 }
 
 /// The result of one suite.
@@ -202,10 +336,12 @@ pub struct SuiteReport {
     pub suite: String,
     /// The seed of its random choices.
     pub seed: u64,
+    /// What the run expects of the store.
+    pub expect: Expect,
     /// How long it ran.
     pub elapsed: Duration,
-    /// Figures in display order: JSON key, label, value.
-    figures: Vec<(String, String, Value)>,
+    /// Figures in display order (within their group).
+    figures: Vec<Figure>,
     /// Rules and whether they held.
     pub checks: Vec<Check>,
     /// Readable details: title and lines.
@@ -216,10 +352,11 @@ pub struct SuiteReport {
 
 impl SuiteReport {
     /// An empty report.
-    pub fn new(suite: &str, seed: u64) -> Self {
+    pub fn new(suite: &str, seed: u64, expect: Expect) -> Self {
         Self {
             suite: suite.to_owned(),
             seed,
+            expect,
             elapsed: Duration::ZERO,
             figures: Vec::new(),
             checks: Vec::new(),
@@ -228,40 +365,58 @@ impl SuiteReport {
         }
     }
 
-    /// Puts first the check that the cluster was settled when the suite started.
-    pub fn with_settled(mut self, settled: &Result<Duration, String>) -> Self {
-        self.checks.insert(
-            0,
-            Check {
-                what: "at the start, every node answered and saw every peer alive".to_owned(),
-                ok: settled.is_ok(),
-                detail: match settled {
-                    Ok(took) => format!("after {:.0} ms", ms(*took)),
-                    Err(view) => view.clone(),
-                },
-            },
-        );
-        self
+    /// What `check` means under this run's expectation.
+    pub fn verdict(&self, check: &Check) -> Verdict {
+        if check.held {
+            Verdict::Held
+        } else if check.rule.binds(self.expect) {
+            Verdict::Failed
+        } else {
+            Verdict::Reported
+        }
     }
 
-    /// True when every check held.
+    /// True when no check failed under this run's expectation.
     pub fn passed(&self) -> bool {
-        self.checks.iter().all(|check| check.ok)
+        self.checks
+            .iter()
+            .all(|check| self.verdict(check) != Verdict::Failed)
     }
 
     /// Adds a figure (`key` in JSON, `label` in the table).
-    pub fn figure(&mut self, key: &str, label: &str, value: impl Into<Value>) {
+    pub fn figure(&mut self, group: Group, key: &str, label: &str, value: impl Into<Value>) {
+        self.figures.push(Figure {
+            group,
+            key: key.to_owned(),
+            label: label.to_owned(),
+            value: value.into(),
+        });
+    }
+
+    /// The value of figure `key`, if the suite reported it.
+    pub fn figure_value(&self, key: &str) -> Option<&Value> {
         self.figures
-            .push((key.to_owned(), label.to_owned(), value.into()));
+            .iter()
+            .find(|figure| figure.key == key)
+            .map(|figure| &figure.value)
     }
 
     /// Adds a check.
-    pub fn check(&mut self, what: &str, ok: bool, detail: impl Into<String>) {
+    pub fn check(&mut self, rule: Rule, what: &str, held: bool, detail: impl Into<String>) {
         self.checks.push(Check {
             what: what.to_owned(),
-            ok,
+            rule,
+            held,
             detail: detail.into(),
         });
+    }
+
+    /// Puts `checks` first (those made before the suite started).
+    pub fn with_first_checks(mut self, checks: Vec<Check>) -> Self {
+        let rest = std::mem::take(&mut self.checks);
+        self.checks = checks;
+        self.checks.extend(rest);
+        self
     }
 
     /// Adds a readable section (long lists are cut in the text; JSON has them whole).
@@ -280,27 +435,33 @@ impl SuiteReport {
     pub fn add_latency(&mut self, prefix: &str, label: &str, samples: &[&Sample]) {
         let latency = Latency::of(samples.iter().copied());
         let errors = samples.iter().filter(|s| s.error.is_some()).count();
+        let group = Group::Availability;
         self.figure(
+            group,
             &format!("{prefix}requests"),
             &format!("{label}requests"),
             samples.len(),
         );
         self.figure(
+            group,
             &format!("{prefix}errors"),
             &format!("{label}errors"),
             errors,
         );
         self.figure(
+            group,
             &format!("{prefix}latency_p50_ms"),
             &format!("{label}latency p50 (ms)"),
             round(latency.p50_ms),
         );
         self.figure(
+            group,
             &format!("{prefix}latency_p99_ms"),
             &format!("{label}latency p99 (ms)"),
             round(latency.p99_ms),
         );
         self.figure(
+            group,
             &format!("{prefix}latency_max_ms"),
             &format!("{label}latency max (ms)"),
             round(latency.max_ms),
@@ -312,7 +473,12 @@ impl SuiteReport {
     pub fn add_availability(&mut self, samples: &[Sample], faults: &[FaultEvent]) -> usize {
         let failed: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
         let failed_count = failed.len();
-        self.figure("failed_requests", "failed requests", failed_count);
+        self.figure(
+            Group::Availability,
+            "failed_requests",
+            "failed requests",
+            failed_count,
+        );
         self.section(
             "failed requests (time since start, node, op, error)",
             failed
@@ -349,8 +515,13 @@ impl SuiteReport {
 
         let mut fault_json = Vec::new();
         let mut lines = Vec::new();
+        let mut slowest_overall: Option<f64> = None;
         for fault in faults {
             let slowest = slowest_around(samples, fault.at, SLOWEST_AROUND_FAULT);
+            if let Some((_, sample)) = slowest.first() {
+                let latency = ms(sample.latency);
+                slowest_overall = Some(slowest_overall.map_or(latency, |s| s.max(latency)));
+            }
             let failed_after = samples
                 .iter()
                 .filter(|s| s.error.is_some() && s.at >= fault.at)
@@ -397,6 +568,14 @@ impl SuiteReport {
                 })).collect::<Vec<_>>(),
             }));
         }
+        if !faults.is_empty() {
+            self.figure(
+                Group::Availability,
+                "slowest_reply_around_faults_ms",
+                "slowest reply from 1 s before to 10 s after a fault (ms)",
+                slowest_overall.map_or(Value::Null, |v| json!(v)),
+            );
+        }
         self.section(
             "slowest replies around each fault (sent at offset from the fault)",
             lines,
@@ -405,31 +584,18 @@ impl SuiteReport {
         failed_count
     }
 
-    /// Prints the human report on stdout.
+    /// Prints the human report on stdout: details, checks, then the table of figures.
     pub fn print(&self) {
         let mut out = String::new();
         let passed = if self.passed() { "PASSED" } else { "FAILED" };
         let _ = writeln!(
             out,
-            "\n== meshkv test {}: {passed} in {:.1} s (seed {}) ==",
+            "\n== meshkv test {} (--expect {}): {passed} in {:.1} s (seed {}) ==",
             self.suite,
+            self.expect.name(),
             self.elapsed.as_secs_f64(),
             self.seed
         );
-        let width = self
-            .figures
-            .iter()
-            .map(|(_, label, _)| label.len())
-            .max()
-            .unwrap_or(0);
-        for (_, label, value) in &self.figures {
-            let shown = match value {
-                Value::String(text) => text.clone(),
-                Value::Null => "-".to_owned(),
-                other => other.to_string(),
-            };
-            let _ = writeln!(out, "  {label:<width$}  {shown}");
-        }
         for (title, lines) in &self.sections {
             let _ = writeln!(out, "\n  {title}:");
             for line in lines.iter().take(TEXT_LIST_LIMIT) {
@@ -443,30 +609,63 @@ impl SuiteReport {
                 );
             }
         }
-        let _ = writeln!(out, "\n  checks:");
+        let _ = writeln!(
+            out,
+            "\n  checks ([FAIL] fails --expect {}; [note] is a figure under it):",
+            self.expect.name()
+        );
         for check in &self.checks {
             let _ = writeln!(
                 out,
-                "    [{}] {}: {}",
-                if check.ok { " ok " } else { "FAIL" },
+                "    {} {:<5}  {}: {}",
+                self.verdict(check).tag(),
+                check.rule.name(),
                 check.what,
                 check.detail
             );
         }
+        let _ = writeln!(out, "\n  figures:");
+        out.push_str(&self.figure_table());
         print!("{out}");
         let _ = std::io::stdout().flush();
+    }
+
+    /// The figures as a table: group, label, value.
+    fn figure_table(&self) -> String {
+        let mut figures: Vec<&Figure> = self.figures.iter().collect();
+        // Stable: figures keep their order within a group.
+        figures.sort_by_key(|figure| figure.group);
+        let width = figures.iter().map(|f| f.label.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        let mut last_group = None;
+        for figure in figures {
+            let group = if last_group == Some(figure.group) {
+                ""
+            } else {
+                figure.group.name()
+            };
+            last_group = Some(figure.group);
+            let _ = writeln!(
+                out,
+                "    {group:<12}  {:<width$}  {}",
+                figure.label,
+                shown(&figure.value)
+            );
+        }
+        out
     }
 
     /// The JSON document of the report.
     pub fn to_json(&self) -> Value {
         let mut document = Map::new();
         document.insert("suite".into(), json!(self.suite));
+        document.insert("expect".into(), json!(self.expect.name()));
         document.insert("passed".into(), json!(self.passed()));
         document.insert("seed".into(), json!(self.seed));
         document.insert("elapsed_s".into(), json!(round(self.elapsed.as_secs_f64())));
         let mut figures = Map::new();
-        for (key, _, value) in &self.figures {
-            figures.insert(key.clone(), value.clone());
+        for figure in &self.figures {
+            figures.insert(figure.key.clone(), figure.value.clone());
         }
         document.insert("figures".into(), Value::Object(figures));
         document.insert(
@@ -474,7 +673,15 @@ impl SuiteReport {
             Value::Array(
                 self.checks
                     .iter()
-                    .map(|c| json!({"check": c.what, "ok": c.ok, "detail": c.detail}))
+                    .map(|c| {
+                        json!({
+                            "check": c.what,
+                            "rule": c.rule.name(),
+                            "held": c.held,
+                            "verdict": self.verdict(c).name(),
+                            "detail": c.detail,
+                        })
+                    })
                     .collect(),
             ),
         );
@@ -483,6 +690,88 @@ impl SuiteReport {
         }
         Value::Object(document)
     }
+}
+
+/// A figure's value as shown in a table (`-` for none).
+fn shown(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The columns of the final table of `meshkv test all`: heading and the figures that
+/// fill it, first found wins.
+const SUMMARY_COLUMNS: &[(&str, &[&str])] = &[
+    ("failed req.", &["failed_requests"]),
+    ("violations", &["violations"]),
+    ("stale reads", &["stale_reads"]),
+    ("lost writes", &["lost_values"]),
+    ("diverged", &["diverged"]),
+    // After the last write (stress-partition writes on after its heal), after the
+    // restart (failure), after the heal (partition).
+    (
+        "converged (ms)",
+        &[
+            "rejoined_converged_after_ms",
+            "converged_after_ms",
+            "converged_after_heal_ms",
+        ],
+    ),
+    ("ops/s", &["ops_per_s", "writes_per_s"]),
+];
+
+/// The final table of a run of several suites: one row per suite, its verdict and
+/// the headline figures of the seed (availability, consistency, divergence,
+/// convergence).
+pub fn summary_table(reports: &[SuiteReport]) -> String {
+    let mut rows: Vec<Vec<String>> = vec![std::iter::once("suite")
+        .chain(std::iter::once("verdict"))
+        .chain(std::iter::once("failed checks"))
+        .chain(SUMMARY_COLUMNS.iter().map(|(heading, _)| *heading))
+        .map(str::to_owned)
+        .collect()];
+    for report in reports {
+        let failed = report
+            .checks
+            .iter()
+            .filter(|c| report.verdict(c) == Verdict::Failed)
+            .count();
+        let reported = report
+            .checks
+            .iter()
+            .filter(|c| report.verdict(c) == Verdict::Reported)
+            .count();
+        let mut row = vec![
+            report.suite.clone(),
+            if report.passed() { "passed" } else { "FAILED" }.to_owned(),
+            if reported > 0 {
+                format!("{failed} (+{reported} notes)")
+            } else {
+                failed.to_string()
+            },
+        ];
+        for (_, keys) in SUMMARY_COLUMNS {
+            let value = keys.iter().find_map(|key| report.figure_value(key));
+            row.push(value.map_or_else(|| "-".to_owned(), shown));
+        }
+        rows.push(row);
+    }
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|row| row[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", line.join("  ").trim_end());
+    }
+    out
 }
 
 /// The slowest replies to requests sent around `fault_at`, with their offset in ms.
@@ -502,117 +791,6 @@ fn slowest_around(samples: &[Sample], fault_at: Duration, count: usize) -> Vec<(
             (offset, s)
         })
         .collect()
-}
-
-/// Prints a line on stderr, above the progress line if there is one.
-pub fn say(message: &str) {
-    let mut stderr = std::io::stderr().lock();
-    if std::io::stderr().is_terminal() {
-        let _ = write!(stderr, "\r\x1b[2K");
-    }
-    let _ = writeln!(stderr, "{message}");
-}
-
-/// A progress line on stderr: `\r`-updated on a terminal, a plain line every few
-/// seconds otherwise.
-pub struct Progress {
-    done: Arc<AtomicU64>,
-    phase: Arc<Mutex<String>>,
-    stop: Arc<AtomicBool>,
-    ticker: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Progress {
-    /// Starts the line: `label`, `total` units of work.
-    pub fn start(label: &str, total: u64) -> Self {
-        let done = Arc::new(AtomicU64::new(0));
-        let phase = Arc::new(Mutex::new(String::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let terminal = std::io::stderr().is_terminal();
-        let ticker = {
-            let (done, phase, stop, label) =
-                (done.clone(), phase.clone(), stop.clone(), label.to_owned());
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let every = if terminal {
-                    Duration::from_millis(250)
-                } else {
-                    Duration::from_secs(5)
-                };
-                // Bounded: the owner stops it; a day of ticks is the hard limit.
-                for _ in 0..(86_400_000 / every.as_millis() as u64) {
-                    tokio::time::sleep(every).await;
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let count = done.load(Ordering::Relaxed);
-                    let elapsed = started.elapsed().as_secs_f64().max(0.001);
-                    let phase = phase.lock().map(|p| p.clone()).unwrap_or_default();
-                    let line = format!(
-                        "{label}: {count}/{total} ({:.0}%), {:.0}/s, {:.0} s{}{}",
-                        count as f64 * 100.0 / total.max(1) as f64,
-                        count as f64 / elapsed,
-                        elapsed,
-                        if phase.is_empty() { "" } else { ", " },
-                        phase
-                    );
-                    let mut stderr = std::io::stderr().lock();
-                    if terminal {
-                        let _ = write!(stderr, "\r\x1b[2K{line}");
-                        let _ = stderr.flush();
-                    } else {
-                        let _ = writeln!(stderr, "{line}");
-                    }
-                }
-            })
-        };
-        Self {
-            done,
-            phase,
-            stop,
-            ticker: Some(ticker),
-        }
-    }
-
-    /// The shared counter of completed work.
-    pub fn counter(&self) -> Arc<AtomicU64> {
-        self.done.clone()
-    }
-
-    /// One more unit done.
-    pub fn inc(&self) {
-        self.done.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Shows what is going on (e.g. `partitioned`).
-    pub fn phase(&self, text: &str) {
-        if let Ok(mut phase) = self.phase.lock() {
-            *phase = text.to_owned();
-        }
-    }
-
-    /// Stops the line.
-    pub async fn finish(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(ticker) = self.ticker.take() {
-            ticker.abort();
-            let _ = ticker.await;
-        }
-        if std::io::stderr().is_terminal() {
-            let mut stderr = std::io::stderr().lock();
-            let _ = write!(stderr, "\r\x1b[2K");
-            let _ = stderr.flush();
-        }
-    }
-}
-
-impl Drop for Progress {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(ticker) = self.ticker.take() {
-            ticker.abort();
-        }
-    }
 }
 
 #[cfg(test)]
@@ -658,14 +836,67 @@ mod tests {
 
     #[test]
     fn a_report_fails_when_a_check_fails() {
-        let mut report = SuiteReport::new("x", 1);
-        report.check("a", true, "");
+        let mut report = SuiteReport::new("x", 1, Expect::Ap);
+        report.check(Rule::ApAndCp, "a", true, "");
         assert!(report.passed());
-        report.check("b", false, "no");
+        report.check(Rule::ApAndCp, "b", false, "no");
         assert!(!report.passed());
-        report.figure("ops_per_s", "ops/s", 12.5);
+        report.figure(Group::Workload, "ops_per_s", "ops/s", 12.5);
         let json = report.to_json();
         assert_eq!(json["figures"]["ops_per_s"], 12.5);
         assert_eq!(json["passed"], false);
+        assert_eq!(json["expect"], "ap");
+        assert_eq!(json["checks"][1]["verdict"], "failed");
+        assert_eq!(json["checks"][1]["rule"], "ap+cp");
+    }
+
+    #[test]
+    fn each_mode_fails_only_on_the_rules_it_promises() {
+        let table = [
+            // rule, [binds under ap, cp, report]
+            (Rule::SuiteRan, [true, true, true]),
+            (Rule::ApAndCp, [true, true, false]),
+            (Rule::Ap, [true, false, false]),
+            (Rule::Cp, [false, true, false]),
+        ];
+        for (rule, binds) in table {
+            for (expect, binds) in [Expect::Ap, Expect::Cp, Expect::Report]
+                .into_iter()
+                .zip(binds)
+            {
+                let mut report = SuiteReport::new("x", 1, expect);
+                report.check(rule, "it", false, "no");
+                assert_eq!(report.passed(), !binds, "{rule:?} under {expect:?}");
+                let verdict = report.verdict(&report.checks[0]);
+                let expected = if binds {
+                    Verdict::Failed
+                } else {
+                    Verdict::Reported
+                };
+                assert_eq!(verdict, expected, "{rule:?} under {expect:?}");
+                report.checks[0].held = true;
+                assert!(report.passed());
+                assert_eq!(report.verdict(&report.checks[0]), Verdict::Held);
+            }
+        }
+    }
+
+    #[test]
+    fn the_summary_table_shows_verdicts_and_headline_figures() {
+        let mut ap = SuiteReport::new("partition", 1, Expect::Report);
+        ap.check(Rule::Ap, "both sides accepted their write", false, "503");
+        ap.figure(Group::Convergence, "diverged", "diverged", false);
+        ap.figure(Group::Availability, "failed_requests", "failed", 2);
+        let table = summary_table(&[ap]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 2, "{table}");
+        assert!(
+            lines[1].contains("passed") && lines[1].contains("0 (+1 notes)"),
+            "{table}"
+        );
+        assert!(
+            lines[1].contains("false") && lines[1].contains(" 2 "),
+            "{table}"
+        );
     }
 }

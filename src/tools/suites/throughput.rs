@@ -6,11 +6,13 @@
 //! overall and per operation, errors.
 //! Knows nothing of: consistency; values are unique but not checked.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::report::{self, say, Op, Progress, Recorder, Sample, SuiteReport};
+use indicatif::ProgressBar;
+
+use super::progress::{say, Phase};
+use super::report::{self, Group, Op, Recorder, Rule, Sample, SuiteReport};
 use super::{Ctx, Node, Rng};
 
 /// One client: `ops` random operations.
@@ -21,7 +23,7 @@ async fn client(
     nodes: Vec<Node>,
     keys: Arc<Vec<String>>,
     start: Instant,
-    done: Arc<AtomicU64>,
+    done: ProgressBar,
 ) -> Recorder {
     let mut rng = Rng::new(seed);
     let mut recorder = Recorder::new(start);
@@ -37,14 +39,14 @@ async fn client(
             let result = node.client.put(&keys[k], &value, None).await;
             recorder.record(&node.id, Op::Put, sent, &result);
         }
-        done.fetch_add(1, Ordering::Relaxed);
+        done.inc(1);
     }
     recorder
 }
 
 /// `throughput`.
 pub async fn run(ctx: &Ctx) -> SuiteReport {
-    let mut report = SuiteReport::new("throughput", ctx.seed);
+    let mut report = ctx.report("throughput");
     let clients = ctx.args.clients.unwrap_or(10);
     let key_count = ctx.args.keys.unwrap_or(100);
     let mut rng = Rng::new(ctx.seed);
@@ -61,7 +63,7 @@ pub async fn run(ctx: &Ctx) -> SuiteReport {
             .collect::<Vec<_>>()
             .join(" ")
     ));
-    let progress = Progress::start("throughput", total);
+    let phase = Phase::start("throughput", "load", Some(total), "operations");
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
     for (number, ops) in ops.iter().enumerate() {
@@ -72,7 +74,7 @@ pub async fn run(ctx: &Ctx) -> SuiteReport {
             ctx.nodes.clone(),
             keys.clone(),
             ctx.start,
-            progress.counter(),
+            phase.counter(),
         )));
     }
     let mut samples: Vec<Sample> = Vec::with_capacity(total as usize);
@@ -84,21 +86,24 @@ pub async fn run(ctx: &Ctx) -> SuiteReport {
         }
     }
     let elapsed = started.elapsed();
-    progress.finish().await;
+    drop(phase);
 
     let all: Vec<&Sample> = samples.iter().collect();
     let gets: Vec<&Sample> = samples.iter().filter(|s| s.op == Op::Get).collect();
     let puts: Vec<&Sample> = samples.iter().filter(|s| s.op == Op::Put).collect();
     let errors = samples.iter().filter(|s| s.error.is_some()).count();
-    report.figure("clients", "clients", clients);
-    report.figure("keys", "keys", key_count);
-    report.figure("operations", "operations", samples.len());
+    let w = Group::Workload;
+    report.figure(w, "clients", "clients", clients);
+    report.figure(w, "keys", "keys", key_count);
+    report.figure(w, "operations", "operations", samples.len());
     report.figure(
+        w,
         "elapsed_s",
         "elapsed (s)",
         report::round(elapsed.as_secs_f64()),
     );
     report.figure(
+        w,
         "ops_per_s",
         "ops/s",
         report::round(samples.len() as f64 / elapsed.as_secs_f64().max(1e-3)),
@@ -112,13 +117,15 @@ pub async fn run(ctx: &Ctx) -> SuiteReport {
         per_node.push(format!("{} {count}", node.id));
     }
     report.figure(
+        w,
         "requests_per_node",
         "requests per node",
         per_node.join(", "),
     );
     report.add_availability(&samples, &ctx.faults.events());
     report.check(
-        "no request failed",
+        Rule::ApAndCp,
+        "no request failed (a healthy cluster)",
         errors == 0 && crashed == 0,
         format!("{errors} failed requests, {crashed} client tasks crashed"),
     );
