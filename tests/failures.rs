@@ -312,7 +312,10 @@ async fn check_fails_during_a_divergent_partition_and_passes_after_heal() {
     let n2 = cluster.url(2);
     let (code, out) = meshkv(&["status", "--node", &n2]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("n1") && out.contains("n3") && out.contains("alive"), "{out}");
+    assert!(
+        out.contains("n1") && out.contains("n3") && out.contains("alive"),
+        "{out}"
+    );
     let (code, out) = meshkv(&["check", "--node", &n2, "--all"]);
     assert_eq!(code, 0, "{out}");
 

@@ -14,7 +14,7 @@
 //! * no panic; each node's versions increase in real-time order, across restarts;
 //! * real-time order of writes (a write sent after another was acknowledged gets a
 //!   larger version): reported, and enforced only with `MESHKV_SIM_REALTIME=enforce`,
-//!   until clock self-fencing and commit-wait (API.md §3.2) land.
+//!   until clock self-fencing and commit-wait (docs/API.md §3.2) land.
 //!
 //! Environment:
 //! * `MESHKV_SIM_SEED=N`: run seed N alone, printing its schedule and history;
@@ -73,7 +73,9 @@ impl RealTime {
             Err(_) | Ok("") | Ok("true-clocks") => RealTime::TrueClocks,
             Ok("enforce") => RealTime::Enforce,
             Ok("off") => RealTime::Off,
-            Ok(other) => panic!("MESHKV_SIM_REALTIME must be enforce, true-clocks or off, not {other:?}"),
+            Ok(other) => {
+                panic!("MESHKV_SIM_REALTIME must be enforce, true-clocks or off, not {other:?}")
+            }
         }
     }
 
@@ -118,7 +120,10 @@ fn sweep(label: &str, seeds: impl Iterator<Item = u64>, realtime: RealTime) -> V
             *faults.entry(kind).or_default() += count;
         }
         if !report.findings.realtime.is_empty() {
-            realtime_seeds.entry(report.plan.clocks).or_default().push(seed);
+            realtime_seeds
+                .entry(report.plan.clocks)
+                .or_default()
+                .push(seed);
         }
         if realtime.fails(&report) {
             failures.push(report.describe(realtime != RealTime::Off));
@@ -133,13 +138,22 @@ fn sweep(label: &str, seeds: impl Iterator<Item = u64>, realtime: RealTime) -> V
     println!("{label}: faults injected {faults:?}");
     println!("{label}: checked {coverage:?}");
     for (clocks, seeds) in &realtime_seeds {
-        println!("{label}: real-time order violated with {}: {} seeds {seeds:?}", clocks.as_str(), seeds.len());
+        println!(
+            "{label}: real-time order violated with {}: {} seeds {seeds:?}",
+            clocks.as_str(),
+            seeds.len()
+        );
     }
     failures
 }
 
 fn assert_none(failures: Vec<String>) {
-    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 fn print_report(report: &Report) {
@@ -151,9 +165,18 @@ fn print_report(report: &Report) {
         "simulated {:?}; converged {:?} after the heal; digests {:?}; trace {}",
         report.simulated, report.converged_after, report.digests, report.trace_hash
     );
-    println!("faults {:?}; outcomes {:?}", report.plan.fault_counts(), report.outcome_counts());
+    println!(
+        "faults {:?}; outcomes {:?}",
+        report.plan.fault_counts(),
+        report.outcome_counts()
+    );
     println!("checked {:?}", report.findings.coverage);
-    for violation in report.findings.violations.iter().chain(&report.findings.realtime) {
+    for violation in report
+        .findings
+        .violations
+        .iter()
+        .chain(&report.findings.realtime)
+    {
         println!("VIOLATION {violation}");
     }
 }
@@ -187,7 +210,11 @@ fn seeds_shard_1() {
 
 #[test]
 fn regression_seeds() {
-    assert_none(sweep("regressions", REGRESSION_SEEDS.iter().copied(), RealTime::from_env()));
+    assert_none(sweep(
+        "regressions",
+        REGRESSION_SEEDS.iter().copied(),
+        RealTime::from_env(),
+    ));
 }
 
 /// Two seeds with crashes, hangs and resets, each run twice, in both orders on one
@@ -195,18 +222,33 @@ fn regression_seeds() {
 /// ids are process-wide in tokio, so this also checks that nothing depends on them.
 #[test]
 fn one_seed_gives_one_trace() {
-    let seeds = [DETERMINISM_SEEDS[0], DETERMINISM_SEEDS[1], DETERMINISM_SEEDS[1], DETERMINISM_SEEDS[0]];
+    let seeds = [
+        DETERMINISM_SEEDS[0],
+        DETERMINISM_SEEDS[1],
+        DETERMINISM_SEEDS[1],
+        DETERMINISM_SEEDS[0],
+    ];
     let reports: Vec<Report> = seeds.iter().map(|&seed| run(seed)).collect();
     for (first, second) in [(&reports[0], &reports[3]), (&reports[1], &reports[2])] {
         let seed = first.plan.seed;
         assert!(!first.ops.is_empty(), "seed {seed} did something");
-        assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} ran twice differently");
-        assert_eq!(first.digests, second.digests, "seed {seed} ended twice differently");
+        assert_eq!(
+            first.trace_hash, second.trace_hash,
+            "seed {seed} ran twice differently"
+        );
+        assert_eq!(
+            first.digests, second.digests,
+            "seed {seed} ended twice differently"
+        );
     }
 }
 
 #[test]
-#[ignore = "real-time order needs clock self-fencing and commit-wait (API.md §3.2)"]
+#[ignore = "real-time order needs clock self-fencing and commit-wait (docs/API.md §3.2)"]
 fn known_realtime_failures() {
-    assert_none(sweep("known real-time failures", KNOWN_REALTIME_FAILURES.iter().copied(), RealTime::Enforce));
+    assert_none(sweep(
+        "known real-time failures",
+        KNOWN_REALTIME_FAILURES.iter().copied(),
+        RealTime::Enforce,
+    ));
 }

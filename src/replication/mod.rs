@@ -35,7 +35,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::clock::{Clock, NodeId};
+use crate::clock::{Clock, NodeId, Timestamp};
 use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
@@ -152,6 +152,12 @@ impl Replica {
     /// any peer (a simulator's view of one replica).
     pub fn local_entry(&self, key: &str) -> Option<Entry> {
         self.node.with_store(|store| store.entry(key))
+    }
+
+    /// The largest HLC timestamp this node has issued or observed (a simulator checks
+    /// that it never goes back).
+    pub fn hlc_last(&self) -> Timestamp {
+        self.node.hlc_last()
     }
 
     /// Counts and digest of the local state.

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::warn;
 
-use crate::clock::{Clock, Hlc, NodeId, Version};
+use crate::clock::{Clock, Hlc, NodeId, Timestamp, Version};
 use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
@@ -116,6 +116,11 @@ impl NodeState {
     /// Runs `read` on the store, under the core lock (so: briefly, and no `.await`).
     pub(super) fn with_store<R>(&self, read: impl FnOnce(&Store) -> R) -> R {
         read(&self.core().store)
+    }
+
+    /// The largest HLC timestamp issued or observed so far.
+    pub(super) fn hlc_last(&self) -> Timestamp {
+        self.core().hlc.last()
     }
 
     /// The failure detector, locked.

@@ -18,7 +18,7 @@ use meshkv::clock::Version;
 use meshkv::store::Entry;
 
 use super::history::{Level, Op, Outcome, Request};
-use super::observe::CrashRecord;
+use super::observe::{CrashRecord, HlcRegression};
 
 /// One broken invariant.
 #[derive(Debug, Clone)]
@@ -50,6 +50,8 @@ pub struct Coverage {
     pub backed: usize,
     /// (earlier, later) write pairs of one node, or of one key, ordered in real time.
     pub ordered_pairs: usize,
+    /// Reads of a node's HLC, each compared with the previous one.
+    pub hlc_samples: usize,
 }
 
 impl std::ops::AddAssign for Coverage {
@@ -59,6 +61,7 @@ impl std::ops::AddAssign for Coverage {
         self.quorum_pairs += other.quorum_pairs;
         self.backed += other.backed;
         self.ordered_pairs += other.ordered_pairs;
+        self.hlc_samples += other.hlc_samples;
     }
 }
 
@@ -95,16 +98,29 @@ pub struct Evidence<'a> {
     pub convergence_bound: Duration,
     /// Panics seen on the simulation's thread.
     pub panics: &'a [String],
+    /// Reads of the nodes' HLCs taken during the run (after every step).
+    pub hlc_samples: usize,
+    /// Reads lower than the previous one of the same node and life.
+    pub hlc_regressions: &'a [HlcRegression],
     /// Errors of the simulation itself (a host's software failed, time ran out).
     pub run_errors: &'a [String],
 }
 
 /// True if a crash after `from` left no running node with `version` of `key` or newer.
-fn excused(crashes: &[CrashRecord], key: &str, version: &Version, from: Duration, to: Duration) -> bool {
+fn excused(
+    crashes: &[CrashRecord],
+    key: &str,
+    version: &Version,
+    from: Duration,
+    to: Duration,
+) -> bool {
     crashes.iter().any(|crash| {
         crash.at >= from
             && crash.at <= to
-            && crash.newest_left.get(key).is_some_and(|left| left.as_ref() < Some(version))
+            && crash
+                .newest_left
+                .get(key)
+                .is_some_and(|left| left.as_ref() < Some(version))
     })
 }
 
@@ -126,24 +142,53 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
         *panics.entry(panic.as_str()).or_default() += 1;
     }
     for (panic, count) in panics {
-        findings.violations.push(Violation { invariant: "no panic", detail: format!("{count} × {panic}"), ops: vec![] });
+        findings.violations.push(Violation {
+            invariant: "no panic",
+            detail: format!("{count} × {panic}"),
+            ops: vec![],
+        });
+    }
+    findings.coverage.hlc_samples = evidence.hlc_samples;
+    for regression in evidence.hlc_regressions {
+        findings.violations.push(Violation {
+            invariant: "a node's HLC never goes back",
+            detail: format!(
+                "n{}'s HLC read {:?} at {:?}, after {:?}",
+                regression.node + 1,
+                regression.after,
+                regression.at,
+                regression.before
+            ),
+            ops: vec![],
+        });
     }
     for error in evidence.run_errors {
-        findings.violations.push(Violation { invariant: "run", detail: error.clone(), ops: vec![] });
+        findings.violations.push(Violation {
+            invariant: "run",
+            detail: error.clone(),
+            ops: vec![],
+        });
     }
 
     // Convergence: every node, the same state, within the bound.
     let Some(after) = evidence.converged_after else {
         findings.violations.push(Violation {
             invariant: "convergence",
-            detail: format!("the nodes did not agree within {:?} of the heal", evidence.convergence_bound),
+            detail: format!(
+                "the nodes did not agree within {:?} of the heal",
+                evidence.convergence_bound
+            ),
             ops: vec![],
         });
         return findings;
     };
     let _ = after;
     let Some(Some(reference)) = evidence.finals.first() else {
-        findings.violations.push(Violation { invariant: "convergence", detail: "n1 does not run at the end".into(), ops: vec![] });
+        findings.violations.push(Violation {
+            invariant: "convergence",
+            detail: "n1 does not run at the end".into(),
+            ops: vec![],
+        });
         return findings;
     };
     for (node, state) in evidence.finals.iter().enumerate() {
@@ -155,7 +200,10 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
             }),
             Some(state) if state != reference => findings.violations.push(Violation {
                 invariant: "convergence",
-                detail: format!("n{} holds other registers than n1 although their digests agree", node + 1),
+                detail: format!(
+                    "n{} holds other registers than n1 although their digests agree",
+                    node + 1
+                ),
                 ops: vec![],
             }),
             Some(_) => {}
@@ -170,7 +218,12 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
     for (&key, key_ops) in &by_key {
         let last = reference.get(key).cloned().flatten();
         let last_version = last.as_ref().map(|entry| &entry.version);
-        let last_value = last.as_ref().map(|entry| entry.value.as_ref().map(|bytes| String::from_utf8_lossy(bytes).into_owned()));
+        let last_value = last.as_ref().map(|entry| {
+            entry
+                .value
+                .as_ref()
+                .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+        });
 
         // No acknowledged write lost; a deleted key does not come back.
         for op in key_ops.iter().filter(|op| op.is_write()) {
@@ -194,10 +247,16 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
                     ),
                     ops: vec![op.id],
                 });
-            } else if last_version == Some(version) && last_value.as_ref().map(|value| value.as_deref()) != Some(op.written_value()) {
+            } else if last_version == Some(version)
+                && last_value.as_ref().map(|value| value.as_deref()) != Some(op.written_value())
+            {
                 findings.violations.push(Violation {
                     invariant: "value matches its version",
-                    detail: format!("{key} ended at {version} with {last_value:?}, but #{} wrote {:?} under it", op.id, op.written_value()),
+                    detail: format!(
+                        "{key} ended at {version} with {last_value:?}, but #{} wrote {:?} under it",
+                        op.id,
+                        op.written_value()
+                    ),
                     ops: vec![op.id],
                 });
             }
@@ -205,10 +264,13 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
 
         // The final register comes from some write.
         if let (Some(version), Some(value)) = (last_version, &last_value) {
-            let from_op = key_ops.iter().filter(|op| op.is_write()).any(|op| match written(op) {
-                Some(acked) => acked == version,
-                None => op.written_value() == value.as_deref(),
-            });
+            let from_op = key_ops
+                .iter()
+                .filter(|op| op.is_write())
+                .any(|op| match written(op) {
+                    Some(acked) => acked == version,
+                    None => op.written_value() == value.as_deref(),
+                });
             if !from_op {
                 findings.violations.push(Violation {
                     invariant: "no value from nowhere",
@@ -220,14 +282,20 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
 
         // Reads return written values, under their versions.
         for read in key_ops.iter().filter(|op| op.request == Request::Get) {
-            let Outcome::Found { value, version } = &read.outcome else { continue };
+            let Outcome::Found { value, version } = &read.outcome else {
+                continue;
+            };
             let matches = key_ops.iter().any(|op| {
-                op.written_value() == Some(value.as_str()) && written(op).is_none_or(|acked| acked == version)
+                op.written_value() == Some(value.as_str())
+                    && written(op).is_none_or(|acked| acked == version)
             });
             if !matches {
                 findings.violations.push(Violation {
                     invariant: "no value from nowhere",
-                    detail: format!("read #{} returned {value} at {version}, which no write of {key} matches", read.id),
+                    detail: format!(
+                        "read #{} returned {value} at {version}, which no write of {key} matches",
+                        read.id
+                    ),
                     ops: vec![read.id],
                 });
             }
@@ -235,16 +303,30 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
 
         // A quorum (or all) read sees every quorum (or all) write acknowledged before it
         // was sent, or something newer.
-        for read in key_ops.iter().filter(|op| op.request == Request::Get && op.level >= Level::Quorum) {
+        for read in key_ops
+            .iter()
+            .filter(|op| op.request == Request::Get && op.level >= Level::Quorum)
+        {
             let seen = match &read.outcome {
                 Outcome::Found { version, .. } => Some(Some(version)),
                 Outcome::NotFound => Some(None),
                 _ => None,
             };
             let Some(seen) = seen else { continue };
-            for write in key_ops.iter().filter(|op| op.level >= Level::Quorum && op.completed < read.invoked) {
-                let Some(version) = written(write) else { continue };
-                if excused(evidence.crashes, key, version, write.invoked, read.completed) {
+            for write in key_ops
+                .iter()
+                .filter(|op| op.level >= Level::Quorum && op.completed < read.invoked)
+            {
+                let Some(version) = written(write) else {
+                    continue;
+                };
+                if excused(
+                    evidence.crashes,
+                    key,
+                    version,
+                    write.invoked,
+                    read.completed,
+                ) {
                     continue;
                 }
                 findings.coverage.quorum_pairs += 1;
@@ -305,10 +387,16 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
 
     // quorum and all acknowledgements stand for that many replicas.
     for op in ops {
-        let Some(holders) = op.holders_at_ack else { continue };
+        let Some(holders) = op.holders_at_ack else {
+            continue;
+        };
         findings.coverage.backed += 1;
         let needed = op.level.replicas(evidence.nodes);
-        let crashed = evidence.crashes.iter().filter(|crash| crash.at >= op.invoked && crash.at <= op.completed).count();
+        let crashed = evidence
+            .crashes
+            .iter()
+            .filter(|crash| crash.at >= op.invoked && crash.at <= op.completed)
+            .count();
         if holders + crashed < needed {
             findings.violations.push(Violation {
                 invariant: "acknowledgement backed by its replicas",
@@ -338,7 +426,9 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
                 findings.coverage.ordered_pairs += 1;
                 if written(earlier) >= written(later) {
                     let restarted = evidence.crashes.iter().any(|crash| {
-                        crash.node == later.node && crash.at > earlier.completed && crash.at < later.invoked
+                        crash.node == later.node
+                            && crash.at > earlier.completed
+                            && crash.at < later.invoked
                     });
                     let list = if restarted && evidence.clock_beyond {
                         &mut findings.realtime

@@ -56,12 +56,6 @@ impl ClockControl {
         };
     }
 
-    /// The offset at simulated time `now`, in milliseconds.
-    pub fn offset_ms(&self, now: Duration) -> i64 {
-        let skew = *self.skew.lock().expect("clock lock");
-        skew.offset_us(now.as_micros() as i64) / 1000
-    }
-
     /// The wall clock at simulated time `now`.
     pub fn wall_ms(&self, now: Duration) -> u64 {
         let skew = *self.skew.lock().expect("clock lock");
@@ -95,7 +89,8 @@ impl SimClock {
     fn sim_now(&self) -> Duration {
         match turmoil::sim_elapsed() {
             Some(now) => {
-                self.last_us.store(now.as_micros() as u64, Ordering::Relaxed);
+                self.last_us
+                    .store(now.as_micros() as u64, Ordering::Relaxed);
                 now
             }
             None => Duration::from_micros(self.last_us.load(Ordering::Relaxed)),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use meshkv::clock::Version;
 
-/// A consistency level of API.md §3.1.
+/// A consistency level of docs/API.md §3.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Level {
     /// `one`.
@@ -22,9 +22,6 @@ pub enum Level {
 }
 
 impl Level {
-    /// Every level.
-    pub const ALL: [Level; 4] = [Level::One, Level::Live, Level::Quorum, Level::All];
-
     /// The query-string name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -84,13 +81,6 @@ pub enum Outcome {
     Failed(String),
 }
 
-impl Outcome {
-    /// True if a write with this outcome was acknowledged.
-    pub fn acknowledged(&self) -> bool {
-        matches!(self, Outcome::Written { .. })
-    }
-}
-
 /// One request and its answer.
 #[derive(Debug, Clone)]
 pub struct Op {
@@ -123,14 +113,6 @@ impl Op {
     /// True for `PUT` and `DELETE`.
     pub fn is_write(&self) -> bool {
         !matches!(self.request, Request::Get)
-    }
-
-    /// The version of an acknowledged write or a found read.
-    pub fn version(&self) -> Option<&Version> {
-        match &self.outcome {
-            Outcome::Written { version, .. } | Outcome::Found { version, .. } => Some(version),
-            _ => None,
-        }
     }
 
     /// The value a write puts (`None`: a delete).
@@ -167,7 +149,9 @@ impl fmt::Display for Op {
             self.invoked.as_micros() as f64 / 1000.0,
             self.completed.as_micros() as f64 / 1000.0,
             outcome,
-            self.retry_of.map(|of| format!(" (retry of #{of})")).unwrap_or_default(),
+            self.retry_of
+                .map(|of| format!(" (retry of #{of})"))
+                .unwrap_or_default(),
         )
     }
 }

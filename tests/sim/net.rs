@@ -81,7 +81,10 @@ impl SimStream {
 }
 
 fn reset_error() -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionReset, "connection reset (injected)")
+    io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "connection reset (injected)",
+    )
 }
 
 impl Drop for SimStream {
@@ -162,9 +165,11 @@ impl Transport for SimTransport {
     fn listen(&self, address: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
         let resets = self.resets.clone();
         Box::pin(async move {
-            let listener =
-                turmoil::net::TcpListener::bind(SocketAddr::new([0, 0, 0, 0].into(), address.port()))
-                    .await?;
+            let listener = turmoil::net::TcpListener::bind(SocketAddr::new(
+                [0, 0, 0, 0].into(),
+                address.port(),
+            ))
+            .await?;
             Ok(Box::new(SimListener { listener, resets }) as Box<dyn Listener>)
         })
     }

@@ -2,7 +2,8 @@
 //!
 //! Owns: [`Observatory`]: the replica handle of every running node (handed over by the
 //! node's `ReplicaObserver` as it starts, dropped when it crashes), and [`CrashRecord`],
-//! what the surviving nodes held at each crash.
+//! what the surviving nodes held at each crash, and [`HlcRegression`], a node's HLC seen
+//! going back.
 //! Knows nothing of: the network, the workload.
 //!
 //! Everything here runs on the simulation's one thread between two polls of the
@@ -13,7 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use meshkv::clock::Version;
+use meshkv::clock::{Timestamp, Version};
 use meshkv::node::ReplicaObserver;
 use meshkv::replication::Replica;
 use meshkv::store::Entry;
@@ -29,10 +30,28 @@ pub struct CrashRecord {
     pub newest_left: BTreeMap<String, Option<Version>>,
 }
 
+/// A node's HLC read lower than an earlier read in the same life.
+#[derive(Debug, Clone)]
+pub struct HlcRegression {
+    /// Simulated time of the lower read.
+    pub at: Duration,
+    /// The node.
+    pub node: usize,
+    /// The earlier read.
+    pub before: Timestamp,
+    /// The lower one.
+    pub after: Timestamp,
+}
+
 #[derive(Default)]
 struct Inner {
     replicas: BTreeMap<usize, Replica>,
     crashes: Vec<CrashRecord>,
+    /// Per running node, its HLC at the last sample of this life.
+    hlc: BTreeMap<usize, Timestamp>,
+    /// Samples taken.
+    hlc_samples: usize,
+    hlc_regressions: Vec<HlcRegression>,
 }
 
 /// See the module header. Clones share it.
@@ -51,7 +70,10 @@ impl Observatory {
     pub fn observer(&self, node: usize) -> ReplicaObserver {
         let observatory = self.clone();
         Arc::new(move |replica: &Replica| {
-            observatory.inner().replicas.insert(node, replica.clone());
+            let mut inner = observatory.inner();
+            inner.replicas.insert(node, replica.clone());
+            // A new life: its HLC starts again from nothing (memory-only nodes).
+            inner.hlc.remove(&node);
         })
     }
 
@@ -60,6 +82,7 @@ impl Observatory {
     pub fn crashed(&self, node: usize, at: Duration, keys: &[String]) {
         let mut inner = self.inner();
         inner.replicas.remove(&node);
+        inner.hlc.remove(&node);
         let newest_left = keys
             .iter()
             .map(|key| {
@@ -72,7 +95,11 @@ impl Observatory {
                 (key.clone(), newest)
             })
             .collect();
-        inner.crashes.push(CrashRecord { at, node, newest_left });
+        inner.crashes.push(CrashRecord {
+            at,
+            node,
+            newest_left,
+        });
     }
 
     /// How many running nodes hold `version` of `key`, or a newer one.
@@ -99,6 +126,41 @@ impl Observatory {
             .replicas
             .get(&node)
             .and_then(|replica| catch_unwind(AssertUnwindSafe(|| replica.summary().digest)).ok())
+    }
+
+    /// Reads every running node's HLC at simulated time `at`, and records any that is
+    /// lower than its previous read in the same life of the node.
+    pub fn sample_hlc(&self, at: Duration) {
+        let mut inner = self.inner();
+        let Inner {
+            replicas,
+            hlc,
+            hlc_samples,
+            hlc_regressions,
+            ..
+        } = &mut *inner;
+        for (&node, replica) in replicas.iter() {
+            let Ok(now) = catch_unwind(AssertUnwindSafe(|| replica.hlc_last())) else {
+                continue;
+            };
+            *hlc_samples += 1;
+            if let Some(before) = hlc.insert(node, now) {
+                if now < before {
+                    hlc_regressions.push(HlcRegression {
+                        at,
+                        node,
+                        before,
+                        after: now,
+                    });
+                }
+            }
+        }
+    }
+
+    /// How many HLC reads were taken, and every regression they found.
+    pub fn hlc_findings(&self) -> (usize, Vec<HlcRegression>) {
+        let inner = self.inner();
+        (inner.hlc_samples, inner.hlc_regressions.clone())
     }
 
     /// Every crash so far.

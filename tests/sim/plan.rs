@@ -183,7 +183,11 @@ impl Fault {
             Fault::Reset { .. } => "reset",
             Fault::Crash { .. } => "crash",
             Fault::Restart { .. } => "restart",
-            Fault::Clock { offset_ms, drift_ppm, .. } => {
+            Fault::Clock {
+                offset_ms,
+                drift_ppm,
+                ..
+            } => {
                 if offset_ms.abs() <= WITHIN_OFFSET_MS && drift_ppm.abs() <= WITHIN_DRIFT_PPM {
                     "clock-within"
                 } else {
@@ -198,17 +202,31 @@ impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fault::Partition { a, b } => write!(f, "partition {} | {}", group(a), group(b)),
-            Fault::OneWay { from, to } => write!(f, "one-way {} -> {} dropped", group(from), group(to)),
+            Fault::OneWay { from, to } => {
+                write!(f, "one-way {} -> {} dropped", group(from), group(to))
+            }
             Fault::Hold { a, b } => write!(f, "hold {} | {}", group(a), group(b)),
-            Fault::Latency { a, b, max_ms } => write!(f, "latency n{}-n{} up to {max_ms} ms", a + 1, b + 1),
-            Fault::Loss { a, b, per_mille } => write!(f, "loss n{}-n{} {per_mille}‰ of segments", a + 1, b + 1),
+            Fault::Latency { a, b, max_ms } => {
+                write!(f, "latency n{}-n{} up to {max_ms} ms", a + 1, b + 1)
+            }
+            Fault::Loss { a, b, per_mille } => {
+                write!(f, "loss n{}-n{} {per_mille}‰ of segments", a + 1, b + 1)
+            }
             Fault::Hang { node } => write!(f, "hang n{}", node + 1),
             Fault::HealLinks => f.write_str("heal links"),
             Fault::Reset { node } => write!(f, "reset connections of n{}", node + 1),
             Fault::Crash { node } => write!(f, "crash n{}", node + 1),
             Fault::Restart { node } => write!(f, "restart n{} (empty)", node + 1),
-            Fault::Clock { node, offset_ms, drift_ppm } => {
-                write!(f, "clock n{} offset {offset_ms:+} ms drift {drift_ppm:+} ppm", node + 1)
+            Fault::Clock {
+                node,
+                offset_ms,
+                drift_ppm,
+            } => {
+                write!(
+                    f,
+                    "clock n{} offset {offset_ms:+} ms drift {drift_ppm:+} ppm",
+                    node + 1
+                )
             }
         }
     }
@@ -288,7 +306,11 @@ impl Plan {
             let beyond = (clocks == ClockFaults::Beyond).then(|| rng.random_range(0..nodes));
             for node in 0..nodes {
                 if beyond == Some(node) || rng.random_bool(0.7) {
-                    let at = if rng.random_bool(0.5) { 0 } else { rng.random_range(0..heal_ms) };
+                    let at = if rng.random_bool(0.5) {
+                        0
+                    } else {
+                        rng.random_range(0..heal_ms)
+                    };
                     let fault = clock_fault(&mut rng, node, beyond == Some(node));
                     events.push(Event { at: ms(at), fault });
                 }
@@ -301,7 +323,10 @@ impl Plan {
             let duration = rng.random_range(100..2_000).min(heal_ms - t);
             let fault = link_fault(&mut rng, nodes);
             events.push(Event { at: ms(t), fault });
-            events.push(Event { at: ms(t + duration), fault: Fault::HealLinks });
+            events.push(Event {
+                at: ms(t + duration),
+                fault: Fault::HealLinks,
+            });
             t += duration + rng.random_range(0..800);
         }
 
@@ -316,29 +341,53 @@ impl Plan {
             }
             let back = (at + rng.random_range(50..3_000)).min(heal_ms);
             down_until[node] = back;
-            events.push(Event { at: ms(at), fault: Fault::Crash { node } });
-            events.push(Event { at: ms(back), fault: Fault::Restart { node } });
+            events.push(Event {
+                at: ms(at),
+                fault: Fault::Crash { node },
+            });
+            events.push(Event {
+                at: ms(back),
+                fault: Fault::Restart { node },
+            });
         }
 
         // Connection resets.
         for _ in 0..rng.random_range(0..=3) {
             let at = rng.random_range(200..heal_ms);
             let node = rng.random_range(0..nodes);
-            events.push(Event { at: ms(at), fault: Fault::Reset { node } });
+            events.push(Event {
+                at: ms(at),
+                fault: Fault::Reset { node },
+            });
         }
 
         // The heal: every link healed, clocks back to true time (as NTP would step
         // them). Crashed nodes are back by then (above).
-        events.push(Event { at: heal_at, fault: Fault::HealLinks });
+        events.push(Event {
+            at: heal_at,
+            fault: Fault::HealLinks,
+        });
         for node in 0..nodes {
             events.push(Event {
                 at: heal_at,
-                fault: Fault::Clock { node, offset_ms: 0, drift_ppm: 0 },
+                fault: Fault::Clock {
+                    node,
+                    offset_ms: 0,
+                    drift_ppm: 0,
+                },
             });
         }
         // A stable sort keeps each fault's end after its start at equal times.
         events.sort_by_key(|event| event.at);
-        Self { seed, nodes, clients, keys, heal_at, clocks, events }
+        Self {
+            seed,
+            nodes,
+            clients,
+            keys,
+            heal_at,
+            clocks,
+            events,
+        }
     }
 
     /// The cluster file of the run; `ip(i)` is the address of node `i`.
@@ -359,7 +408,14 @@ impl Plan {
         let mut counts = BTreeMap::new();
         for event in &self.events {
             let neutral = matches!(event.fault, Fault::HealLinks | Fault::Restart { .. })
-                || matches!(event.fault, Fault::Clock { offset_ms: 0, drift_ppm: 0, .. });
+                || matches!(
+                    event.fault,
+                    Fault::Clock {
+                        offset_ms: 0,
+                        drift_ppm: 0,
+                        ..
+                    }
+                );
             if !neutral {
                 *counts.entry(event.fault.kind()).or_default() += 1;
             }
@@ -406,14 +462,22 @@ fn clock_fault(rng: &mut ChaCha8Rng, node: usize, beyond: bool) -> Fault {
         let sign = if rng.random_bool(0.5) { 1 } else { -1 };
         (sign * magnitude, rng.random_range(-100_000..=100_000))
     };
-    Fault::Clock { node, offset_ms, drift_ppm }
+    Fault::Clock {
+        node,
+        offset_ms,
+        drift_ppm,
+    }
 }
 
 /// Splits the nodes in two non-empty groups: a minority and a majority, or any split.
 fn split(rng: &mut ChaCha8Rng, nodes: usize) -> (Group, Group) {
     let mut all: Group = (0..nodes).collect();
     all.shuffle(rng);
-    let cut = if rng.random_bool(0.6) { (nodes - 1) / 2 } else { rng.random_range(1..nodes) };
+    let cut = if rng.random_bool(0.6) {
+        (nodes - 1) / 2
+    } else {
+        rng.random_range(1..nodes)
+    };
     let cut = cut.max(1);
     let (mut a, mut b) = (all[..cut].to_vec(), all[cut..].to_vec());
     a.sort_unstable();
@@ -447,12 +511,22 @@ fn link_fault(rng: &mut ChaCha8Rng, nodes: usize) -> Fault {
         }
         4 => {
             let (a, b) = two_nodes(rng, nodes);
-            Fault::Latency { a, b, max_ms: rng.random_range(50..=400) }
+            Fault::Latency {
+                a,
+                b,
+                max_ms: rng.random_range(50..=400),
+            }
         }
         5 => {
             let (a, b) = two_nodes(rng, nodes);
-            Fault::Loss { a, b, per_mille: rng.random_range(5..=100) }
+            Fault::Loss {
+                a,
+                b,
+                per_mille: rng.random_range(5..=100),
+            }
         }
-        _ => Fault::Hang { node: rng.random_range(0..nodes) },
+        _ => Fault::Hang {
+            node: rng.random_range(0..nodes),
+        },
     }
 }

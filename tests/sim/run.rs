@@ -82,10 +82,19 @@ impl Report {
     /// the ops they involve; with `realtime`, the real-time findings too.
     pub fn describe(&self, realtime: bool) -> String {
         let mut text = String::new();
-        let _ = writeln!(text, "replay: MESHKV_SIM_SEED={} cargo test --test simulation -- --nocapture", self.plan.seed);
+        let _ = writeln!(
+            text,
+            "replay: MESHKV_SIM_SEED={} cargo test --test simulation -- --nocapture",
+            self.plan.seed
+        );
         let _ = write!(text, "{}", self.plan);
         let mut shown = Vec::new();
-        let listed = self.findings.violations.iter().chain(realtime.then_some(&self.findings.realtime).into_iter().flatten());
+        let listed = self.findings.violations.iter().chain(
+            realtime
+                .then_some(&self.findings.realtime)
+                .into_iter()
+                .flatten(),
+        );
         for violation in listed {
             let _ = writeln!(text, "VIOLATION {violation}");
             for &id in &violation.ops {
@@ -133,7 +142,9 @@ pub fn run(seed: u64) -> Report {
 
     let names: Vec<String> = (0..plan.nodes).map(node_name).collect();
     let ips: Vec<IpAddr> = names.iter().map(|name| sim.lookup(name.as_str())).collect();
-    let config = Arc::new(ClusterConfig::parse(&plan.cluster_file(|node| ips[node])).expect("a valid cluster file"));
+    let config = Arc::new(
+        ClusterConfig::parse(&plan.cluster_file(|node| ips[node])).expect("a valid cluster file"),
+    );
     let observatory = Observatory::default();
     let clocks: Vec<Arc<ClockControl>> = (0..plan.nodes).map(|_| Arc::default()).collect();
     let resets: Vec<Arc<Resets>> = (0..plan.nodes).map(|_| Arc::default()).collect();
@@ -161,7 +172,11 @@ pub fn run(seed: u64) -> Report {
     }
 
     let shared = Shared {
-        nodes: Rc::new(ips.iter().map(|&ip| SocketAddr::new(ip, HTTP_PORT)).collect()),
+        nodes: Rc::new(
+            ips.iter()
+                .map(|&ip| SocketAddr::new(ip, HTTP_PORT))
+                .collect(),
+        ),
         keys: plan.keys,
         stop_at: plan.heal_at,
         history: Rc::new(RefCell::new(History::default())),
@@ -171,11 +186,22 @@ pub fn run(seed: u64) -> Report {
     let mut others = Vec::new();
     for client in 0..plan.clients {
         let name = format!("c{}", client + 1);
-        sim.client(name.as_str(), workload::client(shared.clone(), client, seed));
+        sim.client(
+            name.as_str(),
+            workload::client(shared.clone(), client, seed),
+        );
         others.push(name);
     }
     let convergence = Rc::new(RefCell::new(Convergence::default()));
-    sim.client("checker", workload::checker(shared.clone(), plan.heal_at, CONVERGENCE_BOUND, convergence.clone()));
+    sim.client(
+        "checker",
+        workload::checker(
+            shared.clone(),
+            plan.heal_at,
+            CONVERGENCE_BOUND,
+            convergence.clone(),
+        ),
+    );
     others.push("checker".to_owned());
 
     let keys: Vec<String> = (0..plan.keys).map(|key| format!("k{key}")).collect();
@@ -192,11 +218,17 @@ pub fn run(seed: u64) -> Report {
     };
     let mut next = 0;
     loop {
-        while let Some(event) = plan.events.get(next).filter(|event| event.at <= sim.elapsed()) {
+        while let Some(event) = plan
+            .events
+            .get(next)
+            .filter(|event| event.at <= sim.elapsed())
+        {
             injector.apply(&mut sim, &event.fault);
             next += 1;
         }
-        match sim.step() {
+        let step = sim.step();
+        observatory.sample_hlc(sim.elapsed());
+        match step {
             Ok(true) => break,
             Ok(false) => {}
             Err(error) => {
@@ -205,7 +237,9 @@ pub fn run(seed: u64) -> Report {
             }
         }
         if sim.elapsed() > limit {
-            run_errors.push(format!("the run did not finish within {limit:?} of simulated time"));
+            run_errors.push(format!(
+                "the run did not finish within {limit:?} of simulated time"
+            ));
             break;
         }
     }
@@ -213,13 +247,18 @@ pub fn run(seed: u64) -> Report {
     let finals: Vec<_> = (0..plan.nodes)
         .map(|node| {
             observatory.digest(node)?;
-            Some(keys.iter().map(|key| (key.clone(), observatory.entry(node, key).flatten())).collect())
+            Some(
+                keys.iter()
+                    .map(|key| (key.clone(), observatory.entry(node, key).flatten()))
+                    .collect(),
+            )
         })
         .collect();
     let panics = take_panics();
     let ops = std::mem::take(&mut shared.history.borrow_mut().ops);
     let crashes = observatory.crashes();
     let convergence = convergence.borrow().clone();
+    let (hlc_samples, hlc_regressions) = observatory.hlc_findings();
     let findings = check(&Evidence {
         nodes: plan.nodes,
         clock_beyond: plan.clocks == super::plan::ClockFaults::Beyond,
@@ -229,6 +268,8 @@ pub fn run(seed: u64) -> Report {
         converged_after: convergence.after_heal,
         convergence_bound: CONVERGENCE_BOUND,
         panics: &panics,
+        hlc_samples,
+        hlc_regressions: &hlc_regressions,
         run_errors: &run_errors,
     });
 

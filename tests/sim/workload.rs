@@ -58,7 +58,8 @@ fn weighted_level(rng: &mut ChaCha8Rng) -> Level {
 /// One client: sends requests one at a time until `stop_at`. Its choices come from its
 /// own generator, seeded from the run's seed and its index.
 pub async fn client(shared: Shared, index: usize, seed: u64) -> turmoil::Result {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
     let mut written = 0;
     tokio::time::sleep(Duration::from_millis(rng.random_range(0..100))).await;
     while now() < shared.stop_at {
@@ -150,16 +151,29 @@ fn outcome_of(request: &Request, reply: Result<Reply, CallError>) -> Outcome {
             .to_owned()
     };
     match (reply.status, request) {
-        (200, Request::Get) => match (body.get("value").and_then(Value::as_str), version_of(&body)) {
-            (Some(value), Some(version)) => Outcome::Found { value: value.to_owned(), version },
-            _ => Outcome::Failed(format!("unreadable 200: {}", String::from_utf8_lossy(&reply.body))),
+        (200, Request::Get) => match (body.get("value").and_then(Value::as_str), version_of(&body))
+        {
+            (Some(value), Some(version)) => Outcome::Found {
+                value: value.to_owned(),
+                version,
+            },
+            _ => Outcome::Failed(format!(
+                "unreadable 200: {}",
+                String::from_utf8_lossy(&reply.body)
+            )),
         },
         (200, _) => match version_of(&body) {
             Some(version) => Outcome::Written {
                 version,
-                previous: body.get("previous").and_then(Value::as_str).map(str::to_owned),
+                previous: body
+                    .get("previous")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned),
             },
-            None => Outcome::Failed(format!("unreadable 200: {}", String::from_utf8_lossy(&reply.body))),
+            None => Outcome::Failed(format!(
+                "unreadable 200: {}",
+                String::from_utf8_lossy(&reply.body)
+            )),
         },
         (404, Request::Get) => Outcome::NotFound,
         (503, _) => Outcome::Unavailable(error()),
@@ -191,10 +205,23 @@ pub async fn checker(
     loop {
         let mut digests = Vec::new();
         for &address in shared.nodes.iter() {
-            let reply = call(address, Method::GET, "/v1/convergence", None, Duration::from_millis(500)).await;
-            let digest = reply.ok().filter(|reply| reply.status == 200).and_then(|reply| {
-                json(&reply.body).get("digest").and_then(Value::as_str).map(str::to_owned)
-            });
+            let reply = call(
+                address,
+                Method::GET,
+                "/v1/convergence",
+                None,
+                Duration::from_millis(500),
+            )
+            .await;
+            let digest = reply
+                .ok()
+                .filter(|reply| reply.status == 200)
+                .and_then(|reply| {
+                    json(&reply.body)
+                        .get("digest")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                });
             digests.push(digest);
         }
         let agreed = digests[0].is_some() && digests.iter().all(|digest| digest == &digests[0]);
