@@ -18,7 +18,7 @@
 //!
 //! Environment:
 //! * `MESHKV_SIM_SEED=N`: run seed N alone, printing its schedule and history;
-//! * `MESHKV_SIM_SEEDS=N` (default 200) and `MESHKV_SIM_FIRST=S` (default 0): the seeds
+//! * `MESHKV_SIM_SEEDS=N` (default 300) and `MESHKV_SIM_FIRST=S` (default 0): the seeds
 //!   S..S+N of the sweep, for soaks;
 //! * `MESHKV_SIM_REALTIME=enforce`: real-time order violations fail the run.
 
@@ -43,7 +43,7 @@ const KNOWN_REALTIME_FAILURES: &[u64] = &[];
 const SHARDS: u64 = 2;
 
 /// Seeds in the sweep unless `MESHKV_SIM_SEEDS` says otherwise.
-const DEFAULT_SEEDS: u64 = 200;
+const DEFAULT_SEEDS: u64 = 300;
 
 /// Seeds whose schedules crash, hang and reset nodes, for the determinism test.
 const DETERMINISM_SEEDS: [u64; 2] = [2, 6];

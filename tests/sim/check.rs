@@ -4,11 +4,24 @@
 //! Owns: [`check`], [`Violation`], [`Findings`].
 //! Knows nothing of: turmoil, how the history was made.
 //!
-//! A write is *excused* when, at some crash after it was sent, no running node held it
-//! (or anything newer): memory-only nodes lose what only crashed nodes held, as
-//! DESIGN §5 accepts. Every other acknowledged write must survive. Since the crash may
-//! also have come before the write was applied anywhere, excusing is conservative: it
-//! can hide a loss, never invent one.
+//! What an acknowledgement promises, per level (docs/API.md §3.1), and so what is
+//! checked:
+//! * `one`: applied on the node that answered. Nothing more: if that node crashes
+//!   before a push or anti-entropy round carries it on, the write is gone (memory-only
+//!   nodes, as DESIGN §5 accepts).
+//! * `live`: applied there and on the peers the failure detector held alive, unless
+//!   `live_timeout_ms` ran out first: no replica count is promised, so it can be lost
+//!   the same way.
+//! * `quorum` / `all`: held by a majority / every node when the client has the
+//!   acknowledgement, which is checked directly on the nodes' states; lost only if
+//!   every one of those nodes crashes before passing it on.
+//! * every level: once a write is held by a node that keeps running, it survives: the
+//!   key's final version is at least the write's.
+//!
+//! So a write is *excused* when, at some crash after it was sent, no running node held
+//! it (or anything newer). Every other acknowledged write must survive. Since the crash
+//! may also have come before the write was applied anywhere, excusing is conservative:
+//! it can hide a loss, never invent one. The excused writes are counted per level.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,8 +55,10 @@ impl fmt::Display for Violation {
 pub struct Coverage {
     /// Acknowledged writes whose survival was checked.
     pub acknowledged: usize,
-    /// Acknowledged writes excused by a crash.
-    pub excused: usize,
+    /// Acknowledged writes excused by a crash, by level (`one`, `live`, `quorum`,
+    /// `all`): a `quorum` or `all` write is excused only when every node that held it
+    /// crashed, which memory-only nodes allow.
+    pub excused: [usize; 4],
     /// (`quorum` write, later `quorum` read) pairs checked.
     pub quorum_pairs: usize,
     /// `quorum`/`all` acknowledgements whose replicas were counted.
@@ -57,7 +72,9 @@ pub struct Coverage {
 impl std::ops::AddAssign for Coverage {
     fn add_assign(&mut self, other: Self) {
         self.acknowledged += other.acknowledged;
-        self.excused += other.excused;
+        for (mine, theirs) in self.excused.iter_mut().zip(other.excused) {
+            *mine += theirs;
+        }
         self.quorum_pairs += other.quorum_pairs;
         self.backed += other.backed;
         self.ordered_pairs += other.ordered_pairs;
@@ -231,7 +248,7 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
             findings.coverage.acknowledged += 1;
             if last_version < Some(version) {
                 if excused(evidence.crashes, key, version, op.invoked, never) {
-                    findings.coverage.excused += 1;
+                    findings.coverage.excused[op.level as usize] += 1;
                     continue;
                 }
                 let (invariant, what) = match (&op.request, &last_value) {
