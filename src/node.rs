@@ -107,6 +107,13 @@ impl Clock for SystemClock {
     }
 }
 
+/// Called once with the node's [`Replica`] as the node starts. Lets a deterministic
+/// simulator look at every node's state from outside the network (its invariant
+/// checks: which replicas hold a write when a `quorum` write is acknowledged, what a
+/// node held when it crashed), between two steps of the simulation. Production has
+/// none.
+pub type ReplicaObserver = Arc<dyn Fn(&Replica) + Send + Sync>;
+
 /// The outside world of one node: the seams through which time, the network and the
 /// disk reach it. [`run`] uses [`NodeEnv::production`]; a deterministic simulator builds
 /// its own (simulated time, simulated TCP, a simulated disk) and calls [`run_with`] once
@@ -121,6 +128,8 @@ pub struct NodeEnv {
     pub storage: Arc<dyn Storage>,
     /// Skip records that do not decode instead of refusing to start (`--repair`).
     pub repair: bool,
+    /// Read-only access to the node's state for a simulator; `None` in production.
+    pub observer: Option<ReplicaObserver>,
 }
 
 impl NodeEnv {
@@ -131,6 +140,7 @@ impl NodeEnv {
             transport: Arc::new(TcpTransport),
             storage: Arc::new(MemoryStorage),
             repair: false,
+            observer: None,
         }
     }
 }
@@ -290,6 +300,9 @@ pub async fn run_with(
         metrics.clone(),
         recovered,
     );
+    if let Some(observer) = &env.observer {
+        observer(&replica);
+    }
     let identity = Arc::new(Identity {
         node: me.id.clone(),
         cluster: tuning.cluster.clone(),

@@ -42,7 +42,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{Clock, NodeId, Version};
+use crate::clock::{Clock, NodeId, Timestamp, Version};
 use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
@@ -260,6 +260,18 @@ impl Replica {
     ) -> (Vec<Entry>, bool) {
         self.node
             .with_store(|store| store.scan(prefix, start_after, limit))
+    }
+
+    /// The register this node holds for `key` now, tombstone included, without asking
+    /// any peer (a simulator's view of one replica).
+    pub fn local_entry(&self, key: &str) -> Option<Entry> {
+        self.node.with_store(|store| store.entry(key))
+    }
+
+    /// The largest HLC timestamp this node has issued or observed (a simulator checks
+    /// that it never goes back).
+    pub fn hlc_last(&self) -> Timestamp {
+        self.node.hlc_last()
     }
 
     /// Counts and digest of the local state.

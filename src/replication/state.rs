@@ -310,6 +310,11 @@ impl NodeState {
         (read(&core.store), core.last_lsn)
     }
 
+    /// The largest HLC timestamp issued or observed so far.
+    pub(super) fn hlc_last(&self) -> Timestamp {
+        self.core().hlc.last()
+    }
+
     /// The failure detector, locked.
     pub(super) fn detector(&self) -> MutexGuard<'_, FailureDetector> {
         self.detector.lock().expect("detector lock poisoned")
