@@ -480,6 +480,8 @@ impl Metrics {
         };
         let _ = self.pushes_dropped.get_or_create(&labels);
         let _ = self.link_down.get_or_create(&labels);
+        // 0 until the first sample (`/v1/cluster` says `null` then).
+        let _ = self.clock_offset_ms.get_or_create(&labels);
         for &kind in kinds {
             for direction in ["sent", "received"] {
                 let labels = FrameLabels {

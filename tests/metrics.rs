@@ -7,7 +7,7 @@ mod common;
 use common::TestCluster;
 
 /// Every family a node exports (README/DESIGN name them).
-const FAMILIES: [&str; 17] = [
+const FAMILIES: [&str; 31] = [
     "meshkv_peer_frames",
     "meshkv_peer_bytes",
     "meshkv_peer_frames_rejected",
@@ -25,6 +25,20 @@ const FAMILIES: [&str; 17] = [
     "meshkv_peer_state",
     "meshkv_peer_link_down",
     "meshkv_bounds_hit",
+    "meshkv_tombstones_collected",
+    "meshkv_catching_up",
+    "meshkv_journal_written_bytes",
+    "meshkv_journal_fsyncs",
+    "meshkv_journal_compactions",
+    "meshkv_journal_durable_lag",
+    "meshkv_journal_disk_bytes",
+    "meshkv_journal_garbage_bytes",
+    "meshkv_clock_offset_ms",
+    "meshkv_fenced",
+    "meshkv_conflicts",
+    "meshkv_watchers",
+    "meshkv_watch_events",
+    "meshkv_watch_overflows",
 ];
 
 /// Whether `text` lists a series of `family` (`family_total{…}`, `family{…}`, `family 0`).
