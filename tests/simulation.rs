@@ -33,7 +33,7 @@ use sim::run::{run, Report};
 
 /// Seeds that once failed, kept as regression tests whatever the sweep's range. No
 /// seed has failed on the node code as it is; these caught deliberate breakages
-/// (DESIGN §8): 1 and 3 a `quorum` write acknowledged one replica short, 0 an HLC
+/// (DESIGN §9): 1 and 3 a `quorum` write acknowledged one replica short, 0 an HLC
 /// that forgot remote stamps.
 const REGRESSION_SEEDS: &[u64] = &[0, 1, 3];
 

@@ -268,6 +268,13 @@ impl Replica {
         self.node.with_store(|store| store.entry(key))
     }
 
+    /// The version of `key`'s tombstone if this node collected it lately and holds
+    /// nothing newer (a simulator's view: the key is absent, and was deleted at that
+    /// version).
+    pub fn collected_version(&self, key: &str) -> Option<Version> {
+        self.node.with_store(|store| store.collected_version(key))
+    }
+
     /// The largest HLC timestamp this node has issued or observed (a simulator checks
     /// that it never goes back).
     pub fn hlc_last(&self) -> Timestamp {

@@ -136,6 +136,11 @@ impl CollectedMemory {
             .is_some_and(|(collected, _)| version <= collected)
     }
 
+    /// The version of `key`'s collected tombstone, if it is remembered.
+    pub(super) fn version(&self, key: &str) -> Option<&Version> {
+        self.versions.get(key).map(|(version, _)| version)
+    }
+
     /// A newer write of `key` arrived: the memory of its collection is moot.
     pub(super) fn forget(&mut self, key: &str) {
         self.versions.remove(key);

@@ -187,6 +187,12 @@ impl Store {
             .map(|register| Entry::of(key, register))
     }
 
+    /// The version of `key`'s tombstone if it was collected lately and nothing newer
+    /// was written since (the key is then absent).
+    pub fn collected_version(&self, key: &str) -> Option<Version> {
+        self.collected.version(key).cloned()
+    }
+
     /// Merges one entry: it replaces the key's register if its version is larger. An
     /// entry for an absent key whose tombstone was collected lately, at this version or
     /// a newer one, is [`Merged::Stale`] too.

@@ -109,6 +109,9 @@ pub struct Evidence<'a> {
     /// Each node's final register per key (after convergence); `None` for a node that
     /// does not run.
     pub finals: &'a [Option<BTreeMap<String, Option<Entry>>>],
+    /// Per key, the version of a collected tombstone some node remembers (the key is
+    /// then absent on every node: deleted at that version).
+    pub collected: &'a BTreeMap<String, Version>,
     /// How long convergence took after the heal, if it happened.
     pub converged_after: Option<Duration>,
     /// The bound on it.
@@ -208,21 +211,61 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
         });
         return findings;
     };
+    // Tombstone collection runs on each node at its own pace: a node may still hold a
+    // tombstone that another has collected since the digests agreed. The two are the
+    // same state, so a tombstone no newer than a collected one counts as absent.
+    let settled = |state: &BTreeMap<String, Option<Entry>>| -> BTreeMap<String, Option<Entry>> {
+        state
+            .iter()
+            .map(|(key, entry)| {
+                let collected = entry.as_ref().is_some_and(|entry| {
+                    entry.value.is_none()
+                        && evidence
+                            .collected
+                            .get(key)
+                            .is_some_and(|version| entry.version <= *version)
+                });
+                (key.clone(), if collected { None } else { entry.clone() })
+            })
+            .collect()
+    };
+    let reference_settled = settled(reference);
     for (node, state) in evidence.finals.iter().enumerate() {
-        match state {
+        let state = state.as_ref().map(settled);
+        let reference = &reference_settled;
+        match &state {
             None => findings.violations.push(Violation {
                 invariant: "convergence",
                 detail: format!("n{} does not run at the end", node + 1),
                 ops: vec![],
             }),
-            Some(state) if state != reference => findings.violations.push(Violation {
-                invariant: "convergence",
-                detail: format!(
-                    "n{} holds other registers than n1 although their digests agree",
-                    node + 1
-                ),
-                ops: vec![],
-            }),
+            Some(state) if state != reference => {
+                let differing: Vec<String> = state
+                    .iter()
+                    .filter(|(key, entry)| reference.get(*key) != Some(*entry))
+                    .map(|(key, entry)| {
+                        let show = |entry: Option<&Option<Entry>>| match entry.cloned().flatten() {
+                            Some(entry) => format!("{}", entry.version),
+                            None => "absent".to_owned(),
+                        };
+                        format!(
+                            "{key}: n1 {} / n{} {}",
+                            show(reference.get(key)),
+                            node + 1,
+                            show(Some(entry))
+                        )
+                    })
+                    .collect();
+                findings.violations.push(Violation {
+                    invariant: "convergence",
+                    detail: format!(
+                        "n{} holds other registers than n1 although their digests agreed: {}",
+                        node + 1,
+                        differing.join(", ")
+                    ),
+                    ops: vec![],
+                })
+            }
             Some(_) => {}
         }
     }
@@ -234,13 +277,21 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
 
     for (&key, key_ops) in &by_key {
         let last = reference.get(key).cloned().flatten();
-        let last_version = last.as_ref().map(|entry| &entry.version);
-        let last_value = last.as_ref().map(|entry| {
-            entry
-                .value
-                .as_ref()
-                .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
-        });
+        // An absent key whose tombstone was collected ended deleted at that version.
+        let collected = match &last {
+            None => evidence.collected.get(key),
+            Some(_) => None,
+        };
+        let last_version = last.as_ref().map(|entry| &entry.version).or(collected);
+        let last_value = match &last {
+            Some(entry) => Some(
+                entry
+                    .value
+                    .as_ref()
+                    .map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+            ),
+            None => collected.map(|_| None),
+        };
 
         // No acknowledged write lost; a deleted key does not come back.
         for op in key_ops.iter().filter(|op| op.is_write()) {

@@ -120,6 +120,15 @@ impl Observatory {
         entry_of(self.inner().replicas.get(&node)?, key)
     }
 
+    /// The version at which node `node` collected `key`'s tombstone, if it remembers
+    /// one and holds nothing newer.
+    pub fn collected(&self, node: usize, key: &str) -> Option<Version> {
+        let replica = self.inner().replicas.get(&node)?.clone();
+        catch_unwind(AssertUnwindSafe(|| replica.collected_version(key)))
+            .ok()
+            .flatten()
+    }
+
     /// Node `node`'s digest, if the node runs.
     pub fn digest(&self, node: usize) -> Option<u64> {
         self.inner()

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
+use meshkv::clock::Version;
 use meshkv::config::ClusterConfig;
 use meshkv::node::{self, NodeEnv};
 use sha2::{Digest as _, Sha256};
@@ -256,6 +257,17 @@ pub fn run(seed: u64) -> Report {
             )
         })
         .collect();
+    // A deleted key whose tombstone every node held may have been collected: its
+    // final state is then "absent since that version" (the newest any node remembers).
+    let collected: BTreeMap<String, Version> = keys
+        .iter()
+        .filter_map(|key| {
+            let newest = (0..plan.nodes)
+                .filter_map(|node| observatory.collected(node, key))
+                .max()?;
+            Some((key.clone(), newest))
+        })
+        .collect();
     let panics = take_panics();
     let ops = std::mem::take(&mut shared.history.borrow_mut().ops);
     let crashes = observatory.crashes();
@@ -267,6 +279,7 @@ pub fn run(seed: u64) -> Report {
         ops: &ops,
         crashes: &crashes,
         finals: &finals,
+        collected: &collected,
         converged_after: convergence.after_heal,
         convergence_bound: CONVERGENCE_BOUND,
         panics: &panics,
