@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -16,6 +16,7 @@ use crate::config::ClusterConfig;
 use crate::node;
 use crate::persist::{DirStorage, FsyncPolicy};
 use crate::tools::client::{Client, ClientError, DEFAULT_TIMEOUT};
+use crate::tools::demo;
 use crate::tools::inspect::Source;
 
 /// A multi-master, eventually consistent key-value store.
@@ -63,7 +64,7 @@ enum Command {
         nodes: usize,
         /// Client port of the first node; node i listens on 127.0.0.1<i>:PORT+i-1 and
         /// on PORT+100+i-1 for its peers.
-        #[arg(long, default_value_t = DEMO_HTTP_PORT)]
+        #[arg(long, default_value_t = demo::HTTP_PORT)]
         port: u16,
     },
     /// Read a key and write its value, byte for byte, to standard output (exit 1 if it
@@ -163,7 +164,7 @@ struct Scope {
 
 impl Scope {
     fn source(&self) -> Result<Source, Failure> {
-        let demo = demo_cluster_file();
+        let demo = demo::cluster_file();
         match (&self.node, &self.cluster) {
             (Some(url), _) => Ok(Source::Node(Client::new(url, DEFAULT_TIMEOUT))),
             (None, Some(path)) => Ok(Source::Cluster(Box::new(load(path)?))),
@@ -262,7 +263,14 @@ async fn run(command: Command) -> Result<(), Failure> {
             )
             .await
         }
-        Command::Demo { nodes, port } => demo(nodes, port).await,
+        Command::Demo { nodes, port } => {
+            demo::run(nodes, port, node::SHUTDOWN_GRACE, termination())
+                .await
+                .map_err(|error| match error {
+                    demo::DemoError::Usage(message) => Failure::usage(message),
+                    demo::DemoError::Failed(message) => Failure::failed(message),
+                })
+        }
         Command::Get { key, target } => {
             let client = pick(&target).await?;
             match client.get(&key, target.consistency.as_deref()).await? {
@@ -400,16 +408,9 @@ fn write_value(value: &[u8]) -> Result<(), Failure> {
         .map_err(|e| Failure::failed(format!("cannot write to standard output: {e}")))
 }
 
-/// The cluster file `meshkv demo` writes, which client commands use by default.
-pub fn demo_cluster_file() -> PathBuf {
-    std::env::temp_dir()
-        .join("meshkv-demo")
-        .join("cluster.toml")
-}
-
 /// The client of the node a command should talk to.
 async fn pick(target: &Target) -> Result<Client, Failure> {
-    let demo = demo_cluster_file();
+    let demo = demo::cluster_file();
     let path = match (&target.node, &target.cluster) {
         (Some(url), _) => return Ok(Client::new(url, DEFAULT_TIMEOUT)),
         (None, Some(path)) => path.clone(),
@@ -510,177 +511,4 @@ async fn serve(
             node::NodeError::Config(error) => Failure::usage(error.to_string()),
             other => Failure::failed(other.to_string()),
         })
-}
-
-/// First client port of the demo cluster; peers use `DEMO_HTTP_PORT + 100 + i`.
-const DEMO_HTTP_PORT: u16 = 7001;
-
-async fn demo(count: usize, port: u16) -> Result<(), Failure> {
-    if !(1..=9).contains(&count) {
-        return Err(Failure::usage("--nodes must be between 1 and 9"));
-    }
-    if port.checked_add(100 + count as u16).is_none() {
-        return Err(Failure::usage("--port is too high"));
-    }
-    let exe = std::env::current_exe()
-        .map_err(|e| Failure::failed(format!("cannot find the meshkv binary: {e}")))?;
-    // A fixed place, so that the cluster file has a name people can type; a second
-    // demo at the same time would collide on the ports anyway.
-    let cluster_file = demo_cluster_file();
-    let dir = cluster_file
-        .parent()
-        .expect("the demo file is inside a directory")
-        .to_owned();
-    let text = ClusterConfig::local_file(count, port, port + 100);
-    let config = ClusterConfig::parse(&text).map_err(|e| Failure::failed(e.to_string()))?;
-    // Every address must be free: otherwise the nodes would fail one by one, and a
-    // client could quietly talk to whatever already listens there (an older demo).
-    // Checked before anything is written, so a running demo's files stay as they are.
-    for spec in &config.nodes {
-        for address in std::iter::once(spec.http).chain(spec.peer) {
-            if let Err(error) = std::net::TcpListener::bind(address) {
-                return Err(Failure::failed(format!(
-                    "cannot start the demo: {address} is not free ({error}); is another demo or node running?"
-                )));
-            }
-        }
-    }
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Failure::failed(format!("cannot create {}: {e}", dir.display())))?;
-    std::fs::write(&cluster_file, text)
-        .map_err(|e| Failure::failed(format!("cannot write {}: {e}", cluster_file.display())))?;
-
-    let mut children = Vec::new();
-    for spec in &config.nodes {
-        let log_path = dir.join(format!("{}.log", spec.id));
-        let log = std::fs::File::create(&log_path)
-            .map_err(|e| Failure::failed(format!("cannot create {}: {e}", log_path.display())))?;
-        let child = tokio::process::Command::new(&exe)
-            .arg("serve")
-            .arg("--cluster")
-            .arg(&cluster_file)
-            .arg("--node")
-            .arg(spec.id.as_str())
-            .arg("--data-dir")
-            .arg(dir.join("data").join(spec.id.as_str()))
-            .arg("--exit-with-parent")
-            .stdin(std::process::Stdio::null())
-            .stdout(
-                log.try_clone()
-                    .map_err(|e| Failure::failed(e.to_string()))?,
-            )
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| Failure::failed(format!("cannot start node {}: {e}", spec.id)))?;
-        children.push((spec.clone(), child, log_path));
-    }
-
-    // Wait (bounded) until every node answers /health.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for (spec, child, log_path) in &mut children {
-        let client = Client::new(&spec.http.to_string(), Duration::from_millis(500));
-        loop {
-            if client.healthy().await {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                // Returning drops `children`, which kills the nodes already started.
-                let log = std::fs::read_to_string(&*log_path).unwrap_or_default();
-                return Err(Failure::failed(format!(
-                    "node {} exited ({status}) before serving: {}",
-                    spec.id,
-                    log.lines().last().unwrap_or("no log")
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(Failure::failed(format!(
-                    "node {} did not answer within 10 s; see {}",
-                    spec.id,
-                    log_path.display()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    println!(
-        "meshkv demo: {count} nodes running (logs, data directories and cluster file in {})\n",
-        dir.display()
-    );
-    println!("  {:<4} {:<22} {:<22} pid", "node", "client HTTP", "peer");
-    for (spec, child, _) in &children {
-        println!(
-            "  {:<4} {:<22} {:<22} {}",
-            spec.id,
-            format!("http://{}", spec.http),
-            spec.peer
-                .map_or_else(|| "-".to_owned(), |peer| peer.to_string()),
-            child.id().map_or_else(|| "?".into(), |pid| pid.to_string())
-        );
-    }
-    let first = &config.nodes[0].http;
-    let last = &config.nodes[count - 1].http;
-    println!("\nTry:");
-    println!("  curl -X PUT --data 'hello' http://{first}/v1/kv/greeting");
-    println!("  curl http://{last}/v1/kv/greeting");
-    println!("  {} get greeting --node http://{last}", exe.display());
-    println!(
-        "  {} get greeting --cluster {}",
-        exe.display(),
-        cluster_file.display()
-    );
-    println!("  curl http://{first}/v1/convergence");
-    println!("  kill -9 <pid>   # the others keep serving");
-    println!("\nPress Ctrl-C to stop every node.");
-
-    tokio::select! {
-        _ = termination() => {}
-        exited = watch_children(&mut children) => {
-            eprintln!("meshkv demo: {exited}; stopping the others");
-        }
-    }
-    for (_, child, _) in &mut children {
-        if let Some(pid) = child.id() {
-            let _ = tokio::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
-        }
-    }
-    for (spec, child, _) in &mut children {
-        if tokio::time::timeout(node::SHUTDOWN_GRACE, child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!(
-                "meshkv demo: node {} did not stop in time; killing it",
-                spec.id
-            );
-            let _ = child.kill().await;
-        }
-    }
-    println!("meshkv demo: all nodes stopped");
-    Ok(())
-}
-
-type DemoChild = (crate::config::NodeSpec, tokio::process::Child, PathBuf);
-
-/// Reports demo nodes that exit on their own (killed by the user, or crashed); the
-/// demo keeps going. Resolves only when every node has exited.
-async fn watch_children(children: &mut [DemoChild]) -> String {
-    let mut reported = vec![false; children.len()];
-    loop {
-        for ((spec, child, _), reported) in children.iter_mut().zip(reported.iter_mut()) {
-            if let (Ok(Some(status)), false) = (child.try_wait(), *reported) {
-                println!("meshkv demo: node {} exited ({status})", spec.id);
-                *reported = true;
-            }
-        }
-        if reported.iter().all(|done| *done) {
-            return "every node has exited".to_owned();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }

@@ -1,0 +1,211 @@
+//! `meshkv demo`: a local cluster supervised in the foreground.
+//!
+//! Owns: the demo's cluster file and directory (`$TMPDIR/meshkv-demo`), the check that
+//! every port is free, starting each node as a `meshkv serve` child process with its
+//! data directory, waiting until all answer `/health`, reporting nodes that exit, and
+//! stopping them all on Ctrl-C (each node also exits with its parent, even on
+//! `kill -9` of the demo).
+//! Knows nothing of: the server's internals; it runs the binary and speaks HTTP, like
+//! any client.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::config::{ClusterConfig, NodeSpec};
+use crate::tools::client::Client;
+
+/// Why the demo could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// Something failed (a port taken, a node that did not start).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The cluster file `meshkv demo` writes, which client commands use by default.
+pub fn cluster_file() -> PathBuf {
+    std::env::temp_dir()
+        .join("meshkv-demo")
+        .join("cluster.toml")
+}
+
+/// First client port of the demo cluster; peers use `HTTP_PORT + 100 + i`.
+pub const HTTP_PORT: u16 = 7001;
+
+/// Runs `count` nodes on ports `port`, `port + 1`, … (peers 100 above) until `stop`
+/// resolves, then stops them, each within `grace` (then killed).
+pub async fn run(
+    count: usize,
+    port: u16,
+    grace: Duration,
+    stop: impl Future<Output = ()>,
+) -> Result<(), DemoError> {
+    if !(1..=9).contains(&count) {
+        return Err(DemoError::Usage("--nodes must be between 1 and 9".into()));
+    }
+    if port.checked_add(100 + count as u16).is_none() {
+        return Err(DemoError::Usage("--port is too high".into()));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| DemoError::Failed(format!("cannot find the meshkv binary: {e}")))?;
+    // A fixed place, so that the cluster file has a name people can type; a second
+    // demo at the same time would collide on the ports anyway.
+    let cluster_file = cluster_file();
+    let dir = cluster_file
+        .parent()
+        .expect("the demo file is inside a directory")
+        .to_owned();
+    let text = ClusterConfig::local_file(count, port, port + 100);
+    let config = ClusterConfig::parse(&text).map_err(|e| DemoError::Failed(e.to_string()))?;
+    // Every address must be free: otherwise the nodes would fail one by one, and a
+    // client could quietly talk to whatever already listens there (an older demo).
+    // Checked before anything is written, so a running demo's files stay as they are.
+    for spec in &config.nodes {
+        for address in std::iter::once(spec.http).chain(spec.peer) {
+            if let Err(error) = std::net::TcpListener::bind(address) {
+                return Err(DemoError::Failed(format!(
+                    "cannot start the demo: {address} is not free ({error}); is another demo or node running?"
+                )));
+            }
+        }
+    }
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DemoError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::write(&cluster_file, text)
+        .map_err(|e| DemoError::Failed(format!("cannot write {}: {e}", cluster_file.display())))?;
+
+    let mut children = Vec::new();
+    for spec in &config.nodes {
+        let log_path = dir.join(format!("{}.log", spec.id));
+        let log = std::fs::File::create(&log_path)
+            .map_err(|e| DemoError::Failed(format!("cannot create {}: {e}", log_path.display())))?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("serve")
+            .arg("--cluster")
+            .arg(&cluster_file)
+            .arg("--node")
+            .arg(spec.id.as_str())
+            .arg("--data-dir")
+            .arg(dir.join("data").join(spec.id.as_str()))
+            .arg("--exit-with-parent")
+            .stdin(std::process::Stdio::null())
+            .stdout(
+                log.try_clone()
+                    .map_err(|e| DemoError::Failed(e.to_string()))?,
+            )
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| DemoError::Failed(format!("cannot start node {}: {e}", spec.id)))?;
+        children.push((spec.clone(), child, log_path));
+    }
+
+    // Wait (bounded) until every node answers /health.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (spec, child, log_path) in &mut children {
+        let client = Client::new(&spec.http.to_string(), Duration::from_millis(500));
+        loop {
+            if client.healthy().await {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                // Returning drops `children`, which kills the nodes already started.
+                let log = std::fs::read_to_string(&*log_path).unwrap_or_default();
+                return Err(DemoError::Failed(format!(
+                    "node {} exited ({status}) before serving: {}",
+                    spec.id,
+                    log.lines().last().unwrap_or("no log")
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(DemoError::Failed(format!(
+                    "node {} did not answer within 10 s; see {}",
+                    spec.id,
+                    log_path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    println!(
+        "meshkv demo: {count} nodes running (logs, data directories and cluster file in {})\n",
+        dir.display()
+    );
+    println!("  {:<4} {:<22} {:<22} pid", "node", "client HTTP", "peer");
+    for (spec, child, _) in &children {
+        println!(
+            "  {:<4} {:<22} {:<22} {}",
+            spec.id,
+            format!("http://{}", spec.http),
+            spec.peer
+                .map_or_else(|| "-".to_owned(), |peer| peer.to_string()),
+            child.id().map_or_else(|| "?".into(), |pid| pid.to_string())
+        );
+    }
+    let first = &config.nodes[0].http;
+    let last = &config.nodes[count - 1].http;
+    println!("\nTry:");
+    println!("  curl -X PUT --data 'hello' http://{first}/v1/kv/greeting");
+    println!("  curl http://{last}/v1/kv/greeting");
+    println!("  {} get greeting --node http://{last}", exe.display());
+    println!(
+        "  {} get greeting --cluster {}",
+        exe.display(),
+        cluster_file.display()
+    );
+    println!("  curl http://{first}/v1/convergence");
+    println!("  kill -9 <pid>   # the others keep serving");
+    println!("\nPress Ctrl-C to stop every node.");
+
+    tokio::select! {
+        _ = stop => {}
+        exited = watch_children(&mut children) => {
+            eprintln!("meshkv demo: {exited}; stopping the others");
+        }
+    }
+    for (_, child, _) in &mut children {
+        if let Some(pid) = child.id() {
+            let _ = tokio::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+    }
+    for (spec, child, _) in &mut children {
+        if tokio::time::timeout(grace, child.wait()).await.is_err() {
+            eprintln!(
+                "meshkv demo: node {} did not stop in time; killing it",
+                spec.id
+            );
+            let _ = child.kill().await;
+        }
+    }
+    println!("meshkv demo: all nodes stopped");
+    Ok(())
+}
+
+type DemoChild = (NodeSpec, tokio::process::Child, PathBuf);
+
+/// Reports demo nodes that exit on their own (killed by the user, or crashed); the
+/// demo keeps going. Resolves only when every node has exited.
+async fn watch_children(children: &mut [DemoChild]) -> String {
+    let mut reported = vec![false; children.len()];
+    loop {
+        for ((spec, child, _), reported) in children.iter_mut().zip(reported.iter_mut()) {
+            if let (Ok(Some(status)), false) = (child.try_wait(), *reported) {
+                println!("meshkv demo: node {} exited ({status})", spec.id);
+                *reported = true;
+            }
+        }
+        if reported.iter().all(|done| *done) {
+            return "every node has exited".to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
