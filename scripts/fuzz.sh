@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 
 seconds="${1:-20}"
 shift || true
-all_targets=(peer_frame handshake cluster_file http_request)
+all_targets=(peer_frame handshake cluster_file http_request persist_records)
 targets=("$@")
 [ "${#targets[@]}" -gt 0 ] || targets=("${all_targets[@]}")
 

@@ -407,6 +407,66 @@ fn check_store(store: &Store) {
     );
 }
 
+/// Target `persist_records`: the data directory's record reader on arbitrary bytes (a
+/// segment's body, after its header), as recovery reads it. The scan never reads past
+/// the end; it ends cleanly exactly when every byte belonged to a record, else at the
+/// first bad one; the valid part alone scans clean to the same records (so cutting a
+/// torn tail keeps a prefix); every record decodes to an entry or is refused with an
+/// error, and the entries merge into a store whose digest stays true.
+pub fn persist_records(data: &[u8]) {
+    use crate::persist::record::{scan, ScanEnd};
+    use crate::replication::durable;
+
+    let mut records = scan(data);
+    let mut store = Store::new();
+    let mut payloads = Vec::new();
+    for (offset, payload) in records.by_ref() {
+        assert!(
+            offset + payload.len() <= data.len(),
+            "a record past the end"
+        );
+        if let Ok(entry) = durable::decode(payload) {
+            store.merge(entry);
+        }
+        payloads.push(payload);
+    }
+    let valid = records.offset();
+    match records.end() {
+        Some(ScanEnd::Clean) => assert_eq!(valid, data.len(), "clean before the end"),
+        Some(ScanEnd::Damaged { offset, .. }) => {
+            assert_eq!(offset, valid, "damage reported away from the valid end")
+        }
+        None => panic!("the scan did not say how it ended"),
+    }
+    let mut prefix = scan(&data[..valid]);
+    assert!(
+        prefix.by_ref().eq(payloads.iter().scan(0, |at, payload| {
+            let item = (*at, *payload);
+            *at += crate::persist::record::RECORD_HEADER_BYTES + payload.len();
+            Some(item)
+        })),
+        "the valid prefix scans to other records"
+    );
+    assert_eq!(
+        prefix.end(),
+        Some(ScanEnd::Clean),
+        "the valid prefix is damaged"
+    );
+    check_store(&store);
+}
+
+/// Records of the seed entries, as the journal writes them: the `persist_records`
+/// corpus.
+pub fn seed_records() -> Vec<u8> {
+    let mut batch = crate::persist::RecordBatch::new();
+    for entry in seed_entries() {
+        batch
+            .push(&crate::replication::durable::encode(&entry))
+            .expect("a seed entry fits a record");
+    }
+    batch.as_bytes().to_vec()
+}
+
 /// Target `cluster_file`: `ClusterConfig::parse` on arbitrary text. A file it accepts
 /// must pass its own validation, name each of its nodes, and be usable as the node
 /// assembles it (a replica and a router built from its values, without sockets).

@@ -24,6 +24,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("handshake", fuzz_checks::handshake),
     ("cluster_file", fuzz_checks::cluster_file),
     ("http_request", fuzz_checks::http_request),
+    ("persist_records", fuzz_checks::persist_records),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -133,6 +134,42 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     for (name, text) in http_request_seeds() {
         add("http_request", &name, text);
+    }
+    let records = fuzz_checks::seed_records();
+    let mut flipped = records.clone();
+    flipped[records.len() / 2] ^= 0x40;
+    for (name, bytes) in [
+        ("records", records.clone()),
+        ("records-torn", records[..records.len() - 3].to_vec()),
+        ("records-flipped", flipped),
+        ("records-zero-tail", [records.clone(), vec![0; 64]].concat()),
+        (
+            "records-doubled",
+            [records.clone(), records.clone()].concat(),
+        ),
+        ("records-head-only", records[..8].to_vec()),
+        ("records-short-header", records[..5].to_vec()),
+        (
+            "records-after-garbage",
+            [b"garbage!".to_vec(), records.clone()].concat(),
+        ),
+        ("empty", Vec::new()),
+        (
+            "unknown-kind",
+            meshkv::persist::RecordBatch::of([[9u8, 1, 2, 3]])
+                .expect("a record")
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
+            "kind-but-no-entry",
+            meshkv::persist::RecordBatch::of([[1u8, 0xc1]])
+                .expect("a record")
+                .as_bytes()
+                .to_vec(),
+        ),
+    ] {
+        add("persist_records", name, bytes);
     }
     all
 }

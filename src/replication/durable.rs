@@ -42,7 +42,7 @@ use crate::store::{Entry, Merged, Register, Store};
 const KIND_ENTRY: u8 = 1;
 
 /// The payload of the record of `entry`.
-pub(super) fn encode(entry: &Entry) -> Vec<u8> {
+pub fn encode(entry: &Entry) -> Vec<u8> {
     let mut payload = vec![KIND_ENTRY];
     // Encoding into a Vec cannot fail for this type (no maps with non-string keys,
     // no custom serializers that error).
@@ -50,8 +50,8 @@ pub(super) fn encode(entry: &Entry) -> Vec<u8> {
     payload
 }
 
-/// The entry a record holds.
-pub(super) fn decode(payload: &[u8]) -> Result<Entry, String> {
+/// The entry a record holds; an error for a payload this build did not write.
+pub fn decode(payload: &[u8]) -> Result<Entry, String> {
     match payload.split_first() {
         Some((&KIND_ENTRY, body)) => rmp_serde::from_slice(body).map_err(|e| e.to_string()),
         Some((kind, _)) => Err(format!("unknown record kind {kind}")),
