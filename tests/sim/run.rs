@@ -263,7 +263,8 @@ pub fn run(seed: u64) -> Report {
     let (hlc_samples, hlc_regressions) = observatory.hlc_findings();
     let findings = check(&Evidence {
         nodes: plan.nodes,
-        clock_beyond: plan.clocks == super::plan::ClockFaults::Beyond,
+        clock_break: plan.clock_break(),
+        durable: &plan.durable,
         ops: &ops,
         crashes: &crashes,
         finals: &finals,
