@@ -72,6 +72,8 @@ pub struct Coverage {
     pub realtime_reported: usize,
     /// Reads of a node's HLC, each compared with the previous one.
     pub hlc_samples: usize,
+    /// Writes a durable node had acknowledged when it crashed, looked for on its disk.
+    pub durable_acks: usize,
     /// Acknowledged writes of keys whose final tombstone was collected everywhere, so
     /// that only a delete's presence is checked.
     pub collected: usize,
@@ -90,6 +92,7 @@ impl std::ops::AddAssign for Coverage {
         self.realtime_reported += other.realtime_reported;
         self.hlc_samples += other.hlc_samples;
         self.collected += other.collected;
+        self.durable_acks += other.durable_acks;
     }
 }
 
@@ -467,6 +470,32 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
                         ops: vec![earlier.id, later.id],
                     });
                 }
+            }
+        }
+    }
+
+    // A durable node's acknowledged writes are on its disk when it dies: every level
+    // waits for the local fsync before answering.
+    for crash in evidence.crashes {
+        let Some(disk) = &crash.disk else { continue };
+        for op in ops
+            .iter()
+            .filter(|op| op.node == crash.node && op.completed <= crash.at)
+        {
+            let Some(version) = written(op) else { continue };
+            findings.coverage.durable_acks += 1;
+            if !disk.get(&op.key).is_some_and(|versions| versions.contains(version)) {
+                findings.violations.push(Violation {
+                    invariant: "a durable node's acknowledged writes survive its crash",
+                    detail: format!(
+                        "n{} crashed at {:?} without #{} ({} at {version}) on its disk",
+                        crash.node + 1,
+                        crash.at,
+                        op.id,
+                        op.key
+                    ),
+                    ops: vec![op.id],
+                });
             }
         }
     }

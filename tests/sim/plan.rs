@@ -24,8 +24,9 @@
 //!   the transport seam. The driver gives its in-flight push back to the queue and sends
 //!   it again on the next connection: a duplicate if the first copy was applied.
 //! * `crash` and `restart`: the host's runtime is dropped (every task and socket, as
-//!   `kill -9` does: peers see the connections close) and later started again, with an
-//!   empty memory (no disk yet).
+//!   `kill -9` does: peers see the connections close) and later started again: empty
+//!   for a memory-only node, from what its simulated disk synced for a durable one
+//!   (about half the nodes, drawn per seed: [`Plan::durable`]).
 //! * `hang`: every link of a node, clients' too, is held for a while, as SIGSTOP does;
 //!   then released.
 //! * `clock`: a node's wall clock jumps to an offset and drifts from then on, within
@@ -136,7 +137,7 @@ pub enum Fault {
         /// The node.
         node: usize,
     },
-    /// The node starts again, empty.
+    /// The node starts again: empty, or from its disk if it is durable.
     Restart {
         /// The node.
         node: usize,
@@ -219,7 +220,7 @@ impl fmt::Display for Fault {
             Fault::HealLinks => f.write_str("heal links"),
             Fault::Reset { node } => write!(f, "reset connections of n{}", node + 1),
             Fault::Crash { node } => write!(f, "crash n{}", node + 1),
-            Fault::Restart { node } => write!(f, "restart n{} (empty)", node + 1),
+            Fault::Restart { node } => write!(f, "restart n{}", node + 1),
             Fault::Clock {
                 node,
                 offset_ms,
@@ -392,7 +393,7 @@ impl Plan {
         }
 
         // Durable nodes, drawn last so that the schedules above stay as they were.
-        let durable = (0..nodes).map(|_| false).collect();
+        let durable = (0..nodes).map(|_| rng.random_bool(0.5)).collect();
 
         // The heal: every link healed, clocks back to true time (as NTP would step
         // them). Crashed nodes are back by then (above).
@@ -481,7 +482,11 @@ impl Plan {
                     }
                 );
             if !neutral {
-                *counts.entry(event.fault.kind()).or_default() += 1;
+                let kind = match event.fault {
+                    Fault::Crash { node } if self.durable[node] => "crash-durable",
+                    _ => event.fault.kind(),
+                };
+                *counts.entry(kind).or_default() += 1;
             }
         }
         counts
@@ -499,6 +504,12 @@ impl fmt::Display for Plan {
             self.keys,
             self.heal_at.as_millis(),
             self.clocks.as_str(),
+        )?;
+        let durable: Group = (0..self.nodes).filter(|&node| self.durable[node]).collect();
+        writeln!(
+            f,
+            "  durable (a simulated disk; the others restart empty): {}",
+            if durable.is_empty() { "none".to_owned() } else { group(&durable) }
         )?;
         for event in &self.events {
             writeln!(f, "  {event}")?;
