@@ -484,7 +484,10 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
         {
             let Some(version) = written(op) else { continue };
             findings.coverage.durable_acks += 1;
-            if !disk.get(&op.key).is_some_and(|versions| versions.contains(version)) {
+            if !disk
+                .get(&op.key)
+                .is_some_and(|versions| versions.contains(version))
+            {
                 findings.violations.push(Violation {
                     invariant: "a durable node's acknowledged writes survive its crash",
                     detail: format!(

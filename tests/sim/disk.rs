@@ -129,6 +129,12 @@ impl Storage for SimStorage {
     fn describe(&self) -> String {
         format!("simulated disk (fsync {} ms)", SYNC_LATENCY.as_millis())
     }
+
+    /// Called in place: a blocking task would run on a real thread, and the host's
+    /// simulated time would advance past it or not depending on the thread's speed.
+    fn blocks(&self) -> bool {
+        false
+    }
 }
 
 #[derive(Debug, Default)]
@@ -248,6 +254,10 @@ impl Journal for LifeJournal {
             durable: queue.durable,
             ..JournalStats::default()
         }
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 
     fn shutdown(&self) -> Result<(), JournalError> {

@@ -91,9 +91,11 @@ impl Observatory {
                     }
                 }
                 if !lost.is_empty() {
-                    inner
-                        .recovery_losses
-                        .push(format!("n{} restarted without {}", node + 1, lost.join(", ")));
+                    inner.recovery_losses.push(format!(
+                        "n{} restarted without {}",
+                        node + 1,
+                        lost.join(", ")
+                    ));
                 }
             }
             inner.replicas.insert(node, replica.clone());
@@ -148,15 +150,18 @@ impl Observatory {
         });
     }
 
-    /// How many running nodes hold `version` of `key`, or a newer one.
-    pub fn holders(&self, key: &str, version: &Version) -> usize {
+    /// How many running nodes hold `version` of `key`, or a newer one. For a delete
+    /// (`tombstone`), a node without the key counts too: it may have collected the
+    /// tombstone already, which it does only once every node has held it; the check
+    /// cannot tell that from a node that never got it, so it is lenient there.
+    pub fn holders(&self, key: &str, version: &Version, tombstone: bool) -> usize {
         self.inner()
             .replicas
             .values()
-            .filter(|replica| {
-                entry_of(replica, key)
-                    .flatten()
-                    .is_some_and(|entry| &entry.version >= version)
+            .filter(|replica| match entry_of(replica, key) {
+                Some(Some(entry)) => &entry.version >= version,
+                Some(None) => tombstone,
+                None => false,
             })
             .count()
     }

@@ -509,7 +509,11 @@ impl fmt::Display for Plan {
         writeln!(
             f,
             "  durable (a simulated disk; the others restart empty): {}",
-            if durable.is_empty() { "none".to_owned() } else { group(&durable) }
+            if durable.is_empty() {
+                "none".to_owned()
+            } else {
+                group(&durable)
+            }
         )?;
         for event in &self.events {
             writeln!(f, "  {event}")?;
