@@ -6,9 +6,10 @@
 //!
 //! What an acknowledgement promises, per level (docs/API.md §3.1), and so what is
 //! checked:
-//! * `one`: applied on the node that answered. Nothing more: if that node crashes
-//!   before a push or anti-entropy round carries it on, the write is gone (memory-only
-//!   nodes, as DESIGN §5 accepts).
+//! * `one`: applied on the node that answered, and synced there if it is durable.
+//!   Nothing more: if a memory-only node crashes before a push or anti-entropy round
+//!   carries it on, the write is gone (as DESIGN §5 accepts); a durable node has it
+//!   on its disk (checked at every crash) and recovers it.
 //! * `live`: applied there and on the peers the failure detector held alive, unless
 //!   `live_timeout_ms` ran out first: no replica count is promised, so it can be lost
 //!   the same way.
@@ -18,8 +19,8 @@
 //! * every level: once a write is held by a node that keeps running, it survives: the
 //!   key's final version is at least the write's.
 //!
-//! So a write is *excused* when, at some crash after it was sent, no running node held
-//! it (or anything newer). Every other acknowledged write must survive. Since the crash
+//! So a write is *excused* when, at some crash after it was sent, no running node and
+//! no disk of a durable node that was down held it (or anything newer). Every other acknowledged write must survive. Since the crash
 //! may also have come before the write was applied anywhere, excusing is conservative:
 //! it can hide a loss, never invent one. The excused writes are counted per level.
 
