@@ -145,15 +145,19 @@ impl NodeEnv {
     }
 }
 
-/// Opens the storage and replays it, on a blocking thread; logs what it found.
+/// Opens the storage and replays it, on a blocking thread if it does I/O; logs what it
+/// found.
 async fn open_storage(env: &NodeEnv, owner: Owner) -> Result<durable::Recovered, NodeError> {
     let storage = env.storage.clone();
     let repair = env.repair;
     let started = env.clock.monotonic_ms();
-    let recovered =
+    let recovered = if storage.blocks() {
         tokio::task::spawn_blocking(move || durable::recover(&*storage, &owner, repair))
             .await
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?;
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))?
+    } else {
+        durable::recover(&*storage, &owner, repair)?
+    };
     let elapsed_ms = env.clock.monotonic_ms().saturating_sub(started);
     match &recovered.recovery {
         None => info!(
@@ -250,6 +254,9 @@ pub async fn run_with(
     .await?;
     let journal = recovered.journal.clone();
     let close = |journal: Arc<dyn crate::persist::Journal>| async move {
+        if !journal.blocks() {
+            return journal.shutdown();
+        }
         tokio::task::spawn_blocking(move || journal.shutdown())
             .await
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic.into_panic()))

@@ -301,6 +301,12 @@ impl SkewMonitor {
     /// How far `peer`'s clock may be behind ours now, in whole ms, for commit-wait;
     /// `None` if the peer said it is fenced recently enough that it cannot stamp a write
     /// before its lease ends. A peer never measured is assumed `max_skew_ms` behind.
+    ///
+    /// From the newest sample alone, not the [`estimate`](Self::estimate): an older
+    /// sample with a tighter error bound is wrong after a clock step between it and the
+    /// newest, and the guarantee (API.md §3.2) assumes only that no clock moves between
+    /// a peer's last sample and the write. The estimate's filter would keep a step of
+    /// 60 ms out of the bound for up to [`WINDOW`] samples.
     pub fn lag_bound_ms(&self, peer: &NodeId, now_ms: u64) -> Option<u64> {
         let Some(clock) = self.peers.get(peer) else {
             return Some(0);
@@ -308,7 +314,7 @@ impl SkewMonitor {
         if self.peer_fenced(peer, now_ms) {
             return None;
         }
-        Some(match estimate_of(clock, Some(now_ms)) {
+        Some(match newest_of(clock, now_ms) {
             Some(e) => (e.error_ms - e.offset_ms).max(0.0).ceil() as u64,
             None => self.max_skew_ms,
         })
@@ -343,6 +349,18 @@ impl SkewMonitor {
     pub fn max_skew_ms(&self) -> u64 {
         self.max_skew_ms
     }
+}
+
+/// The newest sample, aged to `now_ms`: the only one a clock step before it cannot
+/// have made wrong.
+fn newest_of(clock: &PeerClock, now_ms: u64) -> Option<Estimate> {
+    clock.samples.back().map(|s| {
+        let age = now_ms.saturating_sub(s.at_ms) as f64;
+        Estimate {
+            offset_ms: s.offset_ms(),
+            error_ms: s.error_ms() + (age * DRIFT_PER_MS).min(MAX_DRIFT_MS),
+        }
+    })
 }
 
 /// The sample with the smallest error once aged to `now_ms` (or as measured, `None`).
@@ -474,6 +492,24 @@ mod tests {
         // …and counted again, with its full lag, once the lease ran out.
         assert_eq!(healthy.lag_bound_ms(&id("n3"), now + LEASE_MS), Some(3_003));
         assert_eq!(healthy.too_far_behind(now + LEASE_MS).len(), 1);
+    }
+
+    #[test]
+    fn the_commit_wait_bound_follows_a_step_at_the_first_sample_after_it() {
+        let us = ManualClock::new(1_000_000);
+        let mut monitor = three(500);
+        // A tight sample of a peer whose clock is ours…
+        monitor.record(&id("n2"), exchange(&us, 0, 2, 1), None);
+        assert_eq!(monitor.lag_bound_ms(&id("n2"), us.monotonic_ms()), Some(2));
+        // …then its clock steps back 60 ms, and a vaguer sample shows it: the estimate
+        // still prefers the old, tighter sample, but the commit-wait must not.
+        us.advance_ms(100);
+        monitor.record(&id("n2"), exchange(&us, -60, 6, 3), None);
+        let now = us.monotonic_ms();
+        assert_eq!(monitor.estimate(&id("n2"), now).unwrap().offset_ms, 0.0);
+        assert_eq!(monitor.lag_bound_ms(&id("n2"), now), Some(64));
+        // The bound ages with the sample, at 15 ppm.
+        assert_eq!(monitor.lag_bound_ms(&id("n2"), now + 1_000_000), Some(79));
     }
 
     #[test]

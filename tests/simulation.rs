@@ -6,21 +6,27 @@
 //! * every node reaches the same digest (`/v1/convergence`) within a bound;
 //! * no acknowledged write is lost, and a deleted key does not come back: each key ends
 //!   at a version at least that of every acknowledged write, unless a crash left no
-//!   running node holding it (memory-only nodes; see `sim/check.rs`);
+//!   running node and no disk holding it (see `sim/check.rs`); a key whose tombstone
+//!   was collected everywhere ends absent;
+//! * a durable node (simulated disk, `sim/disk.rs`) has every write it acknowledged on
+//!   its disk when it crashes, and recovers all of it when it restarts;
 //! * no value comes from nowhere, and a value matches its version;
 //! * a `quorum`/`all` read sees every `quorum`/`all` write acknowledged before it was
 //!   sent; a `quorum`/`all` acknowledgement is backed by that many replicas the moment
 //!   the client has it (read from the nodes' states, outside the network);
 //! * no panic; each node's versions increase in real-time order, across restarts;
 //! * real-time order of writes (a write sent after another was acknowledged gets a
-//!   larger version): reported, and enforced only with `MESHKV_SIM_REALTIME=enforce`,
-//!   until clock self-fencing and commit-wait (docs/API.md §3.2) land.
+//!   larger version, docs/API.md §3.2), wherever the clocks keep the guarantee's
+//!   assumptions: on seeds with true or steady clocks, and on the others until the
+//!   first clock step or fast drift. After that it is reported, and enforced only with
+//!   `MESHKV_SIM_REALTIME=enforce`.
 //!
 //! Environment:
 //! * `MESHKV_SIM_SEED=N`: run seed N alone, printing its schedule and history;
 //! * `MESHKV_SIM_SEEDS=N` (default 300) and `MESHKV_SIM_FIRST=S` (default 0): the seeds
 //!   S..S+N of the sweep, for soaks;
-//! * `MESHKV_SIM_REALTIME=enforce`: real-time order violations fail the run.
+//! * `MESHKV_SIM_REALTIME=enforce`: real-time order violations outside the guarantee's
+//!   assumptions fail the run too.
 
 mod sim;
 
@@ -34,13 +40,14 @@ use sim::run::{run, Report};
 /// Seeds that once failed, kept as regression tests whatever the sweep's range. No
 /// seed has failed on the node code as it is; these caught deliberate breakages
 /// (DESIGN §9): 1 and 3 a `quorum` write acknowledged one replica short, 0 an HLC
-/// that forgot remote stamps.
+/// that forgot remote stamps (with the clock draws of the time).
 const REGRESSION_SEEDS: &[u64] = &[0, 1, 3];
 
-/// Seeds whose runs violated real-time order when it was first checked, all with
-/// clock offsets: 1, 3, 6, 15 and 28 within `max_clock_skew_ms`, 0, 2, 4, 5 and 7
-/// beyond it. To enforce once clock self-fencing and commit-wait land.
-const KNOWN_REALTIME_FAILURES: &[u64] = &[0, 1, 2, 3, 4, 5, 6, 7, 15, 28];
+/// Seeds whose runs violate real-time order outside the guarantee's assumptions: in
+/// each, a clock stepped after the acknowledging node's last sample of it (during a
+/// partition or hold, or within a heartbeat), which no node can see. Run with
+/// `--ignored` to watch how far beyond its promise the node goes.
+const KNOWN_REALTIME_FAILURES: &[u64] = &[19, 44, 46, 86, 111, 112, 116, 154, 219];
 
 /// The sweep's seeds split into this many tests, which run in parallel.
 const SHARDS: u64 = 2;
@@ -48,8 +55,9 @@ const SHARDS: u64 = 2;
 /// Seeds in the sweep unless `MESHKV_SIM_SEEDS` says otherwise.
 const DEFAULT_SEEDS: u64 = 300;
 
-/// Seeds whose schedules crash, hang and reset nodes, for the determinism test.
-const DETERMINISM_SEEDS: [u64; 2] = [2, 6];
+/// Seeds whose schedules crash (durable and memory-only nodes), hang or hold, and
+/// reset nodes, for the determinism test.
+const DETERMINISM_SEEDS: [u64; 2] = [2, 10];
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().map(|text| {
@@ -58,38 +66,32 @@ fn env_u64(name: &str) -> Option<u64> {
     })
 }
 
-/// Whether real-time order violations fail a seed.
+/// Whether real-time order fails a seed where the clocks left the assumptions of its
+/// guarantee (docs/API.md §3.2). Inside them it is an invariant like the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum RealTime {
-    /// Only where every clock is true: no offset can excuse a violation there.
-    TrueClocks,
-    /// Everywhere (`MESHKV_SIM_REALTIME=enforce`): for when clock self-fencing and
-    /// commit-wait land.
+    /// Reported only (the default).
+    Contract,
+    /// Fails the seed too (`MESHKV_SIM_REALTIME=enforce`): how far the node goes
+    /// beyond its promise.
     Enforce,
-    /// Nowhere (`MESHKV_SIM_REALTIME=off`).
-    Off,
 }
 
 impl RealTime {
     fn from_env() -> Self {
         match std::env::var("MESHKV_SIM_REALTIME").as_deref() {
-            Err(_) | Ok("") | Ok("true-clocks") => RealTime::TrueClocks,
+            Err(_) | Ok("") | Ok("contract") => RealTime::Contract,
             Ok("enforce") => RealTime::Enforce,
-            Ok("off") => RealTime::Off,
             Ok(other) => {
-                panic!("MESHKV_SIM_REALTIME must be enforce, true-clocks or off, not {other:?}")
+                panic!("MESHKV_SIM_REALTIME must be enforce or contract, not {other:?}")
             }
         }
     }
 
     /// True if `report` fails.
     fn fails(self, report: &Report) -> bool {
-        let realtime = match self {
-            RealTime::Off => false,
-            RealTime::Enforce => true,
-            RealTime::TrueClocks => report.plan.clocks == ClockFaults::None,
-        };
-        !report.findings.violations.is_empty() || (realtime && !report.findings.realtime.is_empty())
+        !report.findings.violations.is_empty()
+            || (self == RealTime::Enforce && !report.findings.realtime.is_empty())
     }
 }
 
@@ -102,6 +104,8 @@ fn sweep(label: &str, seeds: impl Iterator<Item = u64>, realtime: RealTime) -> V
     let mut faults: BTreeMap<&str, usize> = BTreeMap::new();
     let mut coverage = Coverage::default();
     let (mut runs, mut simulated, mut ops) = (0, Duration::ZERO, 0);
+    // Seeds whose clocks kept the guarantee's assumptions all along.
+    let mut promised_seeds = 0;
     for seed in seeds {
         let report = run(seed);
         println!(
@@ -116,6 +120,7 @@ fn sweep(label: &str, seeds: impl Iterator<Item = u64>, realtime: RealTime) -> V
             &report.trace_hash[..16],
         );
         runs += 1;
+        promised_seeds += usize::from(report.plan.clock_break().is_none());
         simulated += report.simulated;
         ops += report.ops.len();
         coverage += report.findings.coverage;
@@ -129,7 +134,7 @@ fn sweep(label: &str, seeds: impl Iterator<Item = u64>, realtime: RealTime) -> V
                 .push(seed);
         }
         if realtime.fails(&report) {
-            failures.push(report.describe(realtime != RealTime::Off));
+            failures.push(report.describe(realtime == RealTime::Enforce));
         }
     }
     println!(
@@ -140,6 +145,9 @@ fn sweep(label: &str, seeds: impl Iterator<Item = u64>, realtime: RealTime) -> V
     );
     println!("{label}: faults injected {faults:?}");
     println!("{label}: checked {coverage:?}");
+    println!(
+        "{label}: real-time order enforced on the whole run of {promised_seeds} seeds, and until the first clock change on the others"
+    );
     for (clocks, seeds) in &realtime_seeds {
         println!(
             "{label}: real-time order violated with {}: {} seeds {seeds:?}",
@@ -247,7 +255,7 @@ fn one_seed_gives_one_trace() {
 }
 
 #[test]
-#[ignore = "real-time order needs clock self-fencing and commit-wait (docs/API.md §3.2)"]
+#[ignore = "outside the real-time guarantee's assumptions (docs/API.md §3.2): clock steps after the last sample"]
 fn known_realtime_failures() {
     assert_none(sweep(
         "known real-time failures",

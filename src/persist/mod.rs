@@ -257,6 +257,14 @@ pub trait Journal: Send + Sync {
     /// Later appends fail with [`JournalError::Closed`].
     fn shutdown(&self) -> Result<(), JournalError>;
 
+    /// Whether the blocking calls ([`Journal::extend_lease`], [`Journal::shutdown`]) do
+    /// I/O and so belong on a blocking thread. A journal without a disk says no, and
+    /// is called in place: no thread hop, which also keeps a simulated node, whose
+    /// time stands still while a blocking task runs, deterministic.
+    fn blocks(&self) -> bool {
+        true
+    }
+
     /// `try_reserve` then `append`.
     fn try_append(&self, batch: RecordBatch) -> Result<Lsn, JournalError> {
         let slot = self.try_reserve()?;
@@ -409,6 +417,10 @@ impl Journal for MemoryOnly {
 
     fn shutdown(&self) -> Result<(), JournalError> {
         Ok(())
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
 

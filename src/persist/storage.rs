@@ -42,6 +42,12 @@ pub trait Storage: Send + Sync {
 
     /// One line for the startup log, e.g. `data directory /var/lib/meshkv (fsync batch)`.
     fn describe(&self) -> String;
+
+    /// Whether [`Storage::open`] does I/O and so belongs on a blocking thread (see
+    /// [`Journal::blocks`]).
+    fn blocks(&self) -> bool {
+        true
+    }
 }
 
 /// No disk: the node's data lives in memory only and is rebuilt from its peers after
@@ -63,6 +69,10 @@ impl Storage for MemoryStorage {
 
     fn describe(&self) -> String {
         "memory only".to_owned()
+    }
+
+    fn blocks(&self) -> bool {
+        false
     }
 }
 

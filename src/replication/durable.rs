@@ -202,7 +202,8 @@ impl Lease {
 }
 
 /// Keeps `lease` at least half a window ahead of the wall clock, and ahead of what
-/// writers wait for, until `shutdown`. Extensions run in blocking tasks.
+/// writers wait for, until `shutdown`. Extensions run in blocking tasks (in place for a
+/// journal that does no I/O).
 pub(super) async fn keep_lease(
     journal: Arc<dyn Journal>,
     lease: Arc<Lease>,
@@ -219,11 +220,13 @@ pub(super) async fn keep_lease(
         };
         if bound < now.saturating_add(window / 2) || wanted > bound {
             let target = now.max(wanted).saturating_add(window);
-            let extend = {
+            let extended = if journal.blocks() {
                 let journal = journal.clone();
-                tokio::task::spawn_blocking(move || journal.extend_lease(target))
+                tokio::task::spawn_blocking(move || journal.extend_lease(target)).await
+            } else {
+                Ok(journal.extend_lease(target))
             };
-            let failure = match extend.await {
+            let failure = match extended {
                 Ok(Ok(())) => None,
                 Ok(Err(failure)) => Some(failure.to_string()),
                 Err(join) => Some(format!("the lease task failed: {join}")),

@@ -4,7 +4,7 @@
 //! | module | owns |
 //! | --- | --- |
 //! | `plan` | what a seed draws: cluster size, workload shape, the fault schedule |
-//! | `clock`, `net` | the node's seams in simulation: time with offset and drift; turmoil TCP with resets |
+//! | `clock`, `net`, `disk` | the node's seams in simulation: time with offset and drift; turmoil TCP with resets; a disk whose synced records survive a crash |
 //! | `http` | an HTTP/1.1 client over turmoil TCP |
 //! | `workload` | the clients, and the checker that waits for convergence |
 //! | `history` | what the clients did and saw |
@@ -14,6 +14,7 @@
 
 pub mod check;
 pub mod clock;
+pub mod disk;
 pub mod history;
 pub mod http;
 pub mod net;

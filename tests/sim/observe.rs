@@ -9,7 +9,7 @@
 //! Everything here runs on the simulation's one thread between two polls of the
 //! simulated hosts, so what it sees is exact and deterministic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -19,6 +19,8 @@ use meshkv::node::ReplicaObserver;
 use meshkv::replication::Replica;
 use meshkv::store::Entry;
 
+use super::disk::SimDisk;
+
 /// What the running nodes held just after node `node` crashed.
 #[derive(Debug, Clone)]
 pub struct CrashRecord {
@@ -26,8 +28,11 @@ pub struct CrashRecord {
     pub at: Duration,
     /// The node that crashed.
     pub node: usize,
-    /// Per key, the newest version any running node still held (`None`: none held it).
+    /// Per key, the newest version any running node still held, or the disk of a
+    /// durable node that is down (`None`: none held it).
     pub newest_left: BTreeMap<String, Option<Version>>,
+    /// For a durable node: per key, the versions its disk held as it died.
+    pub disk: Option<BTreeMap<String, BTreeSet<Version>>>,
 }
 
 /// A node's HLC read lower than an earlier read in the same life.
@@ -52,6 +57,10 @@ struct Inner {
     /// Samples taken.
     hlc_samples: usize,
     hlc_regressions: Vec<HlcRegression>,
+    /// The disks of the durable nodes.
+    disks: BTreeMap<usize, Arc<SimDisk>>,
+    /// Restarts of durable nodes that came up without something their disk held.
+    recovery_losses: Vec<String>,
 }
 
 /// See the module header. Clones share it.
@@ -71,46 +80,88 @@ impl Observatory {
         let observatory = self.clone();
         Arc::new(move |replica: &Replica| {
             let mut inner = observatory.inner();
+            // Called as the node starts, with what it recovered: all its disk holds.
+            if let Some(disk) = inner.disks.get(&node) {
+                let mut lost = Vec::new();
+                for (key, versions) in disk.versions() {
+                    let newest = versions.last();
+                    let held = entry_of(replica, &key).flatten().map(|entry| entry.version);
+                    if held.as_ref() < newest {
+                        lost.push(format!("{key}: {newest:?} on disk, {held:?} recovered"));
+                    }
+                }
+                if !lost.is_empty() {
+                    inner.recovery_losses.push(format!(
+                        "n{} restarted without {}",
+                        node + 1,
+                        lost.join(", ")
+                    ));
+                }
+            }
             inner.replicas.insert(node, replica.clone());
             // A new life: its HLC starts again from nothing (memory-only nodes).
             inner.hlc.remove(&node);
         })
     }
 
+    /// Node `node` keeps its journal on `disk`.
+    pub fn add_disk(&self, node: usize, disk: Arc<SimDisk>) {
+        self.inner().disks.insert(node, disk);
+    }
+
+    /// Restarts of durable nodes that did not recover all their disk held.
+    pub fn recovery_losses(&self) -> Vec<String> {
+        self.inner().recovery_losses.clone()
+    }
+
     /// Node `node` crashed at `at`: forget its replica, and record what the others
-    /// still hold of `keys`.
+    /// still hold of `keys` (the disks of durable nodes that are down included).
     pub fn crashed(&self, node: usize, at: Duration, keys: &[String]) {
         let mut inner = self.inner();
         inner.replicas.remove(&node);
         inner.hlc.remove(&node);
+        let disks: Vec<BTreeMap<String, BTreeSet<Version>>> = inner
+            .disks
+            .iter()
+            .filter(|(down, _)| !inner.replicas.contains_key(down))
+            .map(|(_, disk)| disk.versions())
+            .collect();
         let newest_left = keys
             .iter()
             .map(|key| {
-                let newest = inner
+                let in_memory = inner
                     .replicas
                     .values()
                     .filter_map(|replica| entry_of(replica, key).flatten())
-                    .map(|entry| entry.version)
-                    .max();
-                (key.clone(), newest)
+                    .map(|entry| entry.version);
+                let on_disk = disks
+                    .iter()
+                    .filter_map(|disk| disk.get(key).and_then(|versions| versions.last()))
+                    .cloned();
+                (key.clone(), in_memory.chain(on_disk).max())
             })
             .collect();
+        let disk = inner.disks.get(&node).map(|disk| disk.versions());
         inner.crashes.push(CrashRecord {
             at,
             node,
             newest_left,
+            disk,
         });
     }
 
-    /// How many running nodes hold `version` of `key`, or a newer one.
-    pub fn holders(&self, key: &str, version: &Version) -> usize {
+    /// How many running nodes hold `version` of `key`, or a newer one. For a delete
+    /// (`tombstone`), a node without the key counts too: it may have collected the
+    /// tombstone already, which it does only once every node has held it; the check
+    /// cannot tell that from a node that never got it, so it is lenient there.
+    pub fn holders(&self, key: &str, version: &Version, tombstone: bool) -> usize {
         self.inner()
             .replicas
             .values()
-            .filter(|replica| {
-                entry_of(replica, key)
-                    .flatten()
-                    .is_some_and(|entry| &entry.version >= version)
+            .filter(|replica| match entry_of(replica, key) {
+                Some(Some(entry)) => &entry.version >= version,
+                Some(None) => tombstone,
+                None => false,
             })
             .count()
     }

@@ -24,8 +24,9 @@
 //!   the transport seam. The driver gives its in-flight push back to the queue and sends
 //!   it again on the next connection: a duplicate if the first copy was applied.
 //! * `crash` and `restart`: the host's runtime is dropped (every task and socket, as
-//!   `kill -9` does: peers see the connections close) and later started again, with an
-//!   empty memory (no disk yet).
+//!   `kill -9` does: peers see the connections close) and later started again: empty
+//!   for a memory-only node, from what its simulated disk synced for a durable one
+//!   (about half the nodes, drawn per seed: [`Plan::durable`]).
 //! * `hang`: every link of a node, clients' too, is held for a while, as SIGSTOP does;
 //!   then released.
 //! * `clock`: a node's wall clock jumps to an offset and drifts from then on, within
@@ -136,7 +137,7 @@ pub enum Fault {
         /// The node.
         node: usize,
     },
-    /// The node starts again, empty.
+    /// The node starts again: empty, or from its disk if it is durable.
     Restart {
         /// The node.
         node: usize,
@@ -188,7 +189,10 @@ impl Fault {
                 drift_ppm,
                 ..
             } => {
-                if offset_ms.abs() <= WITHIN_OFFSET_MS && drift_ppm.abs() <= WITHIN_DRIFT_PPM {
+                if *drift_ppm == 0 && offset_ms.abs() <= WITHIN_OFFSET_MS {
+                    "clock-steady"
+                } else if offset_ms.abs() <= WITHIN_OFFSET_MS && drift_ppm.abs() <= WITHIN_DRIFT_PPM
+                {
                     "clock-within"
                 } else {
                     "clock-beyond"
@@ -216,7 +220,7 @@ impl fmt::Display for Fault {
             Fault::HealLinks => f.write_str("heal links"),
             Fault::Reset { node } => write!(f, "reset connections of n{}", node + 1),
             Fault::Crash { node } => write!(f, "crash n{}", node + 1),
-            Fault::Restart { node } => write!(f, "restart n{} (empty)", node + 1),
+            Fault::Restart { node } => write!(f, "restart n{}", node + 1),
             Fault::Clock {
                 node,
                 offset_ms,
@@ -243,7 +247,11 @@ impl fmt::Display for Event {
 pub enum ClockFaults {
     /// Every clock is true.
     None,
-    /// Clocks are off, but any two stay within `max_clock_skew_ms` of each other.
+    /// Clocks are off from the start, by constant offsets within the bound of each
+    /// other, and neither drift nor step: inside the assumptions of docs/API.md §3.2.
+    Steady,
+    /// Clocks step and drift (far faster than 15 ppm), but any two stay within
+    /// `max_clock_skew_ms` of each other.
     Within,
     /// At least one clock goes beyond the bound.
     Beyond,
@@ -254,11 +262,15 @@ impl ClockFaults {
     pub fn as_str(self) -> &'static str {
         match self {
             ClockFaults::None => "true clocks",
+            ClockFaults::Steady => "steady offsets",
             ClockFaults::Within => "clocks within the bound",
             ClockFaults::Beyond => "a clock beyond the bound",
         }
     }
 }
+
+/// The drift the real-time guarantee allows between two samples (docs/API.md §3.2).
+pub const CONTRACT_DRIFT_PPM: i64 = 15;
 
 /// Everything a seed decides before the run.
 #[derive(Debug, Clone)]
@@ -277,6 +289,9 @@ pub struct Plan {
     pub clocks: ClockFaults,
     /// The faults, in time order.
     pub events: Vec<Event>,
+    /// Per node: whether it keeps its journal on a simulated disk (else memory only,
+    /// and a restart is empty).
+    pub durable: Vec<bool>,
 }
 
 /// The largest clock offset the schedule may set, in ms (it bounds how long refused
@@ -298,11 +313,27 @@ impl Plan {
         // Clocks: true everywhere, or off within the bound, or some beyond it; at the
         // start or later.
         let clocks = match rng.random_range(0..100) {
-            0..30 => ClockFaults::None,
-            30..65 => ClockFaults::Within,
+            0..25 => ClockFaults::None,
+            25..45 => ClockFaults::Steady,
+            45..70 => ClockFaults::Within,
             _ => ClockFaults::Beyond,
         };
-        if clocks != ClockFaults::None {
+        let mut steady = vec![false; nodes];
+        if clocks == ClockFaults::Steady {
+            for (node, steady) in steady.iter_mut().enumerate() {
+                if rng.random_bool(0.8) {
+                    *steady = true;
+                    events.push(Event {
+                        at: ms(0),
+                        fault: Fault::Clock {
+                            node,
+                            offset_ms: rng.random_range(-WITHIN_OFFSET_MS..=WITHIN_OFFSET_MS),
+                            drift_ppm: 0,
+                        },
+                    });
+                }
+            }
+        } else if clocks != ClockFaults::None {
             let beyond = (clocks == ClockFaults::Beyond).then(|| rng.random_range(0..nodes));
             for node in 0..nodes {
                 if beyond == Some(node) || rng.random_bool(0.7) {
@@ -361,13 +392,17 @@ impl Plan {
             });
         }
 
+        // Durable nodes, drawn last so that the schedules above stay as they were.
+        let durable = (0..nodes).map(|_| rng.random_bool(0.5)).collect();
+
         // The heal: every link healed, clocks back to true time (as NTP would step
         // them). Crashed nodes are back by then (above).
         events.push(Event {
             at: heal_at,
             fault: Fault::HealLinks,
         });
-        for node in 0..nodes {
+        // Steady clocks keep their offsets: within the bound, nothing needs stepping.
+        for node in (0..nodes).filter(|&node| !steady[node]) {
             events.push(Event {
                 at: heal_at,
                 fault: Fault::Clock {
@@ -387,6 +422,7 @@ impl Plan {
             heal_at,
             clocks,
             events,
+            durable,
         }
     }
 
@@ -403,6 +439,35 @@ impl Plan {
         text
     }
 
+    /// When the clocks first leave the assumptions of the real-time guarantee
+    /// (docs/API.md §3.2: no clock moves against another by more than 15 ppm between
+    /// samples, and a peer never measured is at most `max_clock_skew_ms` behind): the
+    /// first step of a clock after the start, the start of a drift beyond 15 ppm, or
+    /// offsets at the start further apart than the bound. `None`: never.
+    pub fn clock_break(&self) -> Option<Duration> {
+        let mut clocks = vec![(0i64, 0i64); self.nodes];
+        for event in &self.events {
+            let Fault::Clock {
+                node,
+                offset_ms,
+                drift_ppm,
+            } = event.fault
+            else {
+                continue;
+            };
+            let (old_offset, old_drift) = clocks[node];
+            clocks[node] = (offset_ms, drift_ppm);
+            let steps = event.at > Duration::ZERO
+                && (old_drift != 0 || old_offset != offset_ms || old_drift != drift_ppm);
+            let spread = clocks.iter().map(|c| c.0).max().unwrap_or(0)
+                - clocks.iter().map(|c| c.0).min().unwrap_or(0);
+            if steps || drift_ppm.abs() > CONTRACT_DRIFT_PPM || spread > MAX_CLOCK_SKEW_MS {
+                return Some(event.at);
+            }
+        }
+        None
+    }
+
     /// How many faults of each kind the schedule injects.
     pub fn fault_counts(&self) -> BTreeMap<&'static str, usize> {
         let mut counts = BTreeMap::new();
@@ -417,7 +482,11 @@ impl Plan {
                     }
                 );
             if !neutral {
-                *counts.entry(event.fault.kind()).or_default() += 1;
+                let kind = match event.fault {
+                    Fault::Crash { node } if self.durable[node] => "crash-durable",
+                    _ => event.fault.kind(),
+                };
+                *counts.entry(kind).or_default() += 1;
             }
         }
         counts
@@ -435,6 +504,16 @@ impl fmt::Display for Plan {
             self.keys,
             self.heal_at.as_millis(),
             self.clocks.as_str(),
+        )?;
+        let durable: Group = (0..self.nodes).filter(|&node| self.durable[node]).collect();
+        writeln!(
+            f,
+            "  durable (a simulated disk; the others restart empty): {}",
+            if durable.is_empty() {
+                "none".to_owned()
+            } else {
+                group(&durable)
+            }
         )?;
         for event in &self.events {
             writeln!(f, "  {event}")?;

@@ -15,11 +15,13 @@ use std::time::Duration;
 use meshkv::clock::Version;
 use meshkv::config::ClusterConfig;
 use meshkv::node::{self, NodeEnv};
+use meshkv::persist::{MemoryStorage, Storage};
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::check::{check, Evidence, Findings};
 use super::clock::{ClockControl, SimClock};
+use super::disk::{SimDisk, SimStorage};
 use super::history::{History, Op};
 use super::net::{Resets, SimTransport};
 use super::observe::Observatory;
@@ -154,15 +156,23 @@ pub fn run(seed: u64) -> Report {
         let (config, clock, resets) = (config.clone(), clocks[node].clone(), resets[node].clone());
         let observer = observatory.observer(node);
         let id = names[node].clone();
-        // Called at the start and at every restart: a fresh, empty node.
+        // The disk outlives the host: a restart recovers what the last life synced.
+        let disk = plan.durable[node].then(|| {
+            let disk = SimDisk::new(seed.wrapping_mul(1_000).wrapping_add(node as u64 + 1));
+            observatory.add_disk(node, disk.clone());
+            disk
+        });
+        // Called at the start and at every restart: a fresh node, empty or with what
+        // its disk holds.
         sim.host(names[node].as_str(), move || {
+            let storage: Arc<dyn Storage> = match &disk {
+                Some(disk) => Arc::new(SimStorage { disk: disk.clone() }),
+                None => Arc::new(MemoryStorage),
+            };
             let env = NodeEnv {
                 clock: Arc::new(SimClock::new(clock.clone())),
                 transport: Arc::new(SimTransport::new(resets.clone())),
-                // Memory only, so a restart is empty. A simulated disk whose unsynced
-                // writes a crash loses (a memory journal with a synced prefix, kept
-                // outside the host) would plug in here; not built yet.
-                storage: Arc::new(meshkv::persist::MemoryStorage),
+                storage,
                 repair: false,
                 observer: Some(observer.clone()),
             };
@@ -269,13 +279,15 @@ pub fn run(seed: u64) -> Report {
         })
         .collect();
     let panics = take_panics();
+    run_errors.extend(observatory.recovery_losses());
     let ops = std::mem::take(&mut shared.history.borrow_mut().ops);
     let crashes = observatory.crashes();
     let convergence = convergence.borrow().clone();
     let (hlc_samples, hlc_regressions) = observatory.hlc_findings();
     let findings = check(&Evidence {
         nodes: plan.nodes,
-        clock_beyond: plan.clocks == super::plan::ClockFaults::Beyond,
+        clock_break: plan.clock_break(),
+        durable: &plan.durable,
         ops: &ops,
         crashes: &crashes,
         finals: &finals,

@@ -111,7 +111,8 @@ async fn perform(
     // Right after the acknowledgement, before anything else runs: who holds it.
     let holders_at_ack = match (&outcome, level) {
         (Outcome::Written { version, .. }, Level::Quorum | Level::All) => {
-            Some(shared.observatory.holders(key, version))
+            let tombstone = request == Request::Delete;
+            Some(shared.observatory.holders(key, version, tombstone))
         }
         _ => None,
     };
