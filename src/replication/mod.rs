@@ -47,6 +47,7 @@ use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
 use crate::persist::{JournalError, JournalStats, MemoryOnly};
+use crate::session::SessionToken;
 use crate::store::{Entry, Limits, Summary};
 use crate::wire::Message;
 use changes::{TooManyWatchers, Watch};
@@ -223,25 +224,66 @@ impl Replica {
         read::read(&self.node, &self.peers, key, level).await
     }
 
-    /// [`Replica::read`] for a client: the version and value of a live key. At `one` and
-    /// `live` it copies two handles under the lock and nothing else (no key, no
+    /// [`Replica::read`] for a client: the version and value of the key's register
+    /// (value `None`: a tombstone, whose version a session token records). At `one`
+    /// and `live` it copies two handles under the lock and nothing else (no key, no
     /// predecessor), which is the whole cost of the common read.
     pub async fn read_value(
         &self,
         key: &str,
         level: Consistency,
-    ) -> Result<Option<(Version, Bytes)>, ReplicationError> {
+    ) -> Result<Option<(Version, Option<Bytes>)>, ReplicationError> {
         if matches!(level, Consistency::One | Consistency::Live) {
             return Ok(self.node.with_store(|store| {
-                store.get(key).and_then(|register| {
-                    let value = register.val.value.clone()?;
-                    Some((register.marker.clone(), value))
-                })
+                store
+                    .get(key)
+                    .map(|register| (register.marker.clone(), register.val.value.clone()))
             }));
         }
         // Boxed: the cluster read's future is large; the common read should not carry it.
-        let entry = Box::pin(self.read(key, level)).await?;
-        Ok(entry.and_then(|entry| Some((entry.version, entry.value?))))
+        let entry = Box::pin(read::read_entry(&self.node, &self.peers, key, level)).await?;
+        Ok(entry.map(|entry| (entry.version, entry.value)))
+    }
+
+    /// [`Replica::read_value`] for a request with a session token: the register is at
+    /// least as new as everything `token` covers, or the read fails with
+    /// [`ReplicationError::SessionBehind`] after `session_wait` (API.md §3.3).
+    pub async fn read_session(
+        &self,
+        key: &str,
+        level: Consistency,
+        token: &SessionToken,
+    ) -> Result<Option<(Version, Option<Bytes>)>, ReplicationError> {
+        let entry = read::read_session(&self.node, &self.peers, key, level, token).await?;
+        Ok(entry.map(|entry| (entry.version, entry.value)))
+    }
+
+    /// [`Replica::write`] for a request with a session token: the write's version is
+    /// larger than everything `token` covers (monotonic writes, writes-follow-reads).
+    /// A token further ahead of this node's clock than `max_clock_skew_ms` is refused
+    /// ([`ReplicationError::SessionAhead`]), as a peer's version would be.
+    pub async fn write_session(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        level: Consistency,
+        token: &SessionToken,
+    ) -> Result<WriteOutcome, ReplicationError> {
+        if let Some(floor) = token.max_timestamp() {
+            self.node
+                .observe(floor)
+                .map_err(|skew| ReplicationError::SessionAhead {
+                    node: self.node.id().clone(),
+                    ahead_ms: skew.ahead_ms,
+                    max_skew_ms: skew.max_skew_ms,
+                })?;
+        }
+        self.write(key, value, level).await
+    }
+
+    /// Whether `id` names this node or one of its peers.
+    pub fn is_member(&self, id: &str) -> bool {
+        self.node.id().as_str() == id || self.peers.ids().any(|peer| peer.as_str() == id)
     }
 
     /// Every node's counts and digest, this one's included; nodes that do not answer
@@ -417,6 +459,7 @@ mod tests {
             },
             watch_buffer: 1024,
             max_watchers: 256,
+            session_wait: Duration::from_millis(500),
         }
     }
 
