@@ -63,7 +63,9 @@ pub enum TokenError {
     #[error("the Meshkv-Session token is malformed ({0}); send back a token exactly as a node of this cluster gave it, or none")]
     Malformed(&'static str),
     /// Issued by a cluster of another name.
-    #[error("the Meshkv-Session token was issued by another cluster; drop it and start a new session")]
+    #[error(
+        "the Meshkv-Session token was issued by another cluster; drop it and start a new session"
+    )]
     OtherCluster,
     /// Names a node that is not in this cluster.
     #[error("the Meshkv-Session token names node {0:?}, which is not in this cluster; drop it and start a new session")]

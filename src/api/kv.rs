@@ -142,9 +142,7 @@ pub(super) async fn serve<B: RequestBody>(
             // push every request's future past the allocator's small-size cache.
             let outcome = match &session {
                 None => Box::pin(replica.write(&key, value, level)).await?,
-                Some(token) => {
-                    Box::pin(replica.write_session(&key, value, level, token)).await?
-                }
+                Some(token) => Box::pin(replica.write_session(&key, value, level, token)).await?,
             };
             let token = session_header(binding, session, Some(&outcome.version));
             let version = outcome.version.text();

@@ -297,8 +297,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     let Query(params) = params
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
-    let mut session = kv::session_of(&headers, &state.replica, state.binding)?
-        .unwrap_or_default();
+    let mut session = kv::session_of(&headers, &state.replica, state.binding)?.unwrap_or_default();
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIST_LIMIT,
         Some(text) => match text.parse::<usize>() {
@@ -331,10 +330,12 @@ async fn list(
             Value::Object(object)
         })
         .collect();
-    let mut response = json_response(json!({ "items": items, "truncated": truncated, "next": next }));
-    response
-        .headers_mut()
-        .insert(kv::SESSION, kv::session_header(state.binding, Some(session), None));
+    let mut response =
+        json_response(json!({ "items": items, "truncated": truncated, "next": next }));
+    response.headers_mut().insert(
+        kv::SESSION,
+        kv::session_header(state.binding, Some(session), None),
+    );
     Ok(response)
 }
 

@@ -584,7 +584,13 @@ mod tests {
                         origin,
                         offset_ms: i as u64,
                     });
-                    Replica::new(NodeId::new(*id).unwrap(), peers, clock, options, Metrics::new())
+                    Replica::new(
+                        NodeId::new(*id).unwrap(),
+                        peers,
+                        clock,
+                        options,
+                        Metrics::new(),
+                    )
                 })
                 .collect();
             // Each node measures the others' clocks once, as a handshake would: the
@@ -660,7 +666,10 @@ mod tests {
         }
         eprintln!("session reads: {served} answered, {behind} behind; {stale_without_token} reads without a token were stale");
         assert!(served > 50, "only {served} session reads were answered");
-        assert!(behind > 0, "no session read had to wait: the histories are too tame");
+        assert!(
+            behind > 0,
+            "no session read had to wait: the histories are too tame"
+        );
         assert!(
             stale_without_token > 0,
             "no read without a token was stale: the histories test nothing"
@@ -688,7 +697,11 @@ mod tests {
             .write_session("k", Some(Bytes::from("v")), Consistency::One, &token)
             .await
             .unwrap();
-        assert!(outcome.version > ahead, "{} is not above {ahead}", outcome.version);
+        assert!(
+            outcome.version > ahead,
+            "{} is not above {ahead}",
+            outcome.version
+        );
         let plain = replica
             .write("j", Some(Bytes::from("v")), Consistency::One)
             .await
@@ -715,8 +728,15 @@ mod tests {
             "{refused:?}"
         );
         let held = replica.local_entry("k").unwrap();
-        assert_eq!(held.value, Some(Bytes::from("v")), "a refused write changed k");
-        assert!(replica.hlc_last() < far.timestamp, "the HLC followed a refused token");
+        assert_eq!(
+            held.value,
+            Some(Bytes::from("v")),
+            "a refused write changed k"
+        );
+        assert!(
+            replica.hlc_last() < far.timestamp,
+            "the HLC followed a refused token"
+        );
     }
 
     #[tokio::test]
