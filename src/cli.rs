@@ -146,6 +146,10 @@ struct Target {
     /// Consistency level: one, live, quorum or all.
     #[arg(long)]
     consistency: Option<String>,
+    /// Carry a session across commands (read-your-writes on any node): the token in
+    /// FILE, if it exists, is sent, and the node's new token is written back to FILE.
+    #[arg(long, value_name = "FILE")]
+    session: Option<PathBuf>,
 }
 
 /// Which cluster `status` and `check` look at. Without `--node` or `--cluster`: the
@@ -175,6 +179,39 @@ impl Scope {
             ))),
         }
     }
+}
+
+/// `client` carrying the session of `--session FILE`, if given: the token in the file
+/// (none if the file does not exist yet).
+fn session_client(client: Client, target: &Target) -> Result<Client, Failure> {
+    let Some(path) = &target.session else {
+        return Ok(client);
+    };
+    let token = match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().is_empty() => None,
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(Failure::failed(format!(
+                "cannot read the session file {}: {error}",
+                path.display()
+            )))
+        }
+    };
+    Ok(client.with_session(token))
+}
+
+/// Writes the session's latest token back to `--session FILE`, if given.
+fn save_session(client: &Client, target: &Target) -> Result<(), Failure> {
+    let (Some(path), Some(token)) = (&target.session, client.session_token()) else {
+        return Ok(());
+    };
+    std::fs::write(path, format!("{token}\n")).map_err(|error| {
+        Failure::failed(format!(
+            "cannot write the session file {}: {error}",
+            path.display()
+        ))
+    })
 }
 
 /// A failure to report: the sentence and the exit code.
@@ -272,8 +309,10 @@ async fn run(command: Command) -> Result<(), Failure> {
                 })
         }
         Command::Get { key, target } => {
-            let client = pick(&target).await?;
-            match client.get(&key, target.consistency.as_deref()).await? {
+            let client = session_client(pick(&target).await?, &target)?;
+            let reply = client.get(&key, target.consistency.as_deref()).await;
+            save_session(&client, &target)?;
+            match reply? {
                 Some(reply) => write_value(&reply.value),
                 None => Err(Failure::failed(format!("key {key:?} not found"))),
             }
@@ -285,11 +324,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             target,
         } => {
             let value = read_value(value, file).await?;
-            let client = pick(&target).await?;
+            let client = session_client(pick(&target).await?, &target)?;
             let reply = client
                 .put(&key, &value, target.consistency.as_deref())
-                .await?;
-            println!("{}", reply.to_json());
+                .await;
+            save_session(&client, &target)?;
+            println!("{}", reply?.to_json());
             Ok(())
         }
         Command::Status { scope } => {
@@ -304,9 +344,10 @@ async fn run(command: Command) -> Result<(), Failure> {
             }
         }
         Command::Del { key, target } => {
-            let client = pick(&target).await?;
-            let reply = client.delete(&key, target.consistency.as_deref()).await?;
-            println!("{}", reply.to_json());
+            let client = session_client(pick(&target).await?, &target)?;
+            let reply = client.delete(&key, target.consistency.as_deref()).await;
+            save_session(&client, &target)?;
+            println!("{}", reply?.to_json());
             Ok(())
         }
         Command::Watch {
@@ -319,6 +360,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 node,
                 cluster,
                 consistency: None,
+                session: None,
             };
             let client = pick(&target).await?;
             tokio::select! {

@@ -13,6 +13,7 @@
 //! max_value_bytes = 1048576
 //! max_clock_skew_ms = 1000
 //! live_timeout_ms = 500         # how long a `live` write waits for peers' acks
+//! session_wait_ms = 500         # how long a request with a session token waits
 //! tombstone_grace_ms = 604800000  # 7 days: a node silent this long no longer holds
 //!                               # tombstone collection back, and is refused with its
 //!                               # old data when it returns (an empty node rejoins)
@@ -149,6 +150,9 @@ pub struct Tuning {
     /// Changes buffered for one watcher; one that falls further behind is cut off with
     /// an `overflow` event.
     pub watch_buffer: usize,
+    /// Longest a request with a session token waits for this node to catch up with
+    /// what the token covers (fetching the key from its peers) before answering 503.
+    pub session_wait_ms: u64,
 }
 
 impl Default for Tuning {
@@ -181,6 +185,7 @@ impl Default for Tuning {
             tombstone_grace_ms: 7 * 24 * 3600 * 1000,
             max_watchers: 256,
             watch_buffer: 1024,
+            session_wait_ms: 500,
         }
     }
 }
@@ -330,6 +335,9 @@ impl ClusterConfig {
         }
         if tuning.watch_buffer > 1_000_000 {
             return invalid("watch_buffer must be at most 1000000".into());
+        }
+        if tuning.session_wait_ms >= tuning.http_timeout_ms {
+            return invalid("session_wait_ms must be less than http_timeout_ms".into());
         }
         if tuning.peer_idle_timeout_ms <= tuning.heartbeat_interval_ms {
             return invalid("peer_idle_timeout_ms must exceed heartbeat_interval_ms".into());

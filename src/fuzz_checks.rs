@@ -189,6 +189,7 @@ fn replication_options(limits: Limits) -> ReplicationOptions {
         },
         watch_buffer: 1024,
         max_watchers: 256,
+        session_wait: Duration::from_millis(500),
     }
 }
 
@@ -510,6 +511,7 @@ pub fn cluster_file(data: &[u8]) {
             },
             watch_buffer: tuning.watch_buffer,
             max_watchers: tuning.max_watchers,
+            session_wait: Tuning::ms(tuning.session_wait_ms),
         },
         Metrics::new(),
     );

@@ -11,6 +11,7 @@
 //! | --- | --- | --- |
 //! | 0 core | [`clock`] | hybrid logical clock, versions, node ids |
 //! | 0 core | [`store`] | LWW registers, the map, its digest, input limits |
+//! | 0 core | [`session`] | session tokens: what a client has seen, per origin node |
 //! | 1 mechanism | [`membership`] | failure detector (pure state machine) |
 //! | 1 mechanism | [`wire`] | protocol messages and authenticated frames |
 //! | 1 mechanism | [`metrics`] | counters and the Prometheus registry |
@@ -37,6 +38,7 @@ pub mod node;
 pub mod peer;
 pub mod persist;
 pub mod replication;
+pub mod session;
 pub mod skew;
 pub mod store;
 pub mod tools;

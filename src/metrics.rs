@@ -244,6 +244,11 @@ pub struct Metrics {
     pub fenced: Gauge,
     /// Concurrent writes that a merge on this node discarded (LWW conflicts).
     pub conflicts: Counter,
+    /// Reads with a session token that the local register could not settle, so the
+    /// node asked its peers.
+    pub session_fetches: Counter,
+    /// Requests with a session token answered 503: not caught up in time.
+    pub session_behind: Counter,
     /// Open watches (`GET /v1/watch`).
     pub watchers: Gauge,
     /// Events handed to watchers, snapshot entries included.
@@ -297,6 +302,8 @@ impl Metrics {
             clock_offset_ms: Family::default(),
             fenced: Gauge::default(),
             conflicts: Counter::default(),
+            session_fetches: Counter::default(),
+            session_behind: Counter::default(),
             watchers: Gauge::default(),
             watch_events: Counter::default(),
             watch_overflows: Counter::default(),
@@ -450,6 +457,16 @@ impl Metrics {
             "conflicts",
             "Concurrent writes that a merge on this node discarded (last-writer-wins conflicts)",
             metrics.conflicts.clone(),
+        );
+        registry.register(
+            "session_fetches",
+            "Reads with a session token that the local register could not settle, so the node asked its peers",
+            metrics.session_fetches.clone(),
+        );
+        registry.register(
+            "session_behind",
+            "Requests with a session token answered 503 because the node could not catch up in time",
+            metrics.session_behind.clone(),
         );
         registry.register(
             "watchers",

@@ -303,6 +303,7 @@ pub async fn run_with(
             },
             watch_buffer: tuning.watch_buffer,
             max_watchers: tuning.max_watchers,
+            session_wait: Tuning::ms(tuning.session_wait_ms),
         },
         metrics.clone(),
         recovered,
@@ -400,6 +401,7 @@ pub async fn run_with(
             .iter()
             .map(|(peer, _)| (peer.id.to_string(), peer.http))
             .collect(),
+        cluster: tuning.cluster.clone(),
     };
     let app = crate::api::router(replica, api_options);
     let server_options = ServerOptions {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, u8)] = &[
     ("clock", 0),
     ("store", 0),
+    ("session", 0),
     ("membership", 1),
     ("wire", 1),
     ("metrics", 1),
@@ -32,6 +33,7 @@ const LAYERS: &[(&str, u8)] = &[
 const INTERNALS: &[&str] = &[
     "clock",
     "store",
+    "session",
     "membership",
     "skew",
     "wire",

@@ -72,7 +72,14 @@ impl From<ReplicationError> for ApiError {
                 message: error.to_string(),
                 applied_locally: Some(applied_locally),
             },
-            ReplicationError::Starting(_) | ReplicationError::Storage(_) => {
+            ReplicationError::SessionAhead { .. } => Self {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: error.to_string(),
+                applied_locally: Some(false),
+            },
+            ReplicationError::Starting(_)
+            | ReplicationError::Storage(_)
+            | ReplicationError::SessionBehind { .. } => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
             }
         }

@@ -20,20 +20,24 @@ use axum::body::{Body, Bytes};
 use axum::extract::Query;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use super::{method_not_allowed_error, ApiError, RequestBody, KV_PREFIX};
-use crate::clock::VersionText;
+use crate::clock::{Version, VersionText};
 use crate::replication::{Consistency, Replica};
+use crate::session::{Binding, SessionToken};
 use crate::store::InputError;
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const OCTETS: HeaderValue = HeaderValue::from_static("application/octet-stream");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
+/// The header that carries session tokens both ways (API.md §3.3).
+pub(super) const SESSION: header::HeaderName =
+    header::HeaderName::from_static(crate::session::HEADER);
 
 #[derive(Deserialize)]
 struct KvParams {
@@ -52,6 +56,7 @@ enum BodyError {
 pub(super) async fn serve<B: RequestBody>(
     replica: Replica,
     body_limit: usize,
+    binding: Binding,
     parts: Parts,
     body: B,
 ) -> Result<Response, ApiError> {
@@ -68,11 +73,21 @@ pub(super) async fn serve<B: RequestBody>(
         Method::GET | Method::HEAD => {
             let key = key_of(&parts.uri, replica)?;
             let level = consistency(params, Consistency::One)?;
+            let session = session_of(&parts.headers, replica, binding)?;
             replica.check_ready()?;
-            let (version, value) = replica
-                .read_value(&key, level)
-                .await?
-                .ok_or_else(|| ApiError::not_found(&key))?;
+            let register = match &session {
+                None => replica.read_value(&key, level).await?,
+                // Boxed: the session read's future is large; the common read should
+                // not carry it.
+                Some(token) => Box::pin(replica.read_session(&key, level, token)).await?,
+            };
+            let version = register.as_ref().map(|(version, _)| version);
+            let token = session_header(binding, session, version);
+            let Some((version, Some(value))) = register else {
+                let mut response = ApiError::not_found(&key).into_response();
+                response.headers_mut().insert(SESSION, token);
+                return Ok(response);
+            };
             let version = version.text();
             let json = wants_json(&parts.headers);
             // The request's header map, emptied, carries the answer: hyper hands the
@@ -92,6 +107,7 @@ pub(super) async fn serve<B: RequestBody>(
                 Body::from(value)
             };
             headers.insert(header::ETAG, etag(&version));
+            headers.insert(SESSION, token);
             let mut response = Response::new(body);
             *response.headers_mut() = headers;
             Ok(response)
@@ -99,6 +115,7 @@ pub(super) async fn serve<B: RequestBody>(
         Method::PUT | Method::DELETE => {
             let key = key_of(&parts.uri, replica)?;
             let level = consistency(params, Consistency::Live)?;
+            let session = session_of(&parts.headers, replica, binding)?;
             let value = if parts.method == Method::PUT {
                 let body = body.map_err(|error| match error {
                     BodyError::TooLarge => ApiError::new(
@@ -123,11 +140,16 @@ pub(super) async fn serve<B: RequestBody>(
             replica.check_ready()?;
             // Boxed: the write's future is the largest of this one's; inline, it would
             // push every request's future past the allocator's small-size cache.
-            let outcome = Box::pin(replica.write(&key, value, level)).await?;
+            let outcome = match &session {
+                None => Box::pin(replica.write(&key, value, level)).await?,
+                Some(token) => Box::pin(replica.write_session(&key, value, level, token)).await?,
+            };
+            let token = session_header(binding, session, Some(&outcome.version));
             let version = outcome.version.text();
             let mut headers = parts.headers;
             headers.clear();
             headers.insert(header::CONTENT_TYPE, JSON);
+            headers.insert(SESSION, token);
             let mut response =
                 Response::new(write_reply(&key, outcome.previous.as_deref(), &version));
             *response.headers_mut() = headers;
@@ -135,6 +157,39 @@ pub(super) async fn serve<B: RequestBody>(
         }
         other => Err(method_not_allowed_error(&other)),
     }
+}
+
+/// The session token the request sent, if any (API.md §3.3); a malformed one, or one
+/// of another cluster, is a 400. A request without the header costs one lookup.
+pub(super) fn session_of(
+    headers: &HeaderMap,
+    replica: &Replica,
+    binding: Binding,
+) -> Result<Option<SessionToken>, ApiError> {
+    let Some(text) = headers.get(SESSION) else {
+        return Ok(None);
+    };
+    SessionToken::parse(text.as_bytes(), binding, |id| replica.is_member(id))
+        .map(Some)
+        .map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+/// The token of the answer: the request's, if any, with `seen` folded in.
+pub(super) fn session_header(
+    binding: Binding,
+    session: Option<SessionToken>,
+    seen: Option<&Version>,
+) -> HeaderValue {
+    let text = match session {
+        None => SessionToken::encode_one(binding, seen),
+        Some(mut token) => {
+            if let Some(seen) = seen {
+                token.observe(seen);
+            }
+            token.encode(binding)
+        }
+    };
+    HeaderValue::from_maybe_shared(Bytes::from(text)).expect("a token is visible ASCII")
 }
 
 /// The whole body, at most `limit` bytes; a body of one chunk is not copied.

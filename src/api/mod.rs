@@ -32,6 +32,7 @@ use tower::ServiceExt as _;
 
 use crate::metrics::Route;
 use crate::replication::Replica;
+use crate::session::Binding;
 pub use error::ApiError;
 
 /// Items returned by a listing when `limit` is not given.
@@ -52,6 +53,8 @@ pub struct ApiOptions {
     /// Each peer's client HTTP address, which `/v1/cluster` gives so that the dashboard
     /// can ask every node for its own view.
     pub peer_http: BTreeMap<String, SocketAddr>,
+    /// The cluster's name, which session tokens are bound to.
+    pub cluster: String,
 }
 
 /// The client API as one hyper service. Cheap to clone.
@@ -71,15 +74,18 @@ struct Shared {
     /// One byte over the largest value, so that a value just over the limit is read
     /// whole and refused with its size.
     body_limit: usize,
+    /// Session tokens are bound to the cluster's name.
+    binding: Binding,
     routes: Router,
 }
 
 impl ApiOptions {
-    /// Options with `request_timeout` and no peer addresses.
+    /// Options with `request_timeout`, no peer addresses, and the default cluster name.
     pub fn new(request_timeout: Duration) -> Self {
         Self {
             request_timeout,
             peer_http: BTreeMap::new(),
+            cluster: "meshkv".to_owned(),
         }
     }
 }
@@ -87,15 +93,18 @@ impl ApiOptions {
 struct AppState {
     replica: Replica,
     peer_http: BTreeMap<String, SocketAddr>,
+    binding: Binding,
 }
 
 /// The client API; every request must finish within `options.request_timeout`.
 pub fn router(replica: Replica, options: ApiOptions) -> Api {
     let body_limit = replica.limits().max_value_bytes + 1;
     let request_timeout = options.request_timeout;
+    let binding = Binding::of(&options.cluster);
     let state = Arc::new(AppState {
         replica: replica.clone(),
         peer_http: options.peer_http,
+        binding,
     });
     let routes = Router::new()
         .route("/", get(dashboard).fallback(method_not_allowed))
@@ -118,6 +127,7 @@ pub fn router(replica: Replica, options: ApiOptions) -> Api {
             replica,
             request_timeout,
             body_limit,
+            binding,
             routes,
         }),
     }
@@ -188,7 +198,13 @@ fn dispatch<B: RequestBody>(
         .is_some_and(|raw| !raw.is_empty());
     if is_key {
         let (parts, body) = request.into_parts();
-        let answer = kv::serve(shared.replica.clone(), shared.body_limit, parts, body);
+        let answer = kv::serve(
+            shared.replica.clone(),
+            shared.body_limit,
+            shared.binding,
+            parts,
+            body,
+        );
         Either::Left(answer.map(|answer| answer.unwrap_or_else(IntoResponse::into_response)))
     } else {
         // Boxed: the router's future is large, and only the rare routes need it.
@@ -270,12 +286,18 @@ struct ListParams {
 
 /// `GET /v1/kv?prefix=P&limit=N&start_after=K`: one page of live keys in key order;
 /// `next` is the `start_after` of the following page (`null` on the last one).
+///
+/// A session token is checked and answered with the listed versions folded in, but
+/// the listing itself is this node's state: it does not wait for the token (API.md
+/// §3.3).
 async fn list(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(params) = params
         .map_err(|e| ApiError::bad_request(format!("bad query string: {}", e.body_text())))?;
+    let mut session = kv::session_of(&headers, &state.replica, state.binding)?.unwrap_or_default();
     let limit = match params.limit.as_deref() {
         None => DEFAULT_LIST_LIMIT,
         Some(text) => match text.parse::<usize>() {
@@ -300,6 +322,7 @@ async fn list(
     let items: Vec<Value> = items
         .into_iter()
         .map(|entry| {
+            session.observe(&entry.version);
             let mut object = serde_json::Map::new();
             object.insert("key".into(), entry.key.into());
             insert_value(&mut object, "value", entry.value.as_deref());
@@ -307,9 +330,13 @@ async fn list(
             Value::Object(object)
         })
         .collect();
-    Ok(json_response(
-        json!({ "items": items, "truncated": truncated, "next": next }),
-    ))
+    let mut response =
+        json_response(json!({ "items": items, "truncated": truncated, "next": next }));
+    response.headers_mut().insert(
+        kv::SESSION,
+        kv::session_header(state.binding, Some(session), None),
+    );
+    Ok(response)
 }
 
 #[derive(Deserialize)]

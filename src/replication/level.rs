@@ -106,4 +106,33 @@ pub enum ReplicationError {
         /// Whether this node applied the write.
         applied_locally: bool,
     },
+    /// A request with a session token: this node could not get, within
+    /// `session_wait_ms`, a register of the key as new as the token covers (the peers
+    /// that may hold it did not answer). It answers nothing older.
+    #[error(
+        "node {node} has not caught up with the session: it could not reach {} within session_wait_ms ({wait_ms} ms) to get the key as new as the Meshkv-Session token covers, and does not answer from an older state",
+        missing.iter().map(NodeId::as_str).collect::<Vec<_>>().join(", ")
+    )]
+    SessionBehind {
+        /// This node.
+        node: NodeId,
+        /// The nodes whose writes of the key it could not rule out.
+        missing: Vec<NodeId>,
+        /// `session_wait_ms`.
+        wait_ms: u64,
+    },
+    /// A write with a session token that covers versions further ahead of this node's
+    /// clock than `max_clock_skew_ms`: the node cannot stamp a version above them
+    /// without dragging its clock that far (the rule it applies to peers' versions).
+    #[error(
+        "the Meshkv-Session token covers a version {ahead_ms} ms ahead of node {node}'s clock (max_clock_skew_ms {max_skew_ms}); retry once the clocks agree, or drop the token if no node of this cluster issued it; the write was not applied"
+    )]
+    SessionAhead {
+        /// This node.
+        node: NodeId,
+        /// How far ahead.
+        ahead_ms: u64,
+        /// The limit.
+        max_skew_ms: u64,
+    },
 }

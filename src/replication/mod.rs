@@ -47,6 +47,7 @@ use crate::membership::PeerView;
 use crate::metrics::Metrics;
 use crate::peer::Responder;
 use crate::persist::{JournalError, JournalStats, MemoryOnly};
+use crate::session::SessionToken;
 use crate::store::{Entry, Limits, Summary};
 use crate::wire::Message;
 use changes::{TooManyWatchers, Watch};
@@ -223,25 +224,66 @@ impl Replica {
         read::read(&self.node, &self.peers, key, level).await
     }
 
-    /// [`Replica::read`] for a client: the version and value of a live key. At `one` and
-    /// `live` it copies two handles under the lock and nothing else (no key, no
+    /// [`Replica::read`] for a client: the version and value of the key's register
+    /// (value `None`: a tombstone, whose version a session token records). At `one`
+    /// and `live` it copies two handles under the lock and nothing else (no key, no
     /// predecessor), which is the whole cost of the common read.
     pub async fn read_value(
         &self,
         key: &str,
         level: Consistency,
-    ) -> Result<Option<(Version, Bytes)>, ReplicationError> {
+    ) -> Result<Option<(Version, Option<Bytes>)>, ReplicationError> {
         if matches!(level, Consistency::One | Consistency::Live) {
             return Ok(self.node.with_store(|store| {
-                store.get(key).and_then(|register| {
-                    let value = register.val.value.clone()?;
-                    Some((register.marker.clone(), value))
-                })
+                store
+                    .get(key)
+                    .map(|register| (register.marker.clone(), register.val.value.clone()))
             }));
         }
         // Boxed: the cluster read's future is large; the common read should not carry it.
-        let entry = Box::pin(self.read(key, level)).await?;
-        Ok(entry.and_then(|entry| Some((entry.version, entry.value?))))
+        let entry = Box::pin(read::read_entry(&self.node, &self.peers, key, level)).await?;
+        Ok(entry.map(|entry| (entry.version, entry.value)))
+    }
+
+    /// [`Replica::read_value`] for a request with a session token: the register is at
+    /// least as new as everything `token` covers, or the read fails with
+    /// [`ReplicationError::SessionBehind`] after `session_wait` (API.md §3.3).
+    pub async fn read_session(
+        &self,
+        key: &str,
+        level: Consistency,
+        token: &SessionToken,
+    ) -> Result<Option<(Version, Option<Bytes>)>, ReplicationError> {
+        let entry = read::read_session(&self.node, &self.peers, key, level, token).await?;
+        Ok(entry.map(|entry| (entry.version, entry.value)))
+    }
+
+    /// [`Replica::write`] for a request with a session token: the write's version is
+    /// larger than everything `token` covers (monotonic writes, writes-follow-reads).
+    /// A token further ahead of this node's clock than `max_clock_skew_ms` is refused
+    /// ([`ReplicationError::SessionAhead`]), as a peer's version would be.
+    pub async fn write_session(
+        &self,
+        key: &str,
+        value: Option<Bytes>,
+        level: Consistency,
+        token: &SessionToken,
+    ) -> Result<WriteOutcome, ReplicationError> {
+        if let Some(floor) = token.max_timestamp() {
+            self.node
+                .observe(floor)
+                .map_err(|skew| ReplicationError::SessionAhead {
+                    node: self.node.id().clone(),
+                    ahead_ms: skew.ahead_ms,
+                    max_skew_ms: skew.max_skew_ms,
+                })?;
+        }
+        self.write(key, value, level).await
+    }
+
+    /// Whether `id` names this node or one of its peers.
+    pub fn is_member(&self, id: &str) -> bool {
+        self.node.id().as_str() == id || self.peers.ids().any(|peer| peer.as_str() == id)
     }
 
     /// Every node's counts and digest, this one's included; nodes that do not answer
@@ -401,7 +443,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::clock::{ManualClock, Version};
+    use crate::clock::{ManualClock, Timestamp, Version};
     use crate::persist::{DirStorage, FsyncPolicy, Owner};
     use crate::store::Limits;
 
@@ -424,6 +466,7 @@ mod tests {
             },
             watch_buffer: 1024,
             max_watchers: 256,
+            session_wait: Duration::from_millis(500),
         }
     }
 
@@ -469,6 +512,238 @@ mod tests {
         keeper.await.unwrap();
         replica.close_storage().unwrap();
         (versions, values, old_lease)
+    }
+
+    /// Wall time that moves with tokio's clock, `offset_ms` ahead of the others.
+    struct TickingClock {
+        origin: tokio::time::Instant,
+        offset_ms: u64,
+    }
+
+    impl Clock for TickingClock {
+        fn wall_ms(&self) -> u64 {
+            1_800_000_000_000 + self.offset_ms + self.origin.elapsed().as_millis() as u64
+        }
+
+        fn monotonic_ms(&self) -> u64 {
+            self.origin.elapsed().as_millis() as u64
+        }
+    }
+
+    /// What one session has seen, to check its answers against.
+    #[derive(Default)]
+    struct Seen {
+        token: crate::session::SessionToken,
+        /// Per key, the newest version the session read or wrote (tombstones too).
+        keys: std::collections::HashMap<String, Version>,
+        /// The newest version it read or wrote, of any key.
+        newest: Option<Version>,
+    }
+
+    impl Seen {
+        fn saw(&mut self, key: &str, version: &Version) {
+            self.token.observe(version);
+            let held = self.keys.entry(key.to_owned()).or_insert(version.clone());
+            if *held < *version {
+                *held = version.clone();
+            }
+            if self.newest.as_ref() < Some(version) {
+                self.newest = Some(version.clone());
+            }
+        }
+    }
+
+    /// Randomized histories on three replicas whose replication the test does by hand,
+    /// at random, out of order and incompletely (no drivers: a session read that the
+    /// local register cannot settle finds no peer and answers `SessionBehind`). Three
+    /// sessions read, write and delete a few keys through random nodes at `one` and
+    /// `live`, carrying tokens; every answer is checked against what the session saw
+    /// before: read-your-writes and monotonic reads (a read's register is at least the
+    /// session's newest version of that key), monotonic writes and writes-follow-reads
+    /// (a write's version is above every version the session saw). The same reads
+    /// without a token are counted when stale, to show that the histories do test
+    /// something.
+    #[tokio::test(flavor = "current_thread")]
+    async fn randomized_histories_keep_the_four_session_guarantees() {
+        use rand::{Rng, SeedableRng};
+        let ids = ["n1", "n2", "n3"];
+        let mut stale_without_token = 0;
+        let mut behind = 0;
+        let mut served = 0;
+        for seed in 0..6u64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let origin = tokio::time::Instant::now();
+            let replicas: Vec<Replica> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let peers = ids
+                        .iter()
+                        .filter(|peer| *peer != id)
+                        .map(|peer| NodeId::new(*peer).unwrap())
+                        .collect();
+                    let mut options = options();
+                    // Small: a write at `one` waits this long for the unmeasured peers
+                    // (commit-wait), on the real clock.
+                    options.max_clock_skew_ms = 20;
+                    options.session_wait = Duration::from_millis(1);
+                    let clock = Arc::new(TickingClock {
+                        origin,
+                        offset_ms: i as u64,
+                    });
+                    Replica::new(
+                        NodeId::new(*id).unwrap(),
+                        peers,
+                        clock,
+                        options,
+                        Metrics::new(),
+                    )
+                })
+                .collect();
+            // Each node measures the others' clocks once, as a handshake would: the
+            // commit-wait then knows how far each may lag.
+            for a in &replicas {
+                for b in &replicas {
+                    if a.id() != b.id() {
+                        let (wall, mono) = (a.node.wall_ms(), a.node.now_ms());
+                        a.node
+                            .clock_sample(b.id(), wall, mono, b.node.wall_ms(), Some(false));
+                    }
+                }
+            }
+            let mut sessions: Vec<Seen> = (0..3).map(|_| Seen::default()).collect();
+            for step in 0..150 {
+                let key = format!("k{}", rng.random_range(0..4));
+                let at = rng.random_range(0..replicas.len());
+                let replica = &replicas[at];
+                let session = &mut sessions[rng.random_range(0..3)];
+                let level = if rng.random_bool(0.5) {
+                    Consistency::One
+                } else {
+                    Consistency::Live
+                };
+                match rng.random_range(0..100) {
+                    // Replication by hand: one key from one node to another.
+                    0..40 => {
+                        let to = rng.random_range(0..replicas.len());
+                        if let (Some(entry), true) = (replica.local_entry(&key), to != at) {
+                            replicas[to].apply_remote(replica.id(), vec![entry]);
+                        }
+                    }
+                    40..75 => {
+                        let plain = replica.read_value(&key, level).await.unwrap();
+                        let newest = session.keys.get(&key);
+                        if newest.is_some() && plain.as_ref().map(|(v, _)| v) < newest {
+                            stale_without_token += 1;
+                        }
+                        match replica.read_session(&key, level, &session.token).await {
+                            Ok(register) => {
+                                served += 1;
+                                let version = register.as_ref().map(|(v, _)| v);
+                                assert!(
+                                    version >= session.keys.get(&key),
+                                    "seed {seed} step {step}: {key} read at {} as {version:?}, older than {:?} which the session saw",
+                                    ids[at],
+                                    session.keys.get(&key)
+                                );
+                                if let Some(version) = version {
+                                    session.saw(&key, version);
+                                }
+                            }
+                            Err(ReplicationError::SessionBehind { .. }) => behind += 1,
+                            Err(other) => panic!("seed {seed} step {step}: {other}"),
+                        }
+                    }
+                    draw => {
+                        let value = (draw < 92).then(|| Bytes::from(format!("s{step}")));
+                        let outcome = replica
+                            .write_session(&key, value, level, &session.token)
+                            .await
+                            .unwrap_or_else(|e| panic!("seed {seed} step {step}: {e}"));
+                        assert!(
+                            Some(&outcome.version) > session.newest.as_ref(),
+                            "seed {seed} step {step}: write {} not above {:?} which the session saw",
+                            outcome.version,
+                            session.newest
+                        );
+                        session.saw(&key, &outcome.version);
+                    }
+                }
+            }
+        }
+        eprintln!("session reads: {served} answered, {behind} behind; {stale_without_token} reads without a token were stale");
+        assert!(served > 50, "only {served} session reads were answered");
+        assert!(
+            behind > 0,
+            "no session read had to wait: the histories are too tame"
+        );
+        assert!(
+            stale_without_token > 0,
+            "no read without a token was stale: the histories test nothing"
+        );
+    }
+
+    /// A write with a token is stamped above it even when the token comes from a clock
+    /// ahead of this node's (within the skew limit); a token further ahead is refused
+    /// and changes nothing.
+    #[tokio::test]
+    async fn a_write_with_a_token_is_stamped_above_it() {
+        let wall_ms = 1_800_000_000_000;
+        let clock = Arc::new(ManualClock::new(wall_ms));
+        let n1 = NodeId::new("n1").unwrap();
+        let replica = Replica::new(n1, Vec::new(), clock, options(), Metrics::new());
+        let ahead = Version {
+            timestamp: Timestamp {
+                wall_ms: wall_ms + 900,
+                logical: 7,
+            },
+            node: NodeId::new("n2").unwrap(),
+        };
+        let token = crate::session::SessionToken::of(&ahead);
+        let outcome = replica
+            .write_session("k", Some(Bytes::from("v")), Consistency::One, &token)
+            .await
+            .unwrap();
+        assert!(
+            outcome.version > ahead,
+            "{} is not above {ahead}",
+            outcome.version
+        );
+        let plain = replica
+            .write("j", Some(Bytes::from("v")), Consistency::One)
+            .await
+            .unwrap();
+        assert!(plain.version > outcome.version);
+
+        let far = Version {
+            timestamp: Timestamp {
+                wall_ms: wall_ms + 5_000,
+                logical: 0,
+            },
+            node: NodeId::new("n2").unwrap(),
+        };
+        let refused = replica
+            .write_session(
+                "k",
+                Some(Bytes::from("w")),
+                Consistency::One,
+                &crate::session::SessionToken::of(&far),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(ReplicationError::SessionAhead { .. })),
+            "{refused:?}"
+        );
+        let held = replica.local_entry("k").unwrap();
+        assert_eq!(
+            held.value,
+            Some(Bytes::from("v")),
+            "a refused write changed k"
+        );
+        assert!(
+            replica.hlc_last() < far.timestamp,
+            "the HLC followed a refused token"
+        );
     }
 
     #[tokio::test]

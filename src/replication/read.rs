@@ -18,8 +18,12 @@ use super::peers::Peers;
 use super::state::NodeState;
 use crate::clock::NodeId;
 use crate::membership::PeerState;
+use crate::session::SessionToken;
 use crate::store::Entry;
 use crate::wire::Message;
+
+/// Pause between two attempts of a session read to reach the peers it needs.
+const SESSION_RETRY: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What one node reported of its state, for cluster-wide convergence.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,12 +52,22 @@ pub(super) async fn read(
     key: &str,
     level: Consistency,
 ) -> Result<Option<Entry>, ReplicationError> {
+    let entry = read_entry(node, peers, key, level).await?;
+    Ok(entry.filter(|entry| entry.value.is_some()))
+}
+
+/// Reads the register of `key` (`None`: absent; a tombstone is returned as such) as
+/// `level` asks.
+pub(super) async fn read_entry(
+    node: &NodeState,
+    peers: &Peers,
+    key: &str,
+    level: Consistency,
+) -> Result<Option<Entry>, ReplicationError> {
     let local = node.with_store(|store| store.entry(key));
     let cluster = peers.len() + 1;
     let needed = match level {
-        Consistency::One | Consistency::Live => {
-            return Ok(local.filter(|entry| entry.value.is_some()))
-        }
+        Consistency::One | Consistency::Live => return Ok(local),
         Consistency::Quorum => cluster / 2 + 1,
         Consistency::All => cluster,
     };
@@ -112,7 +126,99 @@ pub(super) async fn read(
     if 1 + answers.len() < needed {
         return Err(unavailable(1 + answers.len()));
     }
-    Ok(newest.filter(|entry| entry.value.is_some()))
+    Ok(newest)
+}
+
+/// Reads the register of `key` (tombstones included) as `level` asks, and then makes
+/// sure it is as new as `token` covers (see [`crate::session`]): when the register at
+/// hand does not show it, the key is fetched from every peer not known down and from
+/// the origins in question, and the read waits for answers that settle it, retrying,
+/// for at most `session_wait`. An origin that answered holds every write of the key it
+/// stamped, so the newest register among the answers covers it. This node covers its
+/// own writes. What it could not settle in time is [`ReplicationError::SessionBehind`]:
+/// never an older register. The newest register found is merged here (read repair).
+pub(super) async fn read_session(
+    node: &NodeState,
+    peers: &Peers,
+    key: &str,
+    level: Consistency,
+    token: &SessionToken,
+) -> Result<Option<Entry>, ReplicationError> {
+    let me = node.id();
+    let mut best = read_entry(node, peers, key, level).await?;
+    if token.covered_by(best.as_ref().map(|entry| &entry.version), |id| id == me) {
+        return Ok(best);
+    }
+    node.metrics().session_fetches.inc();
+    let wait = node.options().session_wait;
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut answered: Vec<NodeId> = Vec::new();
+    let request = Message::Fetch {
+        keys: vec![key.to_owned()],
+    };
+    let settled = |best: &Option<Entry>, answered: &[NodeId]| {
+        token.covered_by(best.as_ref().map(|entry| &entry.version), |id| {
+            id == me || answered.contains(id)
+        })
+    };
+    loop {
+        let mut targets = reachable_peers(node, peers);
+        for origin in token.uncovered(best.as_ref().map(|entry| &entry.version), |id| id == me) {
+            if !targets.contains(origin) && peers.get(origin).is_some() {
+                targets.push(origin.clone());
+            }
+        }
+        targets.retain(|peer| !answered.contains(peer));
+        let mut asks = peers.ask(node, &targets, &request);
+        let collect = async {
+            while let Some((peer, reply)) = asks.next().await {
+                if let Some(Message::Entries { mut entries, .. }) = reply {
+                    let entry = entries.pop().filter(|entry| entry.key == key);
+                    if entry.as_ref().map(|entry| &entry.version)
+                        > best.as_ref().map(|entry| &entry.version)
+                    {
+                        best = entry;
+                    }
+                    answered.push(peer);
+                    if settled(&best, &answered) {
+                        break;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, collect).await;
+        // A push may have brought the key meanwhile.
+        let local = node.with_store(|store| store.entry(key));
+        if local.as_ref().map(|entry| &entry.version) > best.as_ref().map(|entry| &entry.version) {
+            best = local.clone();
+        }
+        if settled(&best, &answered) {
+            if let Some(newest) = &best {
+                if local.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
+                    node.merge_remote(me, vec![newest.clone()]).await;
+                    node.count_repaired("session_read", 1);
+                }
+            }
+            return Ok(best);
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let missing = token
+                .uncovered(best.as_ref().map(|entry| &entry.version), |id| {
+                    id == me || answered.contains(id)
+                })
+                .cloned()
+                .collect();
+            node.metrics().session_behind.inc();
+            return Err(ReplicationError::SessionBehind {
+                node: me.clone(),
+                missing,
+                wait_ms: wait.as_millis() as u64,
+            });
+        }
+        // The peers that did not answer are unreachable for now: try again shortly.
+        tokio::time::sleep_until(deadline.min(now + SESSION_RETRY)).await;
+    }
 }
 
 /// Every node's counts and digest, this one's included; nodes that do not answer

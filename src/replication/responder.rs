@@ -209,6 +209,7 @@ mod tests {
             },
             watch_buffer: 1024,
             max_watchers: 256,
+            session_wait: Duration::from_millis(500),
         };
         let recovered = Recovered {
             store: Store::new(),

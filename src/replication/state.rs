@@ -27,7 +27,7 @@ use bytes::Bytes;
 use tracing::{info, warn};
 
 use super::durable::{self, Lease, Recovered};
-use crate::clock::{Clock, Hlc, NodeId, Timestamp, Version};
+use crate::clock::{Clock, Hlc, NodeId, SkewError, Timestamp, Version};
 use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
@@ -70,6 +70,8 @@ pub struct ReplicationOptions {
     pub watch_buffer: usize,
     /// Watchers open at once.
     pub max_watchers: usize,
+    /// Longest a request with a session token waits for this node to catch up.
+    pub session_wait: Duration,
 }
 
 /// The clock and the data, locked together: a write's stamp and its merge are one
@@ -431,6 +433,13 @@ impl NodeState {
 
     fn core(&self) -> MutexGuard<'_, Core> {
         self.core.lock().expect("core lock poisoned")
+    }
+
+    /// Folds `floor` into the HLC, so that every later stamp is larger; refused (and
+    /// nothing changed) when it is further ahead of the wall clock than the skew limit.
+    pub(super) fn observe(&self, floor: Timestamp) -> Result<(), SkewError> {
+        let now = self.clock.wall_ms();
+        self.core().hlc.observe(floor, now)
     }
 
     /// A client's write of `value` (`None`: a tombstone) under `key`: the HLC stamps a

@@ -359,11 +359,21 @@ impl WatchStream {
     }
 }
 
+/// The header that carries session tokens (API.md §3.3).
+pub const SESSION_HEADER: &str = "Meshkv-Session";
+
 /// A client of one node.
+///
+/// A client made with [`Client::with_session`] carries a session (API.md §3.3): it
+/// keeps the latest `Meshkv-Session` token a node gave and sends it with every
+/// request, so that it reads its own writes and never goes back in time, whichever
+/// node it talks to. Clones share the session. A plain [`Client::new`] sends no token:
+/// the test suites use it to see the store as it is.
 #[derive(Clone, Debug)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    session: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
 }
 
 impl Client {
@@ -380,7 +390,25 @@ impl Client {
             .pool_max_idle_per_host(16)
             .build()
             .expect("a client without TLS always builds");
-        Self { base, http }
+        Self {
+            base,
+            http,
+            session: None,
+        }
+    }
+
+    /// This client, carrying a session from now on, starting from `token` (`None`: a
+    /// new session).
+    pub fn with_session(mut self, token: Option<String>) -> Self {
+        self.session = Some(std::sync::Arc::new(std::sync::Mutex::new(token)));
+        self
+    }
+
+    /// The session's latest token (`None`: no session, or no answer carried one yet).
+    pub fn session_token(&self) -> Option<String> {
+        self.session
+            .as_ref()
+            .and_then(|session| session.lock().expect("session lock poisoned").clone())
     }
 
     /// The node's base URL.
@@ -419,8 +447,21 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<(StatusCode, String), ClientError> {
+        let request = match self.session_token() {
+            Some(token) => request.header(SESSION_HEADER, token),
+            None => request,
+        };
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
+        if let Some(session) = &self.session {
+            let token = response
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|token| token.to_str().ok());
+            if let Some(token) = token {
+                *session.lock().expect("session lock poisoned") = Some(token.to_owned());
+            }
+        }
         let body = response.text().await.map_err(|e| self.unreachable(e))?;
         if status.is_success() {
             return Ok((status, body));
