@@ -7,7 +7,7 @@ mod common;
 use common::TestCluster;
 
 /// Every family a node exports (README/DESIGN name them).
-const FAMILIES: [&str; 31] = [
+const FAMILIES: [&str; 33] = [
     "meshkv_peer_frames",
     "meshkv_peer_bytes",
     "meshkv_peer_frames_rejected",
@@ -39,6 +39,8 @@ const FAMILIES: [&str; 31] = [
     "meshkv_watchers",
     "meshkv_watch_events",
     "meshkv_watch_overflows",
+    "meshkv_session_fetches",
+    "meshkv_session_behind",
 ];
 
 /// Whether `text` lists a series of `family` (`family_total{…}`, `family{…}`, `family 0`).
