@@ -6,7 +6,8 @@ rustc="$1"
 shift
 case " $* " in
 *" --crate-name meshkv "* | *" --crate-name meshkv_fuzz "* | *" --crate-name peer_frame "* | \
-    *" --crate-name handshake "* | *" --crate-name cluster_file "* | *" --crate-name http_request "*)
+    *" --crate-name handshake "* | *" --crate-name cluster_file "* | *" --crate-name http_request "* | \
+    *" --crate-name persist_records "*)
     # shellcheck disable=SC2086 # FUZZ_RUSTFLAGS is a list of flags
     exec "$rustc" "$@" $FUZZ_RUSTFLAGS
     ;;
