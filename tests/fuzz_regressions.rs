@@ -69,6 +69,71 @@ fn every_corpus_and_regression_input_passes_its_check() {
     );
 }
 
+/// Mutated inputs per target in [`mutated_corpus_inputs_pass_their_checks`].
+const MUTATIONS_PER_TARGET: usize = 4000;
+
+/// CI's fuzzing: every target on fresh inputs, a bounded number per run. Seeded
+/// mutations of its corpus (bit flips, overwritten bytes, cuts, insertions, splices of
+/// two seeds, as libFuzzer's simplest mutators make) go through the target's check,
+/// without coverage guidance: that runs by hand, `scripts/fuzz.sh`, whose instrumented
+/// build costs more CI time than the 15 minutes allow. `MESHKV_FUZZ_SEED=N` picks
+/// another stream; a failure prints the seed and the input.
+#[test]
+fn mutated_corpus_inputs_pass_their_checks() {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("MESHKV_FUZZ_SEED")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(0x6d65_7368);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut failures = Vec::new();
+    for (target, check) in TARGETS {
+        let corpus: Vec<Vec<u8>> = inputs(&fuzz_dir().join("corpus").join(target))
+            .iter()
+            .map(|file| std::fs::read(file).expect("input is readable"))
+            .collect();
+        for _ in 0..MUTATIONS_PER_TARGET {
+            let mut bytes = corpus[rng.random_range(0..corpus.len())].clone();
+            for _ in 0..rng.random_range(1..=4) {
+                let len = bytes.len();
+                match rng.random_range(0..5) {
+                    0 if len > 0 => {
+                        let at = rng.random_range(0..len);
+                        bytes[at] ^= 1 << rng.random_range(0..8);
+                    }
+                    1 if len > 0 => {
+                        let at = rng.random_range(0..len);
+                        bytes[at] = rng.random();
+                    }
+                    2 if len > 0 => bytes.truncate(rng.random_range(0..len)),
+                    3 => {
+                        let at = rng.random_range(0..=len);
+                        let insert: Vec<u8> =
+                            (0..rng.random_range(1..16)).map(|_| rng.random()).collect();
+                        bytes.splice(at..at, insert);
+                    }
+                    _ => {
+                        let other = &corpus[rng.random_range(0..corpus.len())];
+                        let cut = rng.random_range(0..=bytes.len());
+                        let from = rng.random_range(0..=other.len());
+                        bytes.truncate(cut);
+                        bytes.extend_from_slice(&other[from..]);
+                    }
+                }
+            }
+            if std::panic::catch_unwind(|| check(&bytes)).is_err() {
+                failures.push(format!("{target}: {bytes:02x?}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "mutated inputs that fail their fuzz check (MESHKV_FUZZ_SEED={seed}; the panics are \
+         printed above; save an input under fuzz/regressions/<target>/):\n{}",
+        failures.join("\n")
+    );
+}
+
 #[test]
 fn every_target_has_its_check_here_and_its_seeds() {
     let targets = std::fs::read_to_string(fuzz_dir().join("Cargo.toml")).expect("fuzz manifest");
