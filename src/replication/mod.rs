@@ -323,6 +323,13 @@ impl Replica {
         self.node.hlc_last()
     }
 
+    /// This node's session watermark for `peer`: it holds every version `peer`
+    /// stamped at or below it (see [`crate::session::Watermarks`]); `None` before the
+    /// first clean anti-entropy round with the peer.
+    pub fn session_watermark(&self, peer: &NodeId) -> Option<Timestamp> {
+        self.node.watermarks().get(peer)
+    }
+
     /// Counts and digest of the local state.
     pub fn summary(&self) -> Summary {
         self.node.with_store(|store| store.summary())
