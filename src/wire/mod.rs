@@ -297,4 +297,25 @@ mod tests {
         let kinds: Vec<&str> = one_of_each().iter().map(Message::kind).collect();
         assert_eq!(kinds, Message::KINDS);
     }
+
+    /// The HLC the first reply of a round carries (session watermarks) costs a few
+    /// bytes: `cargo test --lib wire::tests::the_hlc -- --nocapture` prints them.
+    #[test]
+    fn the_hlc_in_a_rounds_first_reply_costs_a_few_bytes() {
+        let hlc = Timestamp {
+            wall_ms: 1_796_277_052_511,
+            logical: 70_000,
+        };
+        let in_sync = rmp_serde::to_vec(&Message::InSync { hlc }).unwrap().len();
+        let groups = rmp_serde::to_vec(&Message::SyncGroups {
+            groups: vec![u64::MAX; 64],
+            hlc,
+        })
+        .unwrap()
+        .len();
+        let timestamp = rmp_serde::to_vec(&hlc).unwrap().len();
+        println!("InSync: {in_sync} bytes, SyncGroups: {groups} bytes, the HLC: {timestamp} bytes");
+        assert!(timestamp <= 15, "{timestamp}");
+        assert!(in_sync <= 24, "{in_sync}");
+    }
 }
