@@ -537,6 +537,63 @@ mod tests {
         }
     }
 
+    /// One anti-entropy round of `initiator` with `replier`, as the driver and the
+    /// responder run it, minus links; a clean round raises the initiator's watermark.
+    /// With `during`, the replier takes a write of `session` (key, step) right after
+    /// its first reply, stamped above the HLC that reply carried.
+    async fn round_by_hand(
+        initiator: &Replica,
+        replier: &Replica,
+        mut during: Option<(String, usize)>,
+        session: &mut Seen,
+    ) {
+        use super::anti_entropy::{answer_buckets, answer_fetch, answer_root, SyncSession};
+        let mut round = SyncSession::new();
+        while let Some(request) = initiator
+            .node
+            .with_store(|store| round.next_request(store, 4096))
+        {
+            let reply = match request {
+                Message::SyncRoot { root } => {
+                    replier
+                        .node
+                        .with_durable_store_and_hlc(|store, hlc| answer_root(store, root, hlc))
+                        .0
+                }
+                Message::SyncBuckets { buckets } => replier
+                    .node
+                    .with_store(|store| answer_buckets(store, &buckets, 4096)),
+                Message::Fetch { keys } => replier
+                    .node
+                    .with_store(|store| answer_fetch(store, &keys, 4096)),
+                Message::Push { entries } => Message::PushAck {
+                    refused: replier.apply_remote(initiator.id(), entries),
+                    wall_ms: 0,
+                    fenced: false,
+                },
+                other => panic!("unexpected request {other:?}"),
+            };
+            let entries = initiator
+                .node
+                .with_store(|store| round.on_reply(reply, store))
+                .unwrap();
+            if !entries.is_empty() && !initiator.apply_remote(replier.id(), entries).is_empty() {
+                round.merge_failed();
+            }
+            if let Some((key, step)) = during.take() {
+                let value = Some(Bytes::from(format!("during{step}")));
+                let outcome = replier
+                    .write_session(&key, value, Consistency::One, &session.token)
+                    .await
+                    .unwrap();
+                session.saw(&key, &outcome.version);
+            }
+        }
+        if let Some(hlc) = round.outcome().pulled {
+            initiator.node.raise_watermark(replier.id(), hlc);
+        }
+    }
+
     /// What one session has seen, to check its answers against.
     #[derive(Default)]
     struct Seen {
@@ -630,8 +687,17 @@ mod tests {
                     Consistency::Live
                 };
                 match rng.random_range(0..100) {
+                    // An anti-entropy round by hand, which raises a watermark; now and
+                    // then the replier takes a session's write in the middle of it.
+                    0..8 => {
+                        let to = (at + rng.random_range(1..replicas.len())) % replicas.len();
+                        let during = rng
+                            .random_bool(0.5)
+                            .then(|| (format!("k{}", rng.random_range(0..4)), step));
+                        round_by_hand(&replicas[to], replica, during, session).await;
+                    }
                     // Replication by hand: one key from one node to another.
-                    0..40 => {
+                    8..40 => {
                         let to = rng.random_range(0..replicas.len());
                         if let (Some(entry), true) = (replica.local_entry(&key), to != at) {
                             replicas[to].apply_remote(replica.id(), vec![entry]);
