@@ -756,6 +756,84 @@ mod tests {
         );
     }
 
+    /// A key whose tombstone was collected here counts, for a session, as a register
+    /// at the tombstone's version; a watermark settles its origin whatever the key.
+    #[tokio::test]
+    async fn a_collected_tombstone_or_a_watermark_settles_a_session_read_locally() {
+        let wall_ms = 1_800_000_000_000;
+        let clock = Arc::new(ManualClock::new(wall_ms));
+        let (n1, n2) = (NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap());
+        let mut options = options();
+        options.session_wait = Duration::from_millis(1);
+        let replica = Replica::new(n2, vec![n1.clone()], clock, options, Metrics::new());
+        let entry = |key: &str, wall_ms: u64, value: Option<&'static str>| Entry {
+            key: key.into(),
+            version: Version {
+                timestamp: Timestamp {
+                    wall_ms,
+                    logical: 0,
+                },
+                node: n1.clone(),
+            },
+            value: value.map(Bytes::from),
+            replaces: None,
+        };
+        let put = entry("k", wall_ms - 20, Some("v"));
+        let delete = entry("k", wall_ms - 10, None);
+        let other = entry("other", wall_ms - 30, Some("o"));
+        for entry in [put, delete.clone(), other.clone()] {
+            assert!(replica.apply_remote(&n1, vec![entry]).is_empty());
+        }
+        // n1 is unreachable (no links here): only the local state can settle.
+        let token = SessionToken::of(&delete.version);
+        let read = replica.read_session("k", Consistency::One, &token).await;
+        assert_eq!(
+            read.unwrap().map(|(version, _)| version),
+            Some(delete.version.clone())
+        );
+        let seq = replica.node.with_store(crate::store::Store::seq);
+        replica.node.round_clean(&n1, seq);
+        assert_eq!(replica.node.collect_tombstones(10), 1);
+        assert_eq!(replica.collected_version("k"), Some(delete.version.clone()));
+        let read = replica.read_session("k", Consistency::One, &token).await;
+        assert_eq!(
+            read.unwrap(),
+            None,
+            "collected at the token's bound: absent"
+        );
+        // An older key is behind the token's bound for n1, until a watermark says that
+        // every write of n1 up to that bound is here.
+        let read = replica
+            .read_session("other", Consistency::One, &token)
+            .await;
+        assert!(
+            matches!(read, Err(ReplicationError::SessionBehind { .. })),
+            "{read:?}"
+        );
+        let mut below = delete.version.timestamp;
+        below.wall_ms -= 1;
+        replica.node.raise_watermark(&n1, below);
+        let read = replica
+            .read_session("other", Consistency::One, &token)
+            .await;
+        assert!(
+            matches!(read, Err(ReplicationError::SessionBehind { .. })),
+            "{read:?}"
+        );
+        replica.node.raise_watermark(&n1, delete.version.timestamp);
+        assert_eq!(
+            replica.session_watermark(&n1),
+            Some(delete.version.timestamp)
+        );
+        let read = replica
+            .read_session("other", Consistency::One, &token)
+            .await;
+        assert_eq!(
+            read.unwrap().map(|(version, _)| version),
+            Some(other.version)
+        );
+    }
+
     /// A write with a token is stamped above it even when the token comes from a clock
     /// ahead of this node's (within the skew limit); a token further ahead is refused
     /// and changes nothing.

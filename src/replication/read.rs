@@ -162,10 +162,14 @@ pub(super) async fn read_session(
     };
     let settled_here =
         |marks: &Watermarks, id: &NodeId, bound: Timestamp| id == me || marks.covers(id, bound);
+    // Nothing older than a tombstone collected here is an answer.
+    let newer_than_collected = |best: Option<Entry>, collected: &Option<Version>| {
+        best.filter(|entry| Some(&entry.version) >= collected.as_ref())
+    };
     if token.covered_by(register(&best, &collected).as_ref(), |id, bound| {
         settled_here(&marks, id, bound)
     }) {
-        return Ok(best);
+        return Ok(newer_than_collected(best, &collected));
     }
     node.metrics().session_fetches.inc();
     let wait = node.options().session_wait;
@@ -220,10 +224,7 @@ pub(super) async fn read_session(
             best = local.clone();
         }
         if settled(&marks, &best, &collected, &answered) {
-            // Nothing older than a tombstone collected here is an answer.
-            if best.as_ref().map(|entry| &entry.version) < collected.as_ref() {
-                best = None;
-            }
+            best = newer_than_collected(best, &collected);
             if let Some(newest) = &best {
                 if local.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
                     node.merge_remote(me, vec![newest.clone()]).await;
