@@ -10,7 +10,9 @@
 //! and returns the LSN to wait for before acknowledging. Local stamps stay within the
 //! durable HLC lease (see `durable`).
 //! The one other change, dropping tombstones, is [`NodeState::collect_tombstones`],
-//! under the rule of the collection [`Ledger`] it also holds.
+//! under the rule of the collection [`Ledger`] it also holds. It also holds the session
+//! watermarks (per peer, up to where this node holds every write the peer stamped),
+//! which clean anti-entropy rounds raise and session reads consult.
 //! The change feed that watches read (`changes`) hooks in at the same two methods:
 //! each change that wins its merge is published there, inside the critical section,
 //! so watchers see the apply order.
