@@ -625,7 +625,9 @@ mod tests {
             }
         );
         // A request the responder does not understand closes the connection.
-        let closed = link.request(&Message::InSync, Duration::from_secs(1)).await;
+        let closed = link
+            .request(&Message::Summarize, Duration::from_secs(1))
+            .await;
         assert!(matches!(closed, Err(LinkError::Closed)), "{closed:?}");
         server_task.await.unwrap();
     }

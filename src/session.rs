@@ -2,8 +2,9 @@
 //!
 //! Owns: [`SessionToken`] (per origin node, the largest HLC timestamp of a version the
 //! session has read or written that this node stamped), its text form, the cluster
-//! [`Binding`] it carries, and [`SessionToken::covered_by`], the rule a node uses to
-//! decide whether a register is new enough for the session.
+//! [`Binding`] it carries, [`SessionToken::covered_by`], the rule a node uses to
+//! decide whether a register is new enough for the session, and [`Watermarks`], what
+//! a node knows it holds of each other node's writes.
 //! Knows nothing of: HTTP, the store, peers (the read path asks them when a register is
 //! not new enough), time.
 //!
@@ -18,6 +19,16 @@
 //! does, for its own writes, and so does any register at least as new as what `X`
 //! answered). The read path checks this first against the local register (free), and
 //! only when it fails asks the peers for `k` (see `replication::read`).
+//!
+//! # Watermarks
+//! A node `Y` also knows, per other node `X`, a timestamp `W_Y[X]` such that it holds
+//! every version `X` stamped at or below it, or a newer version of the same key (its
+//! clean anti-entropy rounds with `X` prove it, see `replication::anti_entropy`). So
+//! `Y` holds every write of `k` stamped by `X` that the session may have seen as soon
+//! as `W_Y[X] ≥ t_X`, whatever `k`: the origin `X` is settled without asking anyone,
+//! even when `X` is down. The rule for one origin `X` of the token, at node `Y`: settled
+//! if `Y` is `X`, or the register is at least `(t_X, X)`, or `W_Y[X] ≥ t_X`, or a peer
+//! that holds every write of `k` by `X` answered (`X` itself).
 //!
 //! A write with a token is stamped above the token's largest timestamp, so it is newer
 //! than everything the session has seen (monotonic writes, writes-follow-reads).
@@ -202,17 +213,18 @@ impl SessionToken {
 
     /// The origins whose writes of one key a register of version `register` (`None`:
     /// no register) may miss, as far as this token can tell: those `X` with
-    /// `(t_X, X)` newer than `register`, other than `exempt` (nodes known to have
-    /// answered with their own register, and this node for its own writes).
+    /// `(t_X, X)` newer than `register`, other than those `exempt(X, t_X)` settles
+    /// (nodes known to have answered with their own register, this node for its own
+    /// writes, origins whose watermark here reaches `t_X`).
     pub fn uncovered<'a>(
         &'a self,
         register: Option<&'a Version>,
-        exempt: impl Fn(&NodeId) -> bool + 'a,
+        exempt: impl Fn(&NodeId, Timestamp) -> bool + 'a,
     ) -> impl Iterator<Item = &'a NodeId> + 'a {
         self.entries
             .iter()
             .filter(move |(node, timestamp)| {
-                !exempt(node)
+                !exempt(node, *timestamp)
                     && register.is_none_or(|register| {
                         (*timestamp, node) > (register.timestamp, &register.node)
                     })
@@ -222,7 +234,11 @@ impl SessionToken {
 
     /// Whether a register of version `register` is new enough for this session, with
     /// `exempt` as in [`SessionToken::uncovered`].
-    pub fn covered_by(&self, register: Option<&Version>, exempt: impl Fn(&NodeId) -> bool) -> bool {
+    pub fn covered_by(
+        &self,
+        register: Option<&Version>,
+        exempt: impl Fn(&NodeId, Timestamp) -> bool,
+    ) -> bool {
         self.uncovered(register, exempt).next().is_none()
     }
 
@@ -234,6 +250,39 @@ impl SessionToken {
     /// Whether the token covers nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// Per origin node, a timestamp at or below which this node holds every version the
+/// origin stamped (or a newer one of the same key): see the module header. Only grows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watermarks {
+    entries: Vec<(NodeId, Timestamp)>,
+}
+
+impl Watermarks {
+    /// Raises `origin`'s watermark to `timestamp` (a lower one changes nothing).
+    pub fn raise(&mut self, origin: &NodeId, timestamp: Timestamp) {
+        match self.entries.binary_search_by(|(id, _)| id.cmp(origin)) {
+            Ok(at) => {
+                let mark = &mut self.entries[at].1;
+                *mark = (*mark).max(timestamp);
+            }
+            Err(at) => self.entries.insert(at, (origin.clone(), timestamp)),
+        }
+    }
+
+    /// `origin`'s watermark, if a clean round set one.
+    pub fn get(&self, origin: &NodeId) -> Option<Timestamp> {
+        self.entries
+            .binary_search_by(|(id, _)| id.cmp(origin))
+            .ok()
+            .map(|at| self.entries[at].1)
+    }
+
+    /// Whether every version `origin` stamped at or below `timestamp` is held here.
+    pub fn covers(&self, origin: &NodeId, timestamp: Timestamp) -> bool {
+        self.get(origin).is_some_and(|mark| mark >= timestamp)
     }
 }
 
@@ -348,17 +397,102 @@ mod tests {
         let mut token = SessionToken::new();
         token.observe(&version(100, 0, "n1"));
         token.observe(&version(50, 0, "n2"));
-        let none = |_: &NodeId| false;
+        let none = |_: &NodeId, _: Timestamp| false;
         assert!(!token.covered_by(None, none));
         assert!(!token.covered_by(Some(&version(99, 5, "n3")), none));
         assert!(token.covered_by(Some(&version(100, 0, "n1")), none));
         assert!(token.covered_by(Some(&version(100, 0, "n2")), none));
         // n1's bound is not met; n1 itself answered (or is this node): covered.
         let n1 = NodeId::new("n1").unwrap();
-        assert!(token.covered_by(Some(&version(60, 0, "n3")), |node| *node == n1));
+        assert!(token.covered_by(Some(&version(60, 0, "n3")), |node, _| *node == n1));
         let old = version(40, 0, "n3");
         let missing: Vec<_> = token.uncovered(Some(&old), none).collect();
         assert_eq!(missing.len(), 2);
         assert_eq!(token.max_timestamp().unwrap().wall_ms, 100);
+    }
+
+    #[test]
+    fn a_watermark_settles_its_origin_whatever_the_register() {
+        let mut token = SessionToken::new();
+        token.observe(&version(100, 2, "n1"));
+        token.observe(&version(50, 0, "n2"));
+        let (n1, n2, n3) = (
+            NodeId::new("n1").unwrap(),
+            NodeId::new("n2").unwrap(),
+            NodeId::new("n3").unwrap(),
+        );
+        let mut marks = Watermarks::default();
+        let old = version(40, 0, "n3");
+        let rule = |marks: &Watermarks, me: &NodeId| {
+            let marks = marks.clone();
+            let me = me.clone();
+            move |node: &NodeId, t: Timestamp| *node == me || marks.covers(node, t)
+        };
+        // This node is n3: nothing settles n1 or n2 yet.
+        let missing: Vec<_> = token.uncovered(Some(&old), rule(&marks, &n3)).collect();
+        assert_eq!(missing, [&n1, &n2]);
+        // A watermark just below n1's bound settles nothing; at the bound, it settles n1.
+        marks.raise(
+            &n1,
+            Timestamp {
+                wall_ms: 100,
+                logical: 1,
+            },
+        );
+        assert!(!marks.covers(
+            &n1,
+            Timestamp {
+                wall_ms: 100,
+                logical: 2
+            }
+        ));
+        marks.raise(
+            &n1,
+            Timestamp {
+                wall_ms: 100,
+                logical: 2,
+            },
+        );
+        let missing: Vec<_> = token.uncovered(Some(&old), rule(&marks, &n3)).collect();
+        assert_eq!(missing, [&n2]);
+        // Watermarks never go down.
+        marks.raise(
+            &n1,
+            Timestamp {
+                wall_ms: 1,
+                logical: 0,
+            },
+        );
+        assert_eq!(
+            marks.get(&n1),
+            Some(Timestamp {
+                wall_ms: 100,
+                logical: 2
+            })
+        );
+        // Absent key, n2 above its bound: settled with no register at all.
+        marks.raise(
+            &n2,
+            Timestamp {
+                wall_ms: 70,
+                logical: 0,
+            },
+        );
+        assert!(token.covered_by(None, rule(&marks, &n3)));
+        // On n2 itself, only n1's watermark matters.
+        let marks = {
+            let mut marks = Watermarks::default();
+            marks.raise(
+                &n1,
+                Timestamp {
+                    wall_ms: 99,
+                    logical: 0,
+                },
+            );
+            marks
+        };
+        assert!(!token.covered_by(None, rule(&marks, &n2)));
+        assert!(token.covered_by(Some(&version(100, 2, "n1")), rule(&marks, &n2)));
+        assert!(marks.get(&n3).is_none() && !marks.covers(&n3, Timestamp::default()));
     }
 }

@@ -328,13 +328,25 @@ fn messages() -> Vec<(&'static str, Message)> {
                 root: 0x1234_5678_9abc_def0,
             },
         ),
-        ("in_sync", Message::InSync),
+        (
+            "in_sync",
+            Message::InSync {
+                hlc: Timestamp {
+                    wall_ms: WALL_MS,
+                    logical: 3,
+                },
+            },
+        ),
         (
             "sync_groups",
             Message::SyncGroups {
                 groups: (0..GROUPS as u64)
                     .map(|group| group * 0x0101_0101)
                     .collect(),
+                hlc: Timestamp {
+                    wall_ms: WALL_MS,
+                    logical: 0,
+                },
             },
         ),
         (
@@ -543,12 +555,22 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
             with_mode(8, &frames(&all, None)),
         )
     };
-    seeds.push(round("in-sync", vec![Message::InSync]));
+    let in_sync = Message::InSync {
+        hlc: Timestamp {
+            wall_ms: WALL_MS,
+            logical: 0,
+        },
+    };
+    seeds.push(round("in-sync", vec![in_sync.clone()]));
     // Every group differs; the buckets of "a" and "dir/b" hold differences: the peer is
     // newer for "a", lacks "dir/b", and has "other", which we lack.
     let repair = vec![
         Message::SyncGroups {
             groups: vec![0; GROUPS],
+            hlc: Timestamp {
+                wall_ms: WALL_MS + 5,
+                logical: 0,
+            },
         },
         Message::BucketVersions {
             covered: vec![bucket_of("a"), bucket_of("dir/b")],
@@ -590,7 +612,7 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
     ));
     seeds.push((
         "initiate-secret".into(),
-        with_mode(8 | 1, &frames(&[welcome(), Message::InSync], secret)),
+        with_mode(8 | 1, &frames(&[welcome(), in_sync], secret)),
     ));
     let replies: Vec<Vec<u8>> = std::iter::once(welcome())
         .chain(repair)

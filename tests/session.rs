@@ -142,6 +142,94 @@ async fn with_its_token_a_client_reads_its_write_at_one_on_a_node_the_write_has_
     .await;
 }
 
+/// The token's bound for node `id`: `(wall_ms, logical)`.
+fn bound(token: &str, id: &str) -> (u64, u64) {
+    let entries = token.splitn(3, '.').nth(2).expect("s1.<binding>.<entries>");
+    let stamp = entries
+        .split(',')
+        .find_map(|entry| entry.strip_prefix(&format!("{id}=")))
+        .unwrap_or_else(|| panic!("{token} has no entry for {id}"));
+    let (wall, logical) = stamp.split_once('+').unwrap_or((stamp, "0"));
+    (
+        u64::from_str_radix(wall, 16).unwrap(),
+        u64::from_str_radix(logical, 16).unwrap(),
+    )
+}
+
+/// Node `i`'s session watermark for `peer`, from `/v1/cluster`.
+async fn watermark(cluster: &TestCluster, i: usize, peer: &str) -> Option<(u64, u64)> {
+    let view: Value = reqwest::Client::new()
+        .get(format!("{}/v1/cluster", cluster.url(i)))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    let mark =
+        view["peers"].as_array()?.iter().find(|p| p["id"] == peer)?["session_watermark"].clone();
+    Some((mark["wall_ms"].as_u64()?, mark["logical"].as_u64()?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clean_round_a_session_reads_older_keys_while_the_writer_is_down() {
+    if !require_nft("after_a_clean_round_a_session_reads_older_keys_while_the_writer_is_down") {
+        return;
+    }
+    let mut cluster = TestCluster::start(
+        3,
+        "anti_entropy_interval_ms = 200
+",
+    );
+    cluster.wait_mesh(WAIT).await;
+    let (status, _, _) = put(&cluster, 1, "k_old", "old", "all", None).await;
+    assert_eq!(status, 200);
+    let (status, body, token) = put(&cluster, 1, "k_new", "new", "all", None).await;
+    assert_eq!(status, 200, "{body}");
+    let token = token.expect("a write answers a token");
+    let seen = bound(&token, "n1");
+    // A clean round of n2 (and n3) with n1 that began after the write.
+    for i in [2, 3] {
+        eventually(WAIT, "a clean round with n1 covers the write", || async {
+            watermark(&cluster, i, "n1")
+                .await
+                .filter(|mark| *mark >= seen)
+        })
+        .await;
+    }
+    // One more write of n1 that no other node gets: a session that saw it cannot be
+    // served by n2 or n3 from their watermarks.
+    cluster.partition(&[&[1], &[2, 3]]);
+    let (status, body, later) = put(&cluster, 1, "k_later", "x", "one", Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    let later = later.expect("a write answers a token");
+    cluster.kill(1);
+
+    // n1 is down: the watermarks settle n1 for the first session, on any key.
+    for i in [2, 3] {
+        let (status, body, _) = get(&cluster, i, "k_old", Some(&token)).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "old"),
+            "n{i} serves an older key to the session"
+        );
+        let (status, body, _) = get(&cluster, i, "k_new", Some(&token)).await;
+        assert_eq!((status, body.as_str()), (200, "new"), "n{i}");
+        let (status, body, _) = get(&cluster, i, "absent", Some(&token)).await;
+        assert_eq!(status, 404, "n{i}: {body}");
+    }
+    // The session that saw the write only n1 has: 503, never the older state.
+    for i in [2, 3] {
+        let (status, body, _) = get(&cluster, i, "k_old", Some(&later)).await;
+        assert_eq!(
+            status, 503,
+            "n{i} answered {body} to a session it cannot serve"
+        );
+        assert!(watermark(&cluster, i, "n1").await < Some(bound(&later, "n1")));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_and_change_nothing() {
     let cluster = TestCluster::start(2, "");

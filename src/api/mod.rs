@@ -430,6 +430,9 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
                 "clock_offset_ms": offset.map(|(offset, _)| offset.round() as i64),
                 "clock_error_ms": offset.map(|(_, error)| error.ceil() as i64),
                 "fenced": state.replica.peer_fenced(&view.id),
+                "session_watermark": state.replica.session_watermark(&view.id).map(
+                    |mark| json!({"wall_ms": mark.wall_ms, "logical": mark.logical})
+                ),
             })
         })
         .collect();

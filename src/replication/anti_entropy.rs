@@ -34,6 +34,22 @@
 //! such a round; the caller turns it into the replier's watermark. (Tombstones the
 //! initiator collected meanwhile were already held by every node, the replier included.)
 //!
+//! # What a clean round proves (session watermarks)
+//! The other direction: what the initiator now holds of the replier's writes. The
+//! replier answers `SyncRoot` with its HLC `h` read under the same lock as its store
+//! (a write's stamp and its merge are one critical section there), so at that moment
+//! its store holds every version it stamped at or below `h`, or a newer one of the same
+//! key; every write it stamps later is stamped above `h`. Comparing the roots, the
+//! groups, the buckets and the pairs then shows the initiator every key where the
+//! replier is newer or where the initiator lacks the key, at the moment of the reply or
+//! later (a store's registers only grow newer). A round that finishes with every such
+//! key fetched and merged (none given up, none refused for clock skew) proves that the
+//! initiator holds every version the replier stamped at or below `h`, or a newer one
+//! of the same key, or remembers its tombstone as collected. [`Outcome::pulled`]
+//! carries `h` for such a round; the caller raises the replier's session watermark to
+//! it (see `replication::read`). `h` must be the HLC of the *first* reply: a write the
+//! replier stamps during the round may land in a group or bucket already compared.
+//!
 //! The session's state is an explicit phase: `Start`, `Awaiting` the reply to one of
 //! `Root`, `Buckets`, `Push` or `Fetch` (which carries the keys asked for), `Between`
 //! two requests, `Finished`. A reply that does not fit the request in flight abandons
@@ -41,7 +57,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::clock::Version;
+use crate::clock::{Timestamp, Version};
 use crate::store::digest::{self, BucketId, GROUPS};
 use crate::store::{Entry, Seq, Store};
 use crate::wire::Message;
@@ -75,6 +91,11 @@ pub struct Outcome {
     /// number when the round began. The replier then holds everything the initiator
     /// held at that point, or newer (see the module header).
     pub covered: Option<Seq>,
+    /// Set when the round finished with every key the replier was newer for (or the
+    /// initiator lacked) fetched and merged: the replier's HLC in its first reply. The
+    /// initiator then holds every version the replier stamped at or below it, or a
+    /// newer one (see the module header).
+    pub pulled: Option<Timestamp>,
 }
 
 /// Where a round stands.
@@ -127,6 +148,11 @@ pub struct SyncSession {
     start_seq: Seq,
     /// Some pushed key was refused: the round proves nothing for the watermark.
     refused: bool,
+    /// The replier's HLC in its reply to `SyncRoot`.
+    replier_hlc: Option<Timestamp>,
+    /// Some key to fetch was given up or not merged: the round proves nothing for the
+    /// session watermark.
+    pull_incomplete: bool,
     buckets: VecDeque<BucketId>,
     to_push: VecDeque<String>,
     to_fetch: VecDeque<String>,
@@ -228,11 +254,13 @@ impl SyncSession {
             }
         };
         match (awaiting, reply) {
-            (Awaiting::Root, Message::InSync) => {
+            (Awaiting::Root, Message::InSync { hlc }) => {
+                self.replier_hlc = Some(hlc);
                 self.outcome.in_sync = true;
                 self.finish();
             }
-            (Awaiting::Root, Message::SyncGroups { groups }) if groups.len() == GROUPS => {
+            (Awaiting::Root, Message::SyncGroups { groups, hlc }) if groups.len() == GROUPS => {
+                self.replier_hlc = Some(hlc);
                 let local = store.digest();
                 for (group, remote_hash) in groups.iter().enumerate() {
                     if local.groups()[group] != *remote_hash {
@@ -267,6 +295,7 @@ impl SyncSession {
                 }
                 if served == 0 {
                     // No progress is possible; give up the rest of this round.
+                    self.pull_incomplete |= !self.to_fetch.is_empty();
                     self.to_fetch.clear();
                 }
                 self.outcome.fetched += entries.len();
@@ -283,11 +312,20 @@ impl SyncSession {
         Ok(Vec::new())
     }
 
+    /// The caller could not merge (all of) the entries the last reply returned: the
+    /// round no longer proves what the initiator holds of the replier's writes.
+    pub fn merge_failed(&mut self) {
+        self.pull_incomplete = true;
+    }
+
     /// Ends the round that handled every difference.
     fn finish(&mut self) {
         self.phase = Phase::Finished;
         if !self.refused {
             self.outcome.covered = Some(self.start_seq);
+        }
+        if !self.pull_incomplete {
+            self.outcome.pulled = self.replier_hlc;
         }
     }
 
@@ -315,13 +353,15 @@ impl SyncSession {
     }
 }
 
-/// The replier's answer to `SyncRoot`.
-pub fn answer_root(store: &Store, root: u64) -> Message {
+/// The replier's answer to `SyncRoot`; `hlc` is the replier's HLC, read under the
+/// same lock as `store` (see the module header).
+pub fn answer_root(store: &Store, root: u64, hlc: Timestamp) -> Message {
     if store.digest().root() == root {
-        Message::InSync
+        Message::InSync { hlc }
     } else {
         Message::SyncGroups {
             groups: store.digest().groups().to_vec(),
+            hlc,
         }
     }
 }
@@ -395,10 +435,20 @@ mod tests {
         }
     }
 
+    /// A stand-in for the replier's HLC: the largest timestamp in its store (a real HLC
+    /// is at least that).
+    fn hlc_of(store: &Store) -> Timestamp {
+        store
+            .entries()
+            .map(|entry| entry.version.timestamp)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Replier logic as the real responder runs it, minus clocks and locks.
     fn reply(replier: &mut Store, request: Message, budget: usize) -> Message {
         match request {
-            Message::SyncRoot { root } => answer_root(replier, root),
+            Message::SyncRoot { root } => answer_root(replier, root, hlc_of(replier)),
             Message::SyncBuckets { buckets } => answer_buckets(replier, &buckets, budget),
             Message::Fetch { keys } => answer_fetch(replier, &keys, budget),
             Message::Push { entries } => {
@@ -515,7 +565,14 @@ mod tests {
         assert!(session.next_request(&a, 1 << 20).is_none());
         assert_eq!(session.outcome().covered, None);
         let mut session = session_awaiting(&a, &b, "push");
-        assert!(session.on_reply(Message::InSync, &a).is_err());
+        assert!(session
+            .on_reply(
+                Message::InSync {
+                    hlc: Timestamp::default()
+                },
+                &a
+            )
+            .is_err());
         assert_eq!(session.outcome().covered, None);
     }
 
@@ -542,7 +599,13 @@ mod tests {
         );
         let mut session = SyncSession::new();
         session.next_request(&store, 1024).unwrap();
-        let error = session.on_reply(Message::SyncGroups { groups: vec![1, 2] }, &store);
+        let error = session.on_reply(
+            Message::SyncGroups {
+                groups: vec![1, 2],
+                hlc: Timestamp::default(),
+            },
+            &store,
+        );
         assert!(error.is_err(), "a malformed group list is refused");
     }
 
@@ -580,7 +643,13 @@ mod tests {
         // In each state, a reply that would be right in some other state.
         let cases = [
             ("sync_root", bucket_versions, "bucket_versions"),
-            ("sync_buckets", Message::InSync, "in_sync"),
+            (
+                "sync_buckets",
+                Message::InSync {
+                    hlc: Timestamp::default(),
+                },
+                "in_sync",
+            ),
             ("push", entries, "entries"),
             (
                 "fetch",
@@ -607,7 +676,14 @@ mod tests {
     fn a_reply_with_nothing_in_flight_is_unexpected() {
         let store = Store::new();
         let mut session = SyncSession::new();
-        let error = session.on_reply(Message::InSync, &store).unwrap_err();
+        let error = session
+            .on_reply(
+                Message::InSync {
+                    hlc: Timestamp::default(),
+                },
+                &store,
+            )
+            .unwrap_err();
         assert_eq!(
             error,
             SyncError::Unexpected {
@@ -620,10 +696,141 @@ mod tests {
             session.next_request(&store, 1024),
             Some(Message::SyncRoot { .. })
         ));
-        session.on_reply(Message::InSync, &store).unwrap();
+        session
+            .on_reply(
+                Message::InSync {
+                    hlc: Timestamp::default(),
+                },
+                &store,
+            )
+            .unwrap();
         // After the last reply: still nothing in flight.
-        let error = session.on_reply(Message::InSync, &store).unwrap_err();
+        let error = session
+            .on_reply(
+                Message::InSync {
+                    hlc: Timestamp::default(),
+                },
+                &store,
+            )
+            .unwrap_err();
         assert_eq!(error.to_string(), "unexpected in_sync in reply to nothing");
         assert!(session.next_request(&store, 1024).is_none());
+    }
+
+    /// The session-watermark claim, checked: every version `origin` stamped at or
+    /// below `pulled` that `replier` holds, `initiator` holds too, or a newer one.
+    fn holds_up_to(initiator: &Store, replier: &Store, origin: &str, pulled: Timestamp) -> bool {
+        replier
+            .entries()
+            .filter(|entry| entry.version.node.as_str() == origin)
+            .filter(|entry| entry.version.timestamp <= pulled)
+            .all(|entry| {
+                initiator
+                    .get(&entry.key)
+                    .is_some_and(|register| register.marker >= entry.version)
+            })
+    }
+
+    #[test]
+    fn a_clean_round_pulls_the_repliers_writes_up_to_its_hlc_at_the_first_reply() {
+        let mut a = Store::new();
+        let mut b = Store::new();
+        for i in 0..200 {
+            let old = entry(&format!("old{i}"), 10 + i, "n2");
+            a.merge(old.clone());
+            b.merge(old);
+        }
+        a.merge(entry("only_a", 1, "n1"));
+        b.merge(entry("only_b", 300, "n2"));
+        // The round runs by hand: right after the replier's first reply, it stamps a
+        // new write (above the HLC it reported), which lands in a group the initiator
+        // then finds equal, so the round does not fetch it.
+        let mut session = SyncSession::new();
+        let mut first = true;
+        let late = (0..)
+            .map(|i| format!("late{i}"))
+            .find(|key| {
+                let group = |key: &str| digest::bucket_of(key) as usize / digest::GROUP_FANOUT;
+                group(key) != group("only_a") && group(key) != group("only_b")
+            })
+            .unwrap();
+        let mut late_hlc = Timestamp::default();
+        while let Some(request) = session.next_request(&a, 1 << 20) {
+            let answer = reply(&mut b, request, 1 << 20);
+            if first {
+                first = false;
+                let Message::SyncGroups { hlc, .. } = &answer else {
+                    panic!("the roots differ")
+                };
+                late_hlc = Timestamp {
+                    wall_ms: hlc.wall_ms + 1,
+                    logical: 0,
+                };
+                b.merge(entry(&late, late_hlc.wall_ms, "n2"));
+            }
+            for entry in session.on_reply(answer, &a).unwrap() {
+                a.merge(entry);
+            }
+        }
+        let pulled = session.outcome().pulled.expect("a clean round");
+        assert!(
+            pulled < late_hlc,
+            "the HLC of the first reply, not a later one"
+        );
+        assert!(holds_up_to(&a, &b, "n2", pulled));
+        // The late write is not held (it was stamped during the round): an HLC read at
+        // the end of the round would claim it, wrongly.
+        assert!(a.get(&late).is_none());
+        assert!(!holds_up_to(&a, &b, "n2", hlc_of(&b)));
+        // The next round finds it.
+        let (outcome, _) = round(&mut a, &mut b, 1 << 20);
+        assert!(holds_up_to(&a, &b, "n2", outcome.pulled.unwrap()));
+        assert_eq!(outcome.pulled, Some(hlc_of(&b)));
+    }
+
+    #[test]
+    fn a_round_with_a_fetch_not_merged_or_given_up_pulls_nothing() {
+        let mut a = Store::new();
+        let mut b = Store::new();
+        b.merge(entry("only_b", 5, "n2"));
+        // The caller could not merge what a fetch returned (say, refused for skew).
+        let mut session = SyncSession::new();
+        while let Some(request) = session.next_request(&a, 1 << 20) {
+            let fetch = matches!(request, Message::Fetch { .. });
+            let answer = reply(&mut b, request, 1 << 20);
+            session.on_reply(answer, &a).unwrap();
+            if fetch {
+                session.merge_failed();
+            }
+        }
+        assert!(
+            session.outcome().covered.is_some(),
+            "pushes were all accepted"
+        );
+        assert_eq!(session.outcome().pulled, None);
+        assert!(!holds_up_to(&a, &b, "n2", hlc_of(&b)));
+        // A replier that serves nothing of a fetch: given up, nothing pulled.
+        let mut session = session_awaiting(&a, &b, "fetch");
+        session
+            .on_reply(
+                Message::Entries {
+                    entries: vec![],
+                    served: 0,
+                },
+                &a,
+            )
+            .unwrap();
+        assert!(session.next_request(&a, 1 << 20).is_none());
+        assert_eq!(session.outcome().pulled, None);
+        // An abandoned round pulls nothing either.
+        let mut session = session_awaiting(&a, &b, "fetch");
+        assert!(session
+            .on_reply(Message::InSync { hlc: hlc_of(&b) }, &a)
+            .is_err());
+        assert_eq!(session.outcome().pulled, None);
+        // A clean one does.
+        let (outcome, _) = round(&mut a, &mut b, 1 << 20);
+        assert_eq!(outcome.pulled, Some(hlc_of(&b)));
+        assert!(holds_up_to(&a, &b, "n2", hlc_of(&b)));
     }
 }

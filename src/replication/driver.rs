@@ -478,6 +478,9 @@ impl Round {
             if let Some(covered) = outcome.covered {
                 node.round_clean(peer_id, covered);
             }
+            if let Some(hlc) = outcome.pulled {
+                node.raise_watermark(peer_id, hlc);
+            }
             self.session = None;
             // A round that found differences is soon followed by another, until the
             // replicas agree; an idle one waits for the timer.
@@ -500,7 +503,9 @@ impl Round {
         match fetched {
             Ok(entries) if entries.is_empty() => {}
             Ok(entries) => {
-                node.merge_remote(peer_id, entries).await;
+                if !node.merge_remote(peer_id, entries).await {
+                    round.merge_failed();
+                }
             }
             Err(error) => {
                 node.count_round("failed");

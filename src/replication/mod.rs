@@ -323,6 +323,13 @@ impl Replica {
         self.node.hlc_last()
     }
 
+    /// This node's session watermark for `peer`: it holds every version `peer`
+    /// stamped at or below it (see [`crate::session::Watermarks`]); `None` before the
+    /// first clean anti-entropy round with the peer.
+    pub fn session_watermark(&self, peer: &NodeId) -> Option<Timestamp> {
+        self.node.watermarks().get(peer)
+    }
+
     /// Counts and digest of the local state.
     pub fn summary(&self) -> Summary {
         self.node.with_store(|store| store.summary())
@@ -530,6 +537,63 @@ mod tests {
         }
     }
 
+    /// One anti-entropy round of `initiator` with `replier`, as the driver and the
+    /// responder run it, minus links; a clean round raises the initiator's watermark.
+    /// With `during`, the replier takes a write of `session` (key, step) right after
+    /// its first reply, stamped above the HLC that reply carried.
+    async fn round_by_hand(
+        initiator: &Replica,
+        replier: &Replica,
+        mut during: Option<(String, usize)>,
+        session: &mut Seen,
+    ) {
+        use super::anti_entropy::{answer_buckets, answer_fetch, answer_root, SyncSession};
+        let mut round = SyncSession::new();
+        while let Some(request) = initiator
+            .node
+            .with_store(|store| round.next_request(store, 4096))
+        {
+            let reply = match request {
+                Message::SyncRoot { root } => {
+                    replier
+                        .node
+                        .with_durable_store_and_hlc(|store, hlc| answer_root(store, root, hlc))
+                        .0
+                }
+                Message::SyncBuckets { buckets } => replier
+                    .node
+                    .with_store(|store| answer_buckets(store, &buckets, 4096)),
+                Message::Fetch { keys } => replier
+                    .node
+                    .with_store(|store| answer_fetch(store, &keys, 4096)),
+                Message::Push { entries } => Message::PushAck {
+                    refused: replier.apply_remote(initiator.id(), entries),
+                    wall_ms: 0,
+                    fenced: false,
+                },
+                other => panic!("unexpected request {other:?}"),
+            };
+            let entries = initiator
+                .node
+                .with_store(|store| round.on_reply(reply, store))
+                .unwrap();
+            if !entries.is_empty() && !initiator.apply_remote(replier.id(), entries).is_empty() {
+                round.merge_failed();
+            }
+            if let Some((key, step)) = during.take() {
+                let value = Some(Bytes::from(format!("during{step}")));
+                let outcome = replier
+                    .write_session(&key, value, Consistency::One, &session.token)
+                    .await
+                    .unwrap();
+                session.saw(&key, &outcome.version);
+            }
+        }
+        if let Some(hlc) = round.outcome().pulled {
+            initiator.node.raise_watermark(replier.id(), hlc);
+        }
+    }
+
     /// What one session has seen, to check its answers against.
     #[derive(Default)]
     struct Seen {
@@ -623,8 +687,17 @@ mod tests {
                     Consistency::Live
                 };
                 match rng.random_range(0..100) {
+                    // An anti-entropy round by hand, which raises a watermark; now and
+                    // then the replier takes a session's write in the middle of it.
+                    0..8 => {
+                        let to = (at + rng.random_range(1..replicas.len())) % replicas.len();
+                        let during = rng
+                            .random_bool(0.5)
+                            .then(|| (format!("k{}", rng.random_range(0..4)), step));
+                        round_by_hand(&replicas[to], replica, during, session).await;
+                    }
                     // Replication by hand: one key from one node to another.
-                    0..40 => {
+                    8..40 => {
                         let to = rng.random_range(0..replicas.len());
                         if let (Some(entry), true) = (replica.local_entry(&key), to != at) {
                             replicas[to].apply_remote(replica.id(), vec![entry]);
@@ -680,6 +753,84 @@ mod tests {
         assert!(
             stale_without_token > 0,
             "no read without a token was stale: the histories test nothing"
+        );
+    }
+
+    /// A key whose tombstone was collected here counts, for a session, as a register
+    /// at the tombstone's version; a watermark settles its origin whatever the key.
+    #[tokio::test]
+    async fn a_collected_tombstone_or_a_watermark_settles_a_session_read_locally() {
+        let wall_ms = 1_800_000_000_000;
+        let clock = Arc::new(ManualClock::new(wall_ms));
+        let (n1, n2) = (NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap());
+        let mut options = options();
+        options.session_wait = Duration::from_millis(1);
+        let replica = Replica::new(n2, vec![n1.clone()], clock, options, Metrics::new());
+        let entry = |key: &str, wall_ms: u64, value: Option<&'static str>| Entry {
+            key: key.into(),
+            version: Version {
+                timestamp: Timestamp {
+                    wall_ms,
+                    logical: 0,
+                },
+                node: n1.clone(),
+            },
+            value: value.map(Bytes::from),
+            replaces: None,
+        };
+        let put = entry("k", wall_ms - 20, Some("v"));
+        let delete = entry("k", wall_ms - 10, None);
+        let other = entry("other", wall_ms - 30, Some("o"));
+        for entry in [put, delete.clone(), other.clone()] {
+            assert!(replica.apply_remote(&n1, vec![entry]).is_empty());
+        }
+        // n1 is unreachable (no links here): only the local state can settle.
+        let token = SessionToken::of(&delete.version);
+        let read = replica.read_session("k", Consistency::One, &token).await;
+        assert_eq!(
+            read.unwrap().map(|(version, _)| version),
+            Some(delete.version.clone())
+        );
+        let seq = replica.node.with_store(crate::store::Store::seq);
+        replica.node.round_clean(&n1, seq);
+        assert_eq!(replica.node.collect_tombstones(10), 1);
+        assert_eq!(replica.collected_version("k"), Some(delete.version.clone()));
+        let read = replica.read_session("k", Consistency::One, &token).await;
+        assert_eq!(
+            read.unwrap(),
+            None,
+            "collected at the token's bound: absent"
+        );
+        // An older key is behind the token's bound for n1, until a watermark says that
+        // every write of n1 up to that bound is here.
+        let read = replica
+            .read_session("other", Consistency::One, &token)
+            .await;
+        assert!(
+            matches!(read, Err(ReplicationError::SessionBehind { .. })),
+            "{read:?}"
+        );
+        let mut below = delete.version.timestamp;
+        below.wall_ms -= 1;
+        replica.node.raise_watermark(&n1, below);
+        let read = replica
+            .read_session("other", Consistency::One, &token)
+            .await;
+        assert!(
+            matches!(read, Err(ReplicationError::SessionBehind { .. })),
+            "{read:?}"
+        );
+        replica.node.raise_watermark(&n1, delete.version.timestamp);
+        assert_eq!(
+            replica.session_watermark(&n1),
+            Some(delete.version.timestamp)
+        );
+        let read = replica
+            .read_session("other", Consistency::One, &token)
+            .await;
+        assert_eq!(
+            read.unwrap().map(|(version, _)| version),
+            Some(other.version)
         );
     }
 

@@ -16,9 +16,9 @@ use super::level::{Consistency, ReplicationError};
 use super::outbox::Enqueued;
 use super::peers::Peers;
 use super::state::NodeState;
-use crate::clock::NodeId;
+use crate::clock::{NodeId, Timestamp, Version};
 use crate::membership::PeerState;
-use crate::session::SessionToken;
+use crate::session::{SessionToken, Watermarks};
 use crate::store::Entry;
 use crate::wire::Message;
 
@@ -130,13 +130,17 @@ pub(super) async fn read_entry(
 }
 
 /// Reads the register of `key` (tombstones included) as `level` asks, and then makes
-/// sure it is as new as `token` covers (see [`crate::session`]): when the register at
-/// hand does not show it, the key is fetched from every peer not known down and from
-/// the origins in question, and the read waits for answers that settle it, retrying,
-/// for at most `session_wait`. An origin that answered holds every write of the key it
-/// stamped, so the newest register among the answers covers it. This node covers its
-/// own writes. What it could not settle in time is [`ReplicationError::SessionBehind`]:
-/// never an older register. The newest register found is merged here (read repair).
+/// sure it is as new as `token` covers (see [`crate::session`]). An origin is settled
+/// by this node itself (its own writes), by a register at least its bound, or by this
+/// node's watermark for it (a clean anti-entropy round proved that every write it
+/// stamped up to there is held here). When that does not settle every origin, the key
+/// is fetched from every peer not known down and from the origins in question, and the
+/// read waits for answers that settle it, retrying, for at most `session_wait`. An
+/// origin that answered holds every write of the key it stamped, so the newest register
+/// among the answers covers it. What it could not settle in time is
+/// [`ReplicationError::SessionBehind`]: never an older register. The newest register
+/// found is merged here (read repair). A key whose tombstone was collected here counts
+/// as a register at the tombstone's version.
 pub(super) async fn read_session(
     node: &NodeState,
     peers: &Peers,
@@ -145,9 +149,27 @@ pub(super) async fn read_session(
     token: &SessionToken,
 ) -> Result<Option<Entry>, ReplicationError> {
     let me = node.id();
+    // Watermarks first: both they and the store only grow, so what a watermark read now
+    // promises is already in the registers read after it.
+    let mut marks = node.watermarks();
     let mut best = read_entry(node, peers, key, level).await?;
-    if token.covered_by(best.as_ref().map(|entry| &entry.version), |id| id == me) {
-        return Ok(best);
+    let mut collected = node.with_store(|store| store.collected_version(key));
+    // The version to compare with the token: the register's, or a collected tombstone's.
+    let register = |best: &Option<Entry>, collected: &Option<Version>| {
+        best.as_ref()
+            .map(|entry| entry.version.clone())
+            .max(collected.clone())
+    };
+    let settled_here =
+        |marks: &Watermarks, id: &NodeId, bound: Timestamp| id == me || marks.covers(id, bound);
+    // Nothing older than a tombstone collected here is an answer.
+    let newer_than_collected = |best: Option<Entry>, collected: &Option<Version>| {
+        best.filter(|entry| Some(&entry.version) >= collected.as_ref())
+    };
+    if token.covered_by(register(&best, &collected).as_ref(), |id, bound| {
+        settled_here(&marks, id, bound)
+    }) {
+        return Ok(newer_than_collected(best, &collected));
     }
     node.metrics().session_fetches.inc();
     let wait = node.options().session_wait;
@@ -156,14 +178,20 @@ pub(super) async fn read_session(
     let request = Message::Fetch {
         keys: vec![key.to_owned()],
     };
-    let settled = |best: &Option<Entry>, answered: &[NodeId]| {
-        token.covered_by(best.as_ref().map(|entry| &entry.version), |id| {
-            id == me || answered.contains(id)
+    let settled = |marks: &Watermarks,
+                   best: &Option<Entry>,
+                   collected: &Option<Version>,
+                   answered: &[NodeId]| {
+        token.covered_by(register(best, collected).as_ref(), |id, bound| {
+            settled_here(marks, id, bound) || answered.contains(id)
         })
     };
     loop {
         let mut targets = reachable_peers(node, peers);
-        for origin in token.uncovered(best.as_ref().map(|entry| &entry.version), |id| id == me) {
+        let version = register(&best, &collected);
+        for origin in token.uncovered(version.as_ref(), |id, bound| {
+            settled_here(&marks, id, bound)
+        }) {
             if !targets.contains(origin) && peers.get(origin).is_some() {
                 targets.push(origin.clone());
             }
@@ -180,19 +208,23 @@ pub(super) async fn read_session(
                         best = entry;
                     }
                     answered.push(peer);
-                    if settled(&best, &answered) {
+                    if settled(&marks, &best, &collected, &answered) {
                         break;
                     }
                 }
             }
         };
         let _ = tokio::time::timeout_at(deadline, collect).await;
-        // A push may have brought the key meanwhile.
-        let local = node.with_store(|store| store.entry(key));
+        // A push or a round may have brought the key (or a watermark) meanwhile.
+        marks = node.watermarks();
+        let (local, now_collected) =
+            node.with_store(|store| (store.entry(key), store.collected_version(key)));
+        collected = collected.max(now_collected);
         if local.as_ref().map(|entry| &entry.version) > best.as_ref().map(|entry| &entry.version) {
             best = local.clone();
         }
-        if settled(&best, &answered) {
+        if settled(&marks, &best, &collected, &answered) {
+            best = newer_than_collected(best, &collected);
             if let Some(newest) = &best {
                 if local.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
                     node.merge_remote(me, vec![newest.clone()]).await;
@@ -204,8 +236,8 @@ pub(super) async fn read_session(
         let now = tokio::time::Instant::now();
         if now >= deadline {
             let missing = token
-                .uncovered(best.as_ref().map(|entry| &entry.version), |id| {
-                    id == me || answered.contains(id)
+                .uncovered(register(&best, &collected).as_ref(), |id, bound| {
+                    settled_here(&marks, id, bound) || answered.contains(id)
                 })
                 .cloned()
                 .collect();

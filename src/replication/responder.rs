@@ -92,9 +92,9 @@ impl Responder for PeerResponder {
                     })
                 });
             }
-            Message::SyncRoot { root } => {
-                node.with_durable_store(|store| anti_entropy::answer_root(store, root))
-            }
+            Message::SyncRoot { root } => node.with_durable_store_and_hlc(|store, hlc| {
+                anti_entropy::answer_root(store, root, hlc)
+            }),
             Message::SyncBuckets { buckets } => node
                 .with_durable_store(|store| anti_entropy::answer_buckets(store, &buckets, budget)),
             Message::Fetch { keys } => {

@@ -10,7 +10,9 @@
 //! and returns the LSN to wait for before acknowledging. Local stamps stay within the
 //! durable HLC lease (see `durable`).
 //! The one other change, dropping tombstones, is [`NodeState::collect_tombstones`],
-//! under the rule of the collection [`Ledger`] it also holds.
+//! under the rule of the collection [`Ledger`] it also holds. It also holds the session
+//! watermarks (per peer, up to where this node holds every write the peer stamped),
+//! which clean anti-entropy rounds raise and session reads consult.
 //! The change feed that watches read (`changes`) hooks in at the same two methods:
 //! each change that wins its merge is published there, inside the critical section,
 //! so watchers see the apply order.
@@ -32,6 +34,7 @@ use crate::membership::FailureDetector;
 use crate::metrics::{Metrics, PeerLabels, ReasonLabels};
 use crate::peer::LogLimiter;
 use crate::persist::{Journal, JournalError, JournalStats, Lsn, RecordBatch, Slot};
+use crate::session::Watermarks;
 use crate::store::{Entry, Limits, Merged, Seq, Store};
 use crate::wire::{DataEpoch, Lineage};
 
@@ -124,6 +127,11 @@ pub(super) struct NodeState {
     resumed: bool,
     /// Tombstone collection: watermarks, contacts, retirements.
     ledger: Mutex<Ledger>,
+    /// Session watermarks: per peer, an HLC timestamp such that this node holds every
+    /// version the peer stamped at or below it, or a newer one (raised by clean
+    /// anti-entropy rounds, see `anti_entropy`; read by `read::read_session`). Only
+    /// grows; in memory (a restart starts from none, which is safe).
+    watermarks: Mutex<Watermarks>,
     /// Every applied change goes here, under the core lock (see `changes`).
     changes: ChangeFeed,
 }
@@ -176,6 +184,7 @@ impl NodeState {
         );
         Self {
             ledger: Mutex::new(ledger),
+            watermarks: Mutex::new(Watermarks::default()),
             id,
             core: Mutex::new(Core {
                 hlc,
@@ -310,6 +319,18 @@ impl NodeState {
     pub(super) fn with_durable_store<R>(&self, read: impl FnOnce(&Store) -> R) -> (R, Lsn) {
         let core = self.core();
         (read(&core.store), core.last_lsn)
+    }
+
+    /// [`NodeState::with_durable_store`], with the HLC read under the same lock: every
+    /// version this node stamped at or below it is in the store `read` sees (or a newer
+    /// one of the same key), since a write's stamp and its merge are one critical
+    /// section.
+    pub(super) fn with_durable_store_and_hlc<R>(
+        &self,
+        read: impl FnOnce(&Store, Timestamp) -> R,
+    ) -> (R, Lsn) {
+        let core = self.core();
+        (read(&core.store, core.hlc.last()), core.last_lsn)
     }
 
     /// The largest HLC timestamp issued or observed so far.
@@ -573,15 +594,20 @@ impl NodeState {
 
     /// [`NodeState::apply_remote`] for callers that need no durability wait (read
     /// repair, anti-entropy pulls: their data is already durable elsewhere): reserves
-    /// a slot, merges, and logs a failure.
-    pub(super) async fn merge_remote(&self, from: &NodeId, entries: Vec<Entry>) {
+    /// a slot, merges, and logs a failure. True if every entry was merged (or was
+    /// already known): none refused, no journal failure.
+    pub(super) async fn merge_remote(&self, from: &NodeId, entries: Vec<Entry>) -> bool {
         let result = match self.reserve().await {
-            Ok(slot) => self.apply_remote(slot, from, entries).map(|_| ()),
+            Ok(slot) => self.apply_remote(slot, from, entries),
             Err(error) => Err(error),
         };
-        if let Err(error) = result {
-            if self.may_log("journal") {
-                warn!(peer = %from, "cannot store entries from a peer: {error}");
+        match result {
+            Ok((refused, _)) => refused.is_empty(),
+            Err(error) => {
+                if self.may_log("journal") {
+                    warn!(peer = %from, "cannot store entries from a peer: {error}");
+                }
+                false
             }
         }
     }
@@ -706,6 +732,25 @@ impl NodeState {
     /// Why this node no longer takes part in the cluster, if it does not.
     pub(super) fn self_refusal(&self) -> Option<String> {
         self.ledger().self_refusal()
+    }
+
+    /// A round with `peer` pulled every version it stamped at or below `hlc` (see
+    /// `anti_entropy::Outcome::pulled`).
+    pub(super) fn raise_watermark(&self, peer: &NodeId, hlc: Timestamp) {
+        self.watermarks
+            .lock()
+            .expect("watermarks lock poisoned")
+            .raise(peer, hlc);
+    }
+
+    /// The session watermarks as they are now. Read them *before* the registers they
+    /// are combined with: both only grow, so a watermark read first is proved by state
+    /// already merged when the register is read.
+    pub(super) fn watermarks(&self) -> Watermarks {
+        self.watermarks
+            .lock()
+            .expect("watermarks lock poisoned")
+            .clone()
     }
 
     /// A round with `peer` that began at change `covered` finished cleanly.

@@ -698,7 +698,9 @@ mod tests {
                             return;
                         }
                         let reply = match request {
-                            Message::SyncRoot { root } => answer_root(&b.store, root),
+                            Message::SyncRoot { root } => {
+                                answer_root(&b.store, root, Default::default())
+                            }
                             Message::SyncBuckets { buckets } => {
                                 answer_buckets(&b.store, &buckets, 64)
                             }

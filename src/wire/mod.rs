@@ -25,7 +25,7 @@ pub mod codec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{NodeId, Version};
+use crate::clock::{NodeId, Timestamp, Version};
 use crate::store::{BucketId, Entry};
 
 /// Bumped on every incompatible change of [`Message`] or the framing.
@@ -112,11 +112,18 @@ pub enum Message {
         root: u64,
     },
     /// The roots are equal: nothing to do.
-    InSync,
+    InSync {
+        /// The replier's HLC when it compared the roots: every write it stamped at or
+        /// below this is in the state compared (a session watermark, see
+        /// `replication::anti_entropy`).
+        hlc: Timestamp,
+    },
     /// The roots differ: the replier's group hashes, in group order.
     SyncGroups {
         /// One hash per group.
         groups: Vec<u64>,
+        /// As in `InSync`: the replier's HLC when it hashed the groups.
+        hlc: Timestamp,
     },
     /// The initiator's hashes of the buckets it wants compared.
     SyncBuckets {
@@ -190,7 +197,7 @@ impl Message {
             Message::Push { .. } => "push",
             Message::PushAck { .. } => "push_ack",
             Message::SyncRoot { .. } => "sync_root",
-            Message::InSync => "in_sync",
+            Message::InSync { .. } => "in_sync",
             Message::SyncGroups { .. } => "sync_groups",
             Message::SyncBuckets { .. } => "sync_buckets",
             Message::BucketVersions { .. } => "bucket_versions",
@@ -237,8 +244,13 @@ mod tests {
                 fenced: false,
             },
             Message::SyncRoot { root: 0 },
-            Message::InSync,
-            Message::SyncGroups { groups: vec![] },
+            Message::InSync {
+                hlc: Timestamp::default(),
+            },
+            Message::SyncGroups {
+                groups: vec![],
+                hlc: Timestamp::default(),
+            },
             Message::SyncBuckets { buckets: vec![] },
             Message::BucketVersions {
                 covered: vec![],
@@ -267,7 +279,7 @@ mod tests {
                 | Message::Push { .. }
                 | Message::PushAck { .. }
                 | Message::SyncRoot { .. }
-                | Message::InSync
+                | Message::InSync { .. }
                 | Message::SyncGroups { .. }
                 | Message::SyncBuckets { .. }
                 | Message::BucketVersions { .. }
@@ -284,5 +296,26 @@ mod tests {
     fn kinds_lists_every_kind_once() {
         let kinds: Vec<&str> = one_of_each().iter().map(Message::kind).collect();
         assert_eq!(kinds, Message::KINDS);
+    }
+
+    /// The HLC the first reply of a round carries (session watermarks) costs a few
+    /// bytes: `cargo test --lib wire::tests::the_hlc -- --nocapture` prints them.
+    #[test]
+    fn the_hlc_in_a_rounds_first_reply_costs_a_few_bytes() {
+        let hlc = Timestamp {
+            wall_ms: 1_796_277_052_511,
+            logical: 70_000,
+        };
+        let in_sync = rmp_serde::to_vec(&Message::InSync { hlc }).unwrap().len();
+        let groups = rmp_serde::to_vec(&Message::SyncGroups {
+            groups: vec![u64::MAX; 64],
+            hlc,
+        })
+        .unwrap()
+        .len();
+        let timestamp = rmp_serde::to_vec(&hlc).unwrap().len();
+        println!("InSync: {in_sync} bytes, SyncGroups: {groups} bytes, the HLC: {timestamp} bytes");
+        assert!(timestamp <= 15, "{timestamp}");
+        assert!(in_sync <= 24, "{in_sync}");
     }
 }

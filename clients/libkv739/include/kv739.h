@@ -18,7 +18,7 @@
  *
  * Tokens: a session token a server sends (header Meshkv-Session) is sent back on
  * every later request (dropped, with a line on stderr, when no server can catch up
- * with it: a node whose writes it covers is down). If the environment variable MESHKV_TOKEN is set when
+ * with it: a node whose recent writes it covers is down). If the environment variable MESHKV_TOKEN is set when
  * kv739_init runs, every request carries "Authorization: Bearer <token>"; see also
  * kv739_set_token. The token is never printed.
  *
