@@ -174,22 +174,11 @@ pub fn limits() -> Limits {
 /// The replication options of an in-memory node with `limits`.
 fn replication_options(limits: Limits) -> ReplicationOptions {
     ReplicationOptions {
-        limits,
-        max_clock_skew_ms: 1000,
-        live_timeout: Duration::from_millis(500),
-        strong_timeout: Duration::from_millis(1000),
-        batch_bytes: 4096,
-        outbox_max_keys: 1000,
-        suspect_after: Duration::from_millis(600),
-        startup_sync_timeout: Duration::from_millis(5000),
-        tombstone_grace: Duration::from_secs(7 * 24 * 3600),
         epoch: DataEpoch {
             id: 1,
             created_ms: WALL_MS,
         },
-        watch_buffer: 1024,
-        max_watchers: 256,
-        session_wait: Duration::from_millis(500),
+        ..ReplicationOptions::in_process(limits)
     }
 }
 
@@ -495,24 +484,13 @@ pub fn cluster_file(data: &[u8]) {
             .map(|peer| peer.id.clone())
             .collect(),
         Arc::new(ManualClock::new(WALL_MS)),
-        ReplicationOptions {
-            limits: tuning.limits(),
-            max_clock_skew_ms: tuning.max_clock_skew_ms,
-            live_timeout: Tuning::ms(tuning.live_timeout_ms),
-            strong_timeout: Tuning::ms(tuning.strong_timeout_ms),
-            batch_bytes: tuning.batch_bytes,
-            outbox_max_keys: tuning.outbox_max_keys,
-            suspect_after: Tuning::ms(tuning.suspect_after_ms),
-            startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
-            tombstone_grace: Tuning::ms(tuning.tombstone_grace_ms),
-            epoch: DataEpoch {
+        crate::node::replication_options(
+            tuning,
+            DataEpoch {
                 id: 1,
                 created_ms: WALL_MS,
             },
-            watch_buffer: tuning.watch_buffer,
-            max_watchers: tuning.max_watchers,
-            session_wait: Tuning::ms(tuning.session_wait_ms),
-        },
+        ),
         Metrics::new(),
     );
     let _router = crate::api::router(

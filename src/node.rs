@@ -216,6 +216,25 @@ async fn open_storage(env: &NodeEnv, owner: Owner) -> Result<durable::Recovered,
     Ok(recovered)
 }
 
+/// The replication options of a node served with `tuning`, its data of `epoch`.
+pub fn replication_options(tuning: &Tuning, epoch: DataEpoch) -> ReplicationOptions {
+    ReplicationOptions {
+        limits: tuning.limits(),
+        max_clock_skew_ms: tuning.max_clock_skew_ms,
+        live_timeout: Tuning::ms(tuning.live_timeout_ms),
+        strong_timeout: Tuning::ms(tuning.strong_timeout_ms),
+        batch_bytes: tuning.batch_bytes,
+        outbox_max_keys: tuning.outbox_max_keys,
+        suspect_after: Tuning::ms(tuning.suspect_after_ms),
+        startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
+        tombstone_grace: Tuning::ms(tuning.tombstone_grace_ms),
+        epoch,
+        watch_buffer: tuning.watch_buffer,
+        max_watchers: tuning.max_watchers,
+        session_wait: Tuning::ms(tuning.session_wait_ms),
+    }
+}
+
 /// Runs node `id` of `config` until `shutdown` is cancelled.
 pub async fn run(
     config: &ClusterConfig,
@@ -279,19 +298,11 @@ pub async fn run_with(
         me.id.clone(),
         peers.iter().map(|(peer, _)| peer.id.clone()).collect(),
         env.clock.clone(),
-        ReplicationOptions {
-            limits: tuning.limits(),
-            max_clock_skew_ms: tuning.max_clock_skew_ms,
-            live_timeout: Tuning::ms(tuning.live_timeout_ms),
-            strong_timeout: Tuning::ms(tuning.strong_timeout_ms),
-            batch_bytes: tuning.batch_bytes,
-            outbox_max_keys: tuning.outbox_max_keys,
-            suspect_after: Tuning::ms(tuning.suspect_after_ms),
-            startup_sync_timeout: Tuning::ms(tuning.startup_sync_timeout_ms),
-            tombstone_grace: Tuning::ms(tuning.tombstone_grace_ms),
+        replication_options(
+            tuning,
             // A data directory keeps its epoch for life; a memory-only node's store
             // begins empty at every start, so each start is a new epoch.
-            epoch: match &recovered.recovery {
+            match &recovered.recovery {
                 Some(recovery) => DataEpoch {
                     id: recovery.epoch,
                     created_ms: recovery.created_ms,
@@ -301,10 +312,7 @@ pub async fn run_with(
                     created_ms: env.clock.wall_ms(),
                 },
             },
-            watch_buffer: tuning.watch_buffer,
-            max_watchers: tuning.max_watchers,
-            session_wait: Tuning::ms(tuning.session_wait_ms),
-        },
+        ),
         metrics.clone(),
         recovered,
     );

@@ -24,19 +24,9 @@ async fn get(
     key: &str,
     token: Option<&str>,
 ) -> (u16, String, Option<String>) {
-    let mut request = reqwest::Client::new()
-        .get(format!("{}/v1/kv/{key}?consistency=one", cluster.url(i)))
-        .timeout(Duration::from_secs(10));
-    if let Some(token) = token {
-        request = request.header(SESSION, token);
-    }
-    let response = request.send().await.expect("the node answers");
-    let status = response.status().as_u16();
-    let token = response
-        .headers()
-        .get(SESSION)
-        .map(|token| token.to_str().unwrap().to_owned());
-    (status, response.text().await.unwrap(), token)
+    let request =
+        reqwest::Client::new().get(format!("{}/v1/kv/{key}?consistency=one", cluster.url(i)));
+    send(request, token).await
 }
 
 /// `PUT /v1/kv/{key}?consistency=LEVEL` on node `i` with `token`: status, body, token.
@@ -48,13 +38,21 @@ async fn put(
     level: &str,
     token: Option<&str>,
 ) -> (u16, String, Option<String>) {
-    let mut request = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .put(format!(
             "{}/v1/kv/{key}?consistency={level}",
             cluster.url(i)
         ))
-        .body(value.to_owned())
-        .timeout(Duration::from_secs(10));
+        .body(value.to_owned());
+    send(request, token).await
+}
+
+/// Sends `request` with `token` (if any): the status, the body and the answer's token.
+async fn send(
+    request: reqwest::RequestBuilder,
+    token: Option<&str>,
+) -> (u16, String, Option<String>) {
+    let mut request = request.timeout(Duration::from_secs(10));
     if let Some(token) = token {
         request = request.header(SESSION, token);
     }

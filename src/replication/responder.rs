@@ -194,23 +194,10 @@ mod tests {
         let n1 = NodeId::new("n1").unwrap();
         let n2 = NodeId::new("n2").unwrap();
         let options = ReplicationOptions {
-            limits: Limits::default(),
-            max_clock_skew_ms: 1000,
-            live_timeout: Duration::from_millis(500),
-            strong_timeout: Duration::from_millis(1000),
-            batch_bytes: 4096,
             outbox_max_keys: 100,
-            suspect_after: Duration::from_millis(600),
-            startup_sync_timeout: Duration::from_millis(5000),
-            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
-            epoch: crate::wire::DataEpoch {
-                id: 1,
-                created_ms: 0,
-            },
-            watch_buffer: 1024,
-            max_watchers: 256,
-            session_wait: Duration::from_millis(500),
+            ..ReplicationOptions::in_process(Limits::default())
         };
+
         let recovered = Recovered {
             store: Store::new(),
             journal: journal.clone(),

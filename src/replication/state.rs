@@ -77,6 +77,32 @@ pub struct ReplicationOptions {
     pub session_wait: Duration,
 }
 
+impl ReplicationOptions {
+    /// The cluster file's defaults for a node built in one process (tests, fuzzing,
+    /// the simulator): `limits`, data epoch 1 created at 0. Adjust with struct update
+    /// syntax; a served node gets its options from the cluster file (`node`).
+    pub fn in_process(limits: Limits) -> Self {
+        Self {
+            limits,
+            max_clock_skew_ms: 1000,
+            live_timeout: Duration::from_millis(500),
+            strong_timeout: Duration::from_millis(1000),
+            batch_bytes: 4096,
+            outbox_max_keys: 1000,
+            suspect_after: Duration::from_millis(600),
+            startup_sync_timeout: Duration::from_millis(5000),
+            tombstone_grace: Duration::from_secs(7 * 24 * 3600),
+            epoch: DataEpoch {
+                id: 1,
+                created_ms: 0,
+            },
+            watch_buffer: 1024,
+            max_watchers: 256,
+            session_wait: Duration::from_millis(500),
+        }
+    }
+}
+
 /// The clock and the data, locked together: a write's stamp and its merge are one
 /// critical section.
 struct Core {
