@@ -12,6 +12,7 @@
 //! | 0 core | [`clock`] | hybrid logical clock, versions, node ids |
 //! | 0 core | [`store`] | LWW registers, the map, its digest, input limits |
 //! | 0 core | [`session`] | session tokens: what a client has seen, per origin node |
+//! | 0 core | [`auth`] | client tokens: roles, the tokens file's format, constant-time lookup |
 //! | 1 mechanism | [`membership`] | failure detector (pure state machine) |
 //! | 1 mechanism | [`wire`] | protocol messages and authenticated frames |
 //! | 1 mechanism | [`metrics`] | counters and the Prometheus registry |
@@ -27,6 +28,7 @@
 //! | 7 entry | [`cli`] | the `meshkv` command line |
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("clock", 0),
     ("store", 0),
     ("session", 0),
+    ("auth", 0),
     ("membership", 1),
     ("wire", 1),
     ("metrics", 1),
@@ -31,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
 
 /// The server's internals, which black-box tools must not use.
 const INTERNALS: &[&str] = &[
+    "auth",
     "clock",
     "store",
     "session",
