@@ -146,9 +146,7 @@ impl ClientTokens {
             }
             let digest = digest(token.as_bytes());
             if let Some((first, _)) = entries.iter().find(|(_, entry)| entry.digest == digest) {
-                return Err(error(format!(
-                    "the same token is already on line {first}"
-                )));
+                return Err(error(format!("the same token is already on line {first}")));
             }
             entries.push((number, Entry { digest, role }));
         }
@@ -237,7 +235,11 @@ mod tests {
     fn bad_files_name_the_line_and_never_a_token() {
         let secret = "s3cr3t-s3cr3t-s3cr3t";
         let cases = [
-            (format!("read {READ}\nread {secret}\nwrite {secret}"), 3, "already on line 2"),
+            (
+                format!("read {READ}\nread {secret}\nwrite {secret}"),
+                3,
+                "already on line 2",
+            ),
             (format!("superuser {secret}"), 1, "not a role"),
             (format!("{secret} read"), 1, "not a role"),
             (format!("read\n"), 1, "found 1 words"),
@@ -246,7 +248,11 @@ mod tests {
             (format!("read {secret}\u{e9}"), 1, "visible ASCII"),
             (format!("read {secret}\u{7f}"), 1, "visible ASCII"),
             (format!("read {}", "x".repeat(4097)), 1, "visible ASCII"),
-            (format!("# only\n\nread {secret}\nwrite s3cr3t-\"quoted\"-and-\u{1}"), 4, "visible ASCII"),
+            (
+                format!("# only\n\nread {secret}\nwrite s3cr3t-\"quoted\"-and-\u{1}"),
+                4,
+                "visible ASCII",
+            ),
         ];
         for (text, line, expected) in cases {
             let error = ClientTokens::parse(&text).unwrap_err();
@@ -259,7 +265,10 @@ mod tests {
             assert!(!format!("{error:?}").contains("s3cr3t"));
         }
         for text in ["", "\n# nothing\n\n"] {
-            assert_eq!(ClientTokens::parse(text).unwrap_err(), TokensFileError::Empty);
+            assert_eq!(
+                ClientTokens::parse(text).unwrap_err(),
+                TokensFileError::Empty
+            );
         }
     }
 

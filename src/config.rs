@@ -9,6 +9,8 @@
 //! # optional keys, shown with their defaults
 //! cluster = "meshkv"            # name both sides of a peer link must share
 //! # secret_file = "secret.key"  # path (relative to this file); enables frame HMACs
+//! # client_tokens_file = "tokens" # path (relative to this file); requires client tokens
+//! metrics_open = false          # with tokens: true leaves /metrics readable without one
 //! max_key_bytes = 1024
 //! max_value_bytes = 1048576
 //! max_clock_skew_ms = 1000
@@ -32,6 +34,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::{ClientTokens, TokensFileError};
 use crate::clock::NodeId;
 use crate::persist::FsyncPolicy;
 use crate::store::Limits;
@@ -58,6 +61,14 @@ pub enum ConfigError {
     /// The file parses but describes an unusable cluster.
     #[error("invalid cluster file: {0}")]
     Invalid(String),
+    /// The client tokens file is unusable (the error names a line, never a token).
+    #[error("invalid client tokens file {path}: {error}")]
+    Tokens {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and on which line.
+        error: TokensFileError,
+    },
     /// `--node` names no node of the file.
     #[error("node {0:?} is not in the cluster file")]
     UnknownNode(String),
@@ -92,6 +103,12 @@ pub struct Tuning {
     /// File holding the shared secret that authenticates every frame (none: frames are
     /// not authenticated, and the peer port must stay on a private network).
     pub secret_file: Option<PathBuf>,
+    /// File listing the client tokens and their roles (none: the client API is open to
+    /// anyone who can reach it).
+    pub client_tokens_file: Option<PathBuf>,
+    /// With client tokens: `/metrics` stays readable without a token (for a scraper
+    /// that cannot send one). Without tokens it changes nothing.
+    pub metrics_open: bool,
     /// Longest key in bytes.
     pub max_key_bytes: usize,
     /// Longest value in bytes.
@@ -161,6 +178,8 @@ impl Default for Tuning {
         Self {
             cluster: "meshkv".to_owned(),
             secret_file: None,
+            client_tokens_file: None,
+            metrics_open: false,
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes,
             max_clock_skew_ms: 1000,
@@ -203,6 +222,19 @@ impl Tuning {
     pub fn ms(value: u64) -> Duration {
         Duration::from_millis(value)
     }
+}
+
+/// The client tokens file, read.
+#[derive(Debug)]
+pub struct TokensFile {
+    /// Its tokens.
+    pub tokens: ClientTokens,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Its group or others may read it (worth a warning: it holds secrets).
+    pub readable_by_others: bool,
 }
 
 /// A parsed and validated cluster file.
@@ -384,6 +416,40 @@ impl ClusterConfig {
         Ok(Some(Arc::from(trimmed)))
     }
 
+    /// The client tokens, read from `client_tokens_file` (`None`: not configured).
+    pub fn client_tokens(&self) -> Result<Option<TokensFile>, ConfigError> {
+        let Some(file) = &self.tuning.client_tokens_file else {
+            return Ok(None);
+        };
+        let path = self.base_dir.join(file);
+        let read_error = |source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        };
+        let text = std::fs::read(&path).map_err(read_error)?;
+        let mode = {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::metadata(&path)
+                .map_err(read_error)?
+                .permissions()
+                .mode()
+        };
+        // Not UTF-8: parsed lossily, so that the error names the line (a replaced
+        // byte is not visible ASCII).
+        let tokens = ClientTokens::parse(&String::from_utf8_lossy(&text)).map_err(|error| {
+            ConfigError::Tokens {
+                path: path.clone(),
+                error,
+            }
+        })?;
+        Ok(Some(TokensFile {
+            tokens,
+            readable_by_others: mode & 0o044 != 0,
+            mode: mode & 0o777,
+            path,
+        }))
+    }
+
     /// Renders a cluster file for `count` nodes on 127.0.0.11.., as used by `demo`.
     pub fn local_file(count: usize, http_base_port: u16, peer_base_port: u16) -> String {
         let mut text = String::new();
@@ -496,6 +562,52 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("used twice"));
+    }
+
+    #[test]
+    fn client_tokens_are_read_relative_to_the_cluster_file() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = dir.path().join("cluster.toml");
+        let write = |tokens: &str, mode: u32| {
+            let path = dir.path().join("tokens");
+            std::fs::write(&path, tokens).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        std::fs::write(
+            &cluster,
+            format!("client_tokens_file = \"tokens\"\nmetrics_open = true\n{TWO_NODES}"),
+        )
+        .unwrap();
+        let config = ClusterConfig::load(&cluster).unwrap();
+        assert!(config.tuning.metrics_open);
+        write("# ops\nadmin s3cr3t-admin-token-0001\n", 0o600);
+        let file = config.client_tokens().unwrap().unwrap();
+        assert_eq!(file.tokens.count(crate::auth::Role::Admin), 1);
+        assert!(!file.readable_by_others);
+        write("admin s3cr3t-admin-token-0001\n", 0o644);
+        assert!(config.client_tokens().unwrap().unwrap().readable_by_others);
+        write(
+            "admin s3cr3t-admin-token-0001\nroot s3cr3t-admin-token-0002\n",
+            0o600,
+        );
+        let error = config.client_tokens().unwrap_err().to_string();
+        assert!(
+            error.contains("invalid client tokens file") && error.contains("tokens: line 2: "),
+            "{error}"
+        );
+        assert!(!error.contains("s3cr3t"), "{error}");
+        std::fs::remove_file(dir.path().join("tokens")).unwrap();
+        assert!(config
+            .client_tokens()
+            .unwrap_err()
+            .to_string()
+            .starts_with("cannot read"));
+        assert!(ClusterConfig::parse(TWO_NODES)
+            .unwrap()
+            .client_tokens()
+            .unwrap()
+            .is_none());
     }
 
     #[test]

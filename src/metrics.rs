@@ -46,6 +46,13 @@ pub struct RequestLabels {
     pub status: u16,
 }
 
+/// Labels carrying an HTTP status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    /// The HTTP status code.
+    pub status: u16,
+}
+
 /// Labels of the HTTP latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -167,6 +174,9 @@ pub const REJECT_REASONS: [&str; 11] = [
     "unexpected",
 ];
 
+/// Every `status` of `meshkv_http_auth_refused_total`.
+pub const AUTH_REFUSALS: [u16; 2] = [401, 403];
+
 /// Every `reason` (outcome) of `meshkv_anti_entropy_rounds_total`.
 pub const ROUND_OUTCOMES: [&str; 3] = ["in_sync", "repaired", "failed"];
 
@@ -255,6 +265,9 @@ pub struct Metrics {
     pub watch_events: Counter,
     /// Watchers cut off because they fell behind.
     pub watch_overflows: Counter,
+    /// Client requests refused for their token: 401 (none, malformed, unknown) or 403
+    /// (a role without the right).
+    pub auth_refused: Family<StatusLabels, Counter>,
 }
 
 impl Metrics {
@@ -307,10 +320,14 @@ impl Metrics {
             watchers: Gauge::default(),
             watch_events: Counter::default(),
             watch_overflows: Counter::default(),
+            auth_refused: Family::default(),
             registry: Registry::default(),
         };
         for route in Route::ALL {
             metrics.request_handle(route, route.usual_status());
+        }
+        for status in AUTH_REFUSALS {
+            let _ = metrics.auth_refused.get_or_create(&StatusLabels { status });
         }
         for (family, reasons) in [
             (&metrics.frames_rejected, &REJECT_REASONS[..]),
@@ -482,6 +499,11 @@ impl Metrics {
             "watch_overflows",
             "Watchers cut off because they fell behind",
             metrics.watch_overflows.clone(),
+        );
+        registry.register(
+            "http_auth_refused",
+            "Client requests refused for their token: 401 none or unknown, 403 a role without the right",
+            metrics.auth_refused.clone(),
         );
         Arc::new(Self {
             registry,

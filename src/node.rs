@@ -261,6 +261,16 @@ pub async fn run_with(
         .collect::<Result<Vec<_>, ConfigError>>()?;
     let tuning = &config.tuning;
     let secret = config.secret()?;
+    let tokens = config.client_tokens()?;
+    if let Some(file) = &tokens {
+        if file.readable_by_others {
+            warn!(
+                file = %file.path.display(),
+                mode = format_args!("{:o}", file.mode),
+                "the client tokens file is readable by its group or others; it holds secrets: chmod 600 it"
+            );
+        }
+    }
     // Opened before anything is bound: a refused directory (another node's, in use,
     // damaged) stops the node before it answers anyone.
     let recovered = open_storage(
@@ -400,6 +410,20 @@ pub async fn run_with(
         peer = %my_peer_address,
         peers = peers.len(),
         authenticated = secret.is_some(),
+        client_tokens = %tokens.as_ref().map_or_else(
+            || "off: any client that reaches the port may read and write".to_owned(),
+            |file| {
+                use crate::auth::Role;
+                let count = |role| file.tokens.count(role);
+                format!(
+                    "{} read, {} write, {} admin (metrics_open = {})",
+                    count(Role::Read),
+                    count(Role::Write),
+                    count(Role::Admin),
+                    tuning.metrics_open
+                )
+            },
+        ),
         storage = %env.storage.describe(),
         "node serving"
     );
@@ -410,6 +434,10 @@ pub async fn run_with(
             .map(|(peer, _)| (peer.id.to_string(), peer.http))
             .collect(),
         cluster: tuning.cluster.clone(),
+        access: tokens.map(|file| crate::api::access::Access {
+            tokens: Arc::new(file.tokens),
+            metrics_open: tuning.metrics_open,
+        }),
     };
     let app = crate::api::router(replica, api_options);
     let server_options = ServerOptions {

@@ -7,7 +7,7 @@ mod common;
 use common::TestCluster;
 
 /// Every family a node exports (README/DESIGN name them).
-const FAMILIES: [&str; 33] = [
+const FAMILIES: [&str; 34] = [
     "meshkv_peer_frames",
     "meshkv_peer_bytes",
     "meshkv_peer_frames_rejected",
@@ -41,6 +41,7 @@ const FAMILIES: [&str; 33] = [
     "meshkv_watch_overflows",
     "meshkv_session_fetches",
     "meshkv_session_behind",
+    "meshkv_http_auth_refused",
 ];
 
 /// Whether `text` lists a series of `family` (`family_total{…}`, `family{…}`, `family 0`).
@@ -88,6 +89,8 @@ async fn a_fresh_node_lists_every_family_at_zero() {
         r#"meshkv_http_requests_total{route="kv_put",status="200"} 0"#,
         r#"meshkv_http_requests_total{route="unmatched",status="404"} 0"#,
         r#"meshkv_http_request_duration_seconds_count{route="kv_get"} 0"#,
+        r#"meshkv_http_auth_refused_total{status="401"} 0"#,
+        r#"meshkv_http_auth_refused_total{status="403"} 0"#,
     ] {
         assert!(text.contains(series), "{series} missing:\n{text}");
     }

@@ -4,6 +4,7 @@
 //! input is checked before the replica sees it, so bad input changes nothing.
 //! Knows nothing of: the wire format or peer links (it talks to [`Replica`] only).
 
+pub mod access;
 pub mod error;
 mod kv;
 pub mod server;
@@ -55,6 +56,8 @@ pub struct ApiOptions {
     pub peer_http: BTreeMap<String, SocketAddr>,
     /// The cluster's name, which session tokens are bound to.
     pub cluster: String,
+    /// Client tokens, when configured: every request but the open ones needs one.
+    pub access: Option<access::Access>,
 }
 
 /// The client API as one hyper service. Cheap to clone.
@@ -76,6 +79,8 @@ struct Shared {
     body_limit: usize,
     /// Session tokens are bound to the cluster's name.
     binding: Binding,
+    /// Client tokens, if configured.
+    access: Option<access::Access>,
     routes: Router,
 }
 
@@ -86,6 +91,7 @@ impl ApiOptions {
             request_timeout,
             peer_http: BTreeMap::new(),
             cluster: "meshkv".to_owned(),
+            access: None,
         }
     }
 }
@@ -116,7 +122,12 @@ pub fn router(replica: Replica, options: ApiOptions) -> Api {
             "/v1/convergence",
             get(convergence).fallback(method_not_allowed),
         )
-        .route("/v1/cluster", get(cluster).fallback(method_not_allowed))
+        .route(
+            "/v1/cluster",
+            get(cluster)
+                .options(cluster_preflight)
+                .fallback(method_not_allowed),
+        )
         .route("/v1/conflicts", get(conflicts).fallback(method_not_allowed))
         .route("/health", get(health).fallback(method_not_allowed))
         .route("/metrics", get(metrics).fallback(method_not_allowed))
@@ -128,6 +139,7 @@ pub fn router(replica: Replica, options: ApiOptions) -> Api {
             request_timeout,
             body_limit,
             binding,
+            access: options.access,
             routes,
         }),
     }
@@ -162,6 +174,20 @@ impl<B: RequestBody> hyper::service::Service<Request<B>> for Api {
         // drives, and it keeps sub-millisecond resolution for the histogram.
         let started = tokio::time::Instant::now();
         let route = route_of(request.method(), request.uri().path());
+        // Before anything else reads the request: a refused one changes nothing and
+        // costs a header lookup and a hash. Without tokens, one branch.
+        if let Some(access) = &self.shared.access {
+            if let Err(refusal) = access.admit(route, request.method(), request.headers()) {
+                let metrics = self.shared.replica.metrics();
+                let status = refusal.status().as_u16();
+                metrics
+                    .auth_refused
+                    .get_or_create(&crate::metrics::StatusLabels { status })
+                    .inc();
+                metrics.record_request(route, status, started.elapsed());
+                return Box::pin(std::future::ready(Ok(refusal.into_response())));
+            }
+        }
         let timeout = self.shared.request_timeout;
         let deadline = started + timeout;
         let shared = self.shared.clone();
@@ -449,6 +475,23 @@ async fn cluster(State(state): State<Arc<AppState>>) -> Response {
         HeaderValue::from_static("*"),
     );
     response
+}
+
+/// `OPTIONS /v1/cluster`: the CORS preflight a browser sends before a cross-origin
+/// `GET /v1/cluster` that carries an `Authorization` header (the dashboard asking a
+/// peer for its view, with client tokens on). Open: it says only which header may be
+/// sent.
+async fn cluster_preflight() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+            (header::ACCESS_CONTROL_ALLOW_HEADERS, "authorization"),
+            (header::ACCESS_CONTROL_MAX_AGE, "600"),
+        ],
+    )
+        .into_response()
 }
 
 /// Query of `GET /v1/conflicts`.
