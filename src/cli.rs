@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::node;
 use crate::persist::{DirStorage, FsyncPolicy};
-use crate::tools::client::{Client, ClientError, DEFAULT_TIMEOUT};
+use crate::tools::client::{AccessToken, Client, ClientError, DEFAULT_TIMEOUT};
 use crate::tools::demo;
 use crate::tools::inspect::Source;
 
@@ -127,6 +127,10 @@ enum Command {
         /// A cluster file: the first node that answers is watched.
         #[arg(long, value_name = "FILE")]
         cluster: Option<PathBuf>,
+        /// Send the client token in FILE (API.md §3.6); without it, `$MESHKV_TOKEN` if
+        /// set. Never a command-line value: it would show in process listings.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Run a test suite against a cluster (docs/API.md §6).
     Test(crate::tools::suites::TestArgs),
@@ -150,6 +154,10 @@ struct Target {
     /// FILE, if it exists, is sent, and the node's new token is written back to FILE.
     #[arg(long, value_name = "FILE")]
     session: Option<PathBuf>,
+    /// Send the client token in FILE (API.md §3.6); without it, `$MESHKV_TOKEN` if
+    /// set. Never a command-line value: it would show in process listings.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 /// Which cluster `status` and `check` look at. Without `--node` or `--cluster`: the
@@ -164,21 +172,30 @@ struct Scope {
     /// `/v1/convergence?cluster=true`).
     #[arg(long, conflicts_with = "cluster", value_name = "URL")]
     node: Option<String>,
+    /// Send the client token in FILE (API.md §3.6); without it, `$MESHKV_TOKEN` if
+    /// set. Never a command-line value: it would show in process listings.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 impl Scope {
     fn source(&self) -> Result<Source, Failure> {
         let demo = demo::cluster_file();
+        let token = token(self.token_file.as_deref())?;
+        let node =
+            |url: &str| Source::Node(Client::new(url, DEFAULT_TIMEOUT).with_token(token.clone()));
         match (&self.node, &self.cluster) {
-            (Some(url), _) => Ok(Source::Node(Client::new(url, DEFAULT_TIMEOUT))),
-            (None, Some(path)) => Ok(Source::Cluster(Box::new(load(path)?))),
-            (None, None) if demo.exists() => Ok(Source::Cluster(Box::new(load(&demo)?))),
-            (None, None) => Ok(Source::Node(Client::new(
-                "http://127.0.0.1:7001",
-                DEFAULT_TIMEOUT,
-            ))),
+            (Some(url), _) => Ok(node(url)),
+            (None, Some(path)) => Ok(Source::Cluster(Box::new(load(path)?), token)),
+            (None, None) if demo.exists() => Ok(Source::Cluster(Box::new(load(&demo)?), token)),
+            (None, None) => Ok(node("http://127.0.0.1:7001")),
         }
     }
+}
+
+/// The client token of a command: `--token-file FILE`, else `$MESHKV_TOKEN`, else none.
+fn token(file: Option<&Path>) -> Result<Option<AccessToken>, Failure> {
+    AccessToken::resolve(file).map_err(|error| Failure::usage(error.to_string()))
 }
 
 /// `client` carrying the session of `--session FILE`, if given: the token in the file
@@ -240,6 +257,9 @@ impl From<ClientError> for Failure {
     fn from(error: ClientError) -> Self {
         match error.status() {
             Some(400 | 413 | 414) => Failure::usage(error.to_string()),
+            Some(401) => Failure::failed(format!(
+                "{error} (give the client token in $MESHKV_TOKEN or --token-file FILE)"
+            )),
             _ => Failure::failed(error.to_string()),
         }
     }
@@ -355,12 +375,14 @@ async fn run(command: Command) -> Result<(), Failure> {
             after,
             node,
             cluster,
+            token_file,
         } => {
             let target = Target {
                 node,
                 cluster,
                 consistency: None,
                 session: None,
+                token_file,
             };
             let client = pick(&target).await?;
             tokio::select! {
@@ -453,16 +475,18 @@ fn write_value(value: &[u8]) -> Result<(), Failure> {
 /// The client of the node a command should talk to.
 async fn pick(target: &Target) -> Result<Client, Failure> {
     let demo = demo::cluster_file();
+    let token = token(target.token_file.as_deref())?;
+    let client = |url: &str| Client::new(url, DEFAULT_TIMEOUT).with_token(token.clone());
     let path = match (&target.node, &target.cluster) {
-        (Some(url), _) => return Ok(Client::new(url, DEFAULT_TIMEOUT)),
+        (Some(url), _) => return Ok(client(url)),
         (None, Some(path)) => path.clone(),
         (None, None) if demo.exists() => demo,
-        (None, None) => return Ok(Client::new("http://127.0.0.1:7001", DEFAULT_TIMEOUT)),
+        (None, None) => return Ok(client("http://127.0.0.1:7001")),
     };
     let path = &path;
     let config = load(path)?;
     for node in &config.nodes {
-        let client = Client::new(&node.http.to_string(), DEFAULT_TIMEOUT);
+        let client = client(&node.http.to_string());
         if client.healthy().await {
             return Ok(client);
         }

@@ -1,10 +1,13 @@
 //! An HTTP client of the public API (API.md §3), for the CLI and the test suites.
 //!
-//! Owns: [`Client`] (one base URL, timeouts on every call) and [`ClientError`].
+//! Owns: [`Client`] (one base URL, timeouts on every call, optionally a session and a
+//! client token), [`AccessToken`] (where a command finds its token) and [`ClientError`].
 //! Knows nothing of: the server's internals; it speaks only the documented API, so it
 //! works against any implementation of the contract.
 
 use std::borrow::Cow;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -359,6 +362,89 @@ impl WatchStream {
     }
 }
 
+/// The environment variable a command reads its client token from (API.md §3.6).
+pub const TOKEN_VARIABLE: &str = "MESHKV_TOKEN";
+/// The longest client token sent, in bytes.
+const MAX_ACCESS_TOKEN_BYTES: usize = 4096;
+
+/// Why a client token cannot be used. It never shows the token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// Empty, too long, or with a character a header cannot carry.
+    #[error("the client token in {origin} must be 1 to 4096 visible ASCII characters")]
+    Malformed {
+        /// Where it came from: `$MESHKV_TOKEN` or the file.
+        origin: String,
+    },
+    /// The token file could not be read.
+    #[error("cannot read the token file {path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+/// A client token (API.md §3.6), sent as `Authorization: Bearer <token>` on every
+/// request. Never taken from a command-line value (it would show in process
+/// listings): from `$MESHKV_TOKEN` or a file. Its `Debug` hides it.
+#[derive(Clone)]
+pub struct AccessToken(reqwest::header::HeaderValue);
+
+impl AccessToken {
+    /// A token: 1 to 4096 visible ASCII characters; `source` names where it came from,
+    /// for the error.
+    pub fn new(token: &str, source: &str) -> Result<Self, TokenError> {
+        let malformed = || TokenError::Malformed {
+            origin: source.to_owned(),
+        };
+        let visible = token.bytes().all(|byte| (b'!'..=b'~').contains(&byte));
+        if token.is_empty() || token.len() > MAX_ACCESS_TOKEN_BYTES || !visible {
+            return Err(malformed());
+        }
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| malformed())?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+
+    /// The token in file `path` (surrounding whitespace, such as the last newline,
+    /// trimmed).
+    pub fn from_file(path: &Path) -> Result<Self, TokenError> {
+        let text = std::fs::read_to_string(path).map_err(|error| TokenError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::new(text.trim(), &path.display().to_string())
+    }
+
+    /// The token of a command: from `file` if given, else from `$MESHKV_TOKEN` if it
+    /// is set and not empty, else none.
+    pub fn resolve(file: Option<&Path>) -> Result<Option<Self>, TokenError> {
+        if let Some(path) = file {
+            return Self::from_file(path).map(Some);
+        }
+        match std::env::var_os(TOKEN_VARIABLE) {
+            None => Ok(None),
+            Some(value) if value.is_empty() => Ok(None),
+            Some(value) => {
+                let source = format!("${TOKEN_VARIABLE}");
+                let text = value.into_string().map_err(|_| TokenError::Malformed {
+                    origin: source.clone(),
+                })?;
+                Self::new(&text, &source).map(Some)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(<hidden>)")
+    }
+}
+
 /// The header that carries session tokens (API.md §3.3).
 pub const SESSION_HEADER: &str = "Meshkv-Session";
 
@@ -369,11 +455,15 @@ pub const SESSION_HEADER: &str = "Meshkv-Session";
 /// request, so that it reads its own writes and never goes back in time, whichever
 /// node it talks to. Clones share the session. A plain [`Client::new`] sends no token:
 /// the test suites use it to see the store as it is.
+///
+/// A client made with [`Client::with_token`] sends a client token with every request
+/// (API.md §3.6); its `Debug` hides it.
 #[derive(Clone, Debug)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
     session: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
+    token: Option<AccessToken>,
 }
 
 impl Client {
@@ -394,6 +484,23 @@ impl Client {
             base,
             http,
             session: None,
+            token: None,
+        }
+    }
+
+    /// This client, sending `token` (`None`: no token) with every request from now on.
+    pub fn with_token(mut self, token: Option<AccessToken>) -> Self {
+        self.token = token;
+        self
+    }
+
+    /// Adds the client token, if any, to `request`.
+    fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(AccessToken(value)) => {
+                request.header(reqwest::header::AUTHORIZATION, value.clone())
+            }
+            None => request,
         }
     }
 
@@ -451,6 +558,7 @@ impl Client {
             Some(token) => request.header(SESSION_HEADER, token),
             None => request,
         };
+        let request = self.authorize(request);
         let response = request.send().await.map_err(|e| self.unreachable(e))?;
         let status = response.status();
         if let Some(session) = &self.session {
@@ -571,7 +679,7 @@ impl Client {
             .connect_timeout(DEFAULT_TIMEOUT)
             .build()
             .expect("a client without TLS always builds");
-        let response = tokio::time::timeout(DEFAULT_TIMEOUT, http.get(url).send())
+        let response = tokio::time::timeout(DEFAULT_TIMEOUT, self.authorize(http.get(url)).send())
             .await
             .map_err(|_| ClientError::Unreachable {
                 url: self.base.clone(),
@@ -663,6 +771,33 @@ mod tests {
         ));
         assert!(watch_event("", r#"{"key":"k","version":"v","origin":"local"}"#).is_err());
         assert_eq!(watch_event("later", "{}"), Ok(None));
+    }
+
+    #[test]
+    fn tokens_are_visible_ascii_and_never_shown() {
+        let token = AccessToken::new("s3cr3t-token", "$MESHKV_TOKEN").unwrap();
+        assert_eq!(format!("{token:?}"), "AccessToken(<hidden>)");
+        let client = Client::new("127.0.0.1:7001", DEFAULT_TIMEOUT).with_token(Some(token));
+        assert!(!format!("{client:?}").contains("s3cr3t"), "{client:?}");
+        for bad in ["", "two words", "line\nbreak", "caf\u{e9}"] {
+            let error = AccessToken::new(bad, "the file t").unwrap_err().to_string();
+            assert_eq!(
+                error,
+                "the client token in the file t must be 1 to 4096 visible ASCII characters"
+            );
+        }
+        assert!(AccessToken::new(&"x".repeat(4097), "f").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cr3t-token\n").unwrap();
+        assert!(AccessToken::resolve(Some(&path)).unwrap().is_some());
+        let missing = AccessToken::resolve(Some(&dir.path().join("none"))).unwrap_err();
+        assert!(
+            missing
+                .to_string()
+                .starts_with("cannot read the token file"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use meshkv::tools::client::Client;
+use meshkv::tools::client::{AccessToken, Client};
 use serde_json::Value;
 
 /// How long a node may take to answer `/health` after it is started.
@@ -55,6 +55,8 @@ pub struct TestCluster {
     nft_active: bool,
     /// `Some(policy)`: every node runs with `--data-dir <dir>/data/<id> --fsync policy`.
     fsync: Option<String>,
+    /// With client tokens on: the token the harness's own requests carry (admin).
+    token: Option<AccessToken>,
 }
 
 /// A free port on `ip`: bind port 0, read the port the OS chose, release it.
@@ -125,11 +127,31 @@ impl TestCluster {
         Self::start_with(n, extra_toml, None, env)
     }
 
+    /// [`TestCluster::start`] with client tokens on: `tokens` is written to the file
+    /// `tokens` beside the cluster file (mode 0600), which names it in
+    /// `client_tokens_file`. `admin` (one of them) goes with the harness's own requests
+    /// ([`TestCluster::client`], the waits).
+    pub fn start_with_tokens(n: usize, extra_toml: &str, tokens: &str, admin: &str) -> TestCluster {
+        let extra = format!("client_tokens_file = \"tokens\"\n{extra_toml}");
+        let token = AccessToken::new(admin, "the test").expect("a well-formed admin token");
+        Self::start_inner(n, &extra, None, |_| Vec::new(), Some((tokens, token)))
+    }
+
     fn start_with(
         n: usize,
         extra_toml: &str,
         fsync: Option<String>,
         env: impl Fn(usize) -> Vec<(String, String)>,
+    ) -> TestCluster {
+        Self::start_inner(n, extra_toml, fsync, env, None)
+    }
+
+    fn start_inner(
+        n: usize,
+        extra_toml: &str,
+        fsync: Option<String>,
+        env: impl Fn(usize) -> Vec<(String, String)>,
+        tokens: Option<(&str, AccessToken)>,
     ) -> TestCluster {
         assert!((1..=200).contains(&n), "a test cluster has 1 to 200 nodes");
         let pid = std::process::id();
@@ -170,6 +192,19 @@ impl TestCluster {
         let cluster_file = dir.join("cluster.toml");
         std::fs::write(&cluster_file, toml)
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", cluster_file.display()));
+        let token = tokens.map(|(text, admin)| {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let path = dir.join("tokens");
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", path.display()));
+            file.write_all(text.as_bytes())
+                .expect("write the tokens file");
+            admin
+        });
 
         // The struct exists before any process does, so a panic below still kills them.
         let mut cluster = TestCluster {
@@ -179,6 +214,7 @@ impl TestCluster {
             nft_table: format!("meshkv_t{pid}_{b}"),
             nft_active: false,
             fsync,
+            token,
         };
         for i in 1..=n {
             cluster.spawn(i);
@@ -380,6 +416,7 @@ impl TestCluster {
     /// A client of node `i` (5 s timeout).
     pub fn client(&self, i: usize) -> Client {
         Client::new(&self.http_addr(i).to_string(), Duration::from_secs(5))
+            .with_token(self.token.clone())
     }
 
     /// Node `i`'s client HTTP address.
@@ -529,7 +566,8 @@ impl TestCluster {
     /// The state (`alive`, `suspect`, `down`) in which node `i` holds peer `j`, if it
     /// answers.
     pub async fn peer_state(&self, i: usize, j: usize) -> Option<String> {
-        let client = Client::new(&self.http_addr(i).to_string(), Duration::from_secs(1));
+        let client = Client::new(&self.http_addr(i).to_string(), Duration::from_secs(1))
+            .with_token(self.token.clone());
         let view = client.get_json("/v1/cluster").await.ok()?;
         let peer_id = self.id(j);
         view["peers"]
@@ -573,7 +611,8 @@ impl TestCluster {
                 if node.child.is_none() || node.paused {
                     continue;
                 }
-                let client = Client::new(&node.http.to_string(), Duration::from_secs(2));
+                let client = Client::new(&node.http.to_string(), Duration::from_secs(2))
+                    .with_token(self.token.clone());
                 let entry = match client.get_json("/v1/convergence").await {
                     Ok(json) => {
                         let digest = json["digest"].as_str().map(str::to_owned);

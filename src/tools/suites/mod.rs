@@ -46,7 +46,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::config::ClusterConfig;
-use crate::tools::client::{Client, DEFAULT_TIMEOUT};
+use crate::tools::client::{AccessToken, Client, DEFAULT_TIMEOUT};
 use crate::tools::inspect::parse_duration;
 
 use self::faults::Faults;
@@ -93,6 +93,10 @@ pub struct TestArgs {
     /// The cluster file (API.md §1).
     #[arg(long)]
     pub cluster: PathBuf,
+    /// Send the client token in FILE with every request (API.md §3.6; the suites need
+    /// an `admin` token, for /v1/cluster); without it, `$MESHKV_TOKEN` if set.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
     /// Also write every figure to this JSON file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -202,6 +206,8 @@ impl Ctx {
 pub async fn run(args: TestArgs) -> Result<bool, String> {
     let config = ClusterConfig::load(&args.cluster).map_err(|error| error.to_string())?;
     validate(&args, &config)?;
+    let token =
+        AccessToken::resolve(args.token_file.as_deref()).map_err(|error| error.to_string())?;
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -215,7 +221,7 @@ pub async fn run(args: TestArgs) -> Result<bool, String> {
         .iter()
         .map(|spec| Node {
             id: spec.id.to_string(),
-            client: Client::new(&spec.http.to_string(), DEFAULT_TIMEOUT),
+            client: Client::new(&spec.http.to_string(), DEFAULT_TIMEOUT).with_token(token.clone()),
         })
         .collect();
     let faults = Faults::new(
