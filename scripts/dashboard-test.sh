@@ -9,7 +9,10 @@
 #
 # Needs: chromium and chromium-driver (Debian packages), python3, curl.
 # Environment: MESHKV_BIN (default: target/debug/meshkv, built here), DASHBOARD_PORT
-# (client port of n1, default 7341; n2 and n3 use the next ones, peers +100).
+# (client port of n1, default 7341; n2 and n3 use the next ones, peers +100),
+# DASHBOARD_TOKENS=1 (client tokens on: the page gets an admin token through its token
+# field, and every call it makes, the cross-node ones and the watch stream included,
+# must carry it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROG=$(basename "$0")
@@ -44,6 +47,15 @@ trap cleanup EXIT
 
 # The cluster file; every address must be free.
 : >"$dir/cluster.toml"
+auth=()
+if [[ ${DASHBOARD_TOKENS:-0} == 1 ]]; then
+    token=admin-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    (umask 077 && echo "admin $token" >"$dir/tokens")
+    echo 'client_tokens_file = "tokens"' >>"$dir/cluster.toml"
+    auth=(-H "Authorization: Bearer $token")
+    # The browser test reads it from its environment, not from its arguments.
+    export MESHKV_TOKEN=$token
+fi
 for i in 1 2 3; do
     http=127.0.0.4$i:$((port + i - 1))
     peer=127.0.0.4$i:$((port + 99 + i))
@@ -68,10 +80,10 @@ for i in 1 2 3; do
     [[ $(curl -s -m 1 "$url/health" 2>/dev/null) == ok ]] ||
         die "n$i did not become healthy at $url: $(tail -n 3 "$dir/n$i.log")"
 done
-echo "$PROG: 3 nodes serving on 127.0.0.41-43"
+echo "$PROG: 3 nodes serving on 127.0.0.41-43${token:+, client tokens on}"
 # A few keys for the page's key browser to list.
 for pair in users/ada=Lovelace users/grace=Hopper config/replicas=3; do
-    curl -s -m 5 -o /dev/null -X PUT --data "${pair#*=}" "http://127.0.0.42:$((port + 1))/v1/kv/${pair%%=*}"
+    curl -s -m 5 -o /dev/null "${auth[@]}" -X PUT --data "${pair#*=}" "http://127.0.0.42:$((port + 1))/v1/kv/${pair%%=*}"
 done
 
 driver_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -93,7 +105,7 @@ fi
 
 # The write made through n1's page is on n3.
 n3=http://127.0.0.43:$((port + 2))
-got=$(curl -s -m 5 "$n3/v1/kv/$key")
+got=$(curl -s -m 5 "${auth[@]}" "$n3/v1/kv/$key")
 [[ $got == "$value" ]] || die "n3 holds \"$got\" under $key, not \"$value\"."
 echo "$PROG: n3 serves the value written through the page"
 echo "$PROG: passed"

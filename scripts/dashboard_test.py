@@ -6,12 +6,16 @@ Loads the page of one node, waits (bounded) until the cluster map shows every no
 seeing every peer alive and the digests agree, writes a key through the page's form,
 waits for that change in the page's live change stream, and saves a screenshot.
 
+With MESHKV_TOKEN set (client tokens on), it first types that token into the page's
+token field: every call of the page must then carry it.
+
 Usage: dashboard_test.py DRIVER_URL PAGE_URL NODES KEY VALUE SCREENSHOT
 Exit status: 0 every check passed, 1 a check failed (the reason on stderr).
 """
 
 import base64
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -110,6 +114,14 @@ def main():
         browser.start()
         browser.go(page)
         print(f"dashboard_test: loaded {page}")
+        token = os.environ.get("MESHKV_TOKEN")
+        if token:
+            wait_for("the page to report the missing token", lambda: browser.js(
+                "return document.getElementById('status').textContent"),
+                lambda status: "401" in (status or ""))
+            browser.type("#token", token)
+            browser.click("#token-form button")
+            print("dashboard_test: the page refused without a token; token entered")
 
         # Every node's row shows every peer alive: nodes * (nodes - 1) cells.
         want = nodes * (nodes - 1)
