@@ -6,6 +6,10 @@
 # kills it (scripts/nemesis.sh kill n1, run with system()); every call must carry on
 # through n2 or n3. The cluster is always torn down; the script exits with the C
 # program's status.
+# Then, against a fresh 3-node cluster with client tokens on, the C program
+# clients/libkv739/tests/kv739_auth.c: 401 without a token, 403 for a read token's put
+# (nothing written), a write token writes and a read token reads (kv739_set_token and
+# MESHKV_TOKEN).
 #
 # Environment: MESHKV_RUN_DIR (default: a new temporary directory), KV739_PUTS (default
 # 300 puts, each followed by a get), KV739_KILL_AFTER (default 100 puts).
@@ -30,6 +34,8 @@ compile() {
 }
 program=$MESHKV_RUN_DIR/kv739_test
 compile clients/libkv739/tests/kv739_test.c "$program"
+auth_program=$MESHKV_RUN_DIR/kv739_auth
+compile clients/libkv739/tests/kv739_auth.c "$auth_program"
 # The README's example, as printed there (it talks to 127.0.0.11:7001..7003, the
 # addresses cluster.sh gives a 3-node cluster).
 example=$MESHKV_RUN_DIR/hello
@@ -58,5 +64,16 @@ kill_command=$(printf '%q ' "$PWD/scripts/nemesis.sh" kill "${ids[0]}")
 echo "--- kv739_test against ${servers[*]}, killing ${ids[0]} partway"
 status=0
 "$program" "${KV739_PUTS:-300}" "${KV739_KILL_AFTER:-100}" "$kill_command" "${servers[@]}" ||
+    status=$?
+[[ $status -eq 0 ]] || exit "$status"
+
+echo "--- kv739_auth against a 3-node cluster with client tokens on"
+scripts/cluster.sh down >/dev/null 2>&1
+random() { od -An -N16 -tx1 /dev/urandom | tr -d ' \n'; }
+read_token=read-$(random)
+write_token=write-$(random)
+(umask 077 && printf 'read %s\nwrite %s\n' "$read_token" "$write_token" >"$MESHKV_RUN_DIR/tokens")
+MESHKV_TOKENS_FILE=$MESHKV_RUN_DIR/tokens scripts/cluster.sh up 3 >/dev/null
+KV739_READ_TOKEN=$read_token KV739_WRITE_TOKEN=$write_token "$auth_program" "${servers[@]}" ||
     status=$?
 exit "$status"

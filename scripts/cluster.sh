@@ -10,7 +10,8 @@
 #   scripts/cluster.sh status   each node's pid, whether it is alive, its /v1/convergence
 #
 # Environment: MESHKV_RUN_DIR (default /tmp/meshkv-run), MESHKV_BIN (default
-# target/release/meshkv).
+# target/release/meshkv), MESHKV_TOKENS_FILE (for `up`: a client tokens file, which the
+# cluster file then names in client_tokens_file; `status` sends $MESHKV_TOKEN if set).
 set -euo pipefail
 USAGE="usage: scripts/cluster.sh up N | down | status   (N from 1 to 9)"
 # shellcheck source=scripts/common.sh
@@ -35,6 +36,10 @@ up() {
     fi
     mkdir -p "$RUN_DIR"
     : >"$RUN_CLUSTER_FILE.tmp"
+    if [[ -n ${MESHKV_TOKENS_FILE:-} ]]; then
+        [[ -f $MESHKV_TOKENS_FILE ]] || die "there is no tokens file at $MESHKV_TOKENS_FILE."
+        printf 'client_tokens_file = "%s"\n\n' "$(cd "$(dirname "$MESHKV_TOKENS_FILE")" && pwd)/$(basename "$MESHKV_TOKENS_FILE")" >>"$RUN_CLUSTER_FILE.tmp"
+    fi
     for ((i = 1; i <= count; i++)); do
         ip=127.0.0.$((10 + i))
         http=$ip:$((7000 + i))
@@ -106,7 +111,7 @@ status() {
         else
             state=alive
         fi
-        convergence=$(curl -s -m 1 "http://$http/v1/convergence" 2>/dev/null) || convergence=unreachable
+        convergence=$(curl -s -m 1 ${MESHKV_TOKEN:+-H "Authorization: Bearer $MESHKV_TOKEN"} "http://$http/v1/convergence" 2>/dev/null) || convergence=unreachable
         printf '%-4s %-8s %-8s %-22s %s\n' "$id" "${pid:--}" "$state" "$http" "${convergence:-unreachable}"
     done < <(nodes_of "$RUN_CLUSTER_FILE")
     if [[ $(id -u) -eq 0 ]] && command -v nft >/dev/null 2>&1 && nft_table_exists; then
