@@ -19,6 +19,8 @@
 #   m3-get              3 nodes, reads spread
 #   m3-get-quorum       3 nodes, ?consistency=quorum reads
 # DURABLE=1 gives every node a fresh --data-dir (default fsync policy); DUR=seconds per run (8).
+# TOKENS=1 adds m1t-put, m1t-get: one node with client tokens on, every request carrying
+# a write token (API.md §3.6), and a line with their ratios to m1-put, m1-get.
 # srv CPU us/req sums every server process of the row. For the 3-node write rows the
 # peer traffic (bytes and frames sent, from /metrics) is divided by the acked writes.
 set -uo pipefail
@@ -87,6 +89,7 @@ run_wrk ceiling-put put "http://${NET}31:7990/" 1 "$CONNS"
 
 cluster_file() {  # cluster_file N FILE
   local n=$1 f=$2 i; : >"$f"
+  [[ -n ${TOKENS_FILE:-} ]] && printf 'client_tokens_file = "%s"\n\n' "$TOKENS_FILE" >>"$f"
   for i in $(seq "$n"); do printf '[[nodes]]\nid = "n%d"\nhttp = "%s4%d:74%02d"\npeer = "%s4%d:75%02d"\n\n' \
     "$i" "$NET" "$i" "$i" "$NET" "$i" "$i" >>"$f"; done; }
 start_cluster() {  # start_cluster N ; sets NODE_PIDS, ADDRS
@@ -105,6 +108,19 @@ run_wrk m1-put put "http://${NET}41:7401/" 1 "$CONNS"
 run_wrk m1-get get "http://${NET}41:7401/" 1 "$CONNS"
 RSS1=$(awk '/VmRSS/{print $2}' /proc/"${NODE_PIDS[0]}"/status)
 stop_cluster
+
+if [[ -n ${TOKENS:-} ]]; then
+  TOKENS_FILE=$WORK/tokens
+  KV_TOKEN=write-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+  (umask 077 && printf 'read read-%s\nwrite %s\nadmin admin-%s\n' "$KV_TOKEN" "$KV_TOKEN" "$KV_TOKEN" >"$TOKENS_FILE")
+  export KV_TOKEN
+  start_cluster 1
+  KV_OP="put" taskset -c "$CLIENT_CPU" timeout 20 wrk -t1 -c"$CONNS" -d2s -s "$LUA" "http://${NET}41:7401/" >/dev/null 2>&1
+  run_wrk m1t-put put "http://${NET}41:7401/" 1 "$CONNS"
+  run_wrk m1t-get get "http://${NET}41:7401/" 1 "$CONNS"
+  stop_cluster
+  unset KV_TOKEN TOKENS_FILE
+fi
 
 start_cluster 3
 IFS=, read -r -a A <<<"$ADDRS"
@@ -140,6 +156,11 @@ run_wrk ceiling-get-2 get "http://${NET}31:7990/" 1 "$CONNS"
     END {
       g1 = rps[idx["ceiling-get-1"]]; g2 = rps[idx["ceiling-get-2"]]; gref = (g1 + g2) / 2; pref = rps[idx["ceiling-put"]]
       ug = (us[idx["ceiling-get-1"]] + us[idx["ceiling-get-2"]]) / 2; up = us[idx["ceiling-put"]]
+      if ("m1t-get" in idx) {
+        printf "- client tokens on / off, one node: GET req/s x%.3f, CPU us/req x%.3f; PUT req/s x%.3f, CPU us/req x%.3f\n\n", \
+          rps[idx["m1t-get"]] / rps[idx["m1-get"]], us[idx["m1t-get"]] / us[idx["m1-get"]], \
+          rps[idx["m1t-put"]] / rps[idx["m1-put"]], us[idx["m1t-put"]] / us[idx["m1-put"]]
+      }
       printf "| row | req/s | p50 ms | p99 ms | errors | srv cores | srv CPU us/req | req/s / ceiling | CPU x ceiling | peer B/write | peer frames/write |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
       for (i = 1; i <= NR; i++) {
         w = (name[i] ~ /put/); r = w ? pref : gref; u = w ? up : ug

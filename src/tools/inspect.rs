@@ -257,7 +257,8 @@ pub async fn status(source: &Source) -> String {
                     cell(&json["digest"]),
                     cell(&json["max_version"])
                 );
-                views.push((id, client.get_json("/v1/cluster").await.ok()));
+                let view = client.get_json("/v1/cluster").await;
+                views.push((id, view.map_err(|error| error.to_string())));
             }
             Err(error) => {
                 let _ = writeln!(out, "{:<8} {:<24} {:<6} {error}", id, client.url(), "NO");
@@ -295,13 +296,16 @@ async fn status_through(client: &Client) -> String {
     let id = own
         .as_ref()
         .map_or_else(|| client.url().to_owned(), |json| cell(&json["node"]));
-    let view = client.get_json("/v1/cluster").await.ok();
-    write_views(&mut out, vec![(id, view)]);
+    let view = client.get_json("/v1/cluster").await;
+    write_views(
+        &mut out,
+        vec![(id, view.map_err(|error| error.to_string()))],
+    );
     out
 }
 
 /// The table of each node's view of its peers (`/v1/cluster`).
-fn write_views(out: &mut String, views: Vec<(String, Option<Value>)>) {
+fn write_views(out: &mut String, views: Vec<(String, Result<Value, String>)>) {
     let _ = writeln!(
         out,
         "\n{:<8} {:<8} {:<8} {:>12} {:>8} {:>12} {:>15}",
@@ -309,9 +313,12 @@ fn write_views(out: &mut String, views: Vec<(String, Option<Value>)>) {
     );
     let mut fenced = Vec::new();
     for (id, view) in views {
-        let Some(view) = view else {
-            let _ = writeln!(out, "{id:<8} (no /v1/cluster answer)");
-            continue;
+        let view = match view {
+            Ok(view) => view,
+            Err(error) => {
+                let _ = writeln!(out, "{id:<8} (no /v1/cluster answer: {error})");
+                continue;
+            }
         };
         if view["fenced"] == Value::Bool(true) {
             fenced.push(id.clone());
