@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::node;
 use crate::persist::{DirStorage, FsyncPolicy};
-use crate::tools::client::{Client, ClientError, DEFAULT_TIMEOUT};
+use crate::tools::client::{Ca, Client, ClientError, DEFAULT_TIMEOUT};
 use crate::tools::demo;
 use crate::tools::inspect::Source;
 
@@ -66,6 +66,10 @@ enum Command {
         /// on PORT+100+i-1 for its peers.
         #[arg(long, default_value_t = demo::HTTP_PORT)]
         port: u16,
+        /// Run with TLS: a throwaway CA and a certificate per node are generated into
+        /// the demo's directory; clients use HTTPS with that CA, nodes mutual TLS.
+        #[arg(long)]
+        secure: bool,
     },
     /// Read a key and write its value, byte for byte, to standard output (exit 1 if it
     /// is absent).
@@ -121,9 +125,13 @@ enum Command {
         /// or an earlier event), then the live changes.
         #[arg(long, value_name = "VERSION")]
         after: Option<String>,
-        /// The node's URL, e.g. http://127.0.0.11:7001.
+        /// The node's URL, e.g. http://127.0.0.11:7001 (https://… with --ca).
         #[arg(long, conflicts_with = "cluster", value_name = "URL")]
         node: Option<String>,
+        /// The CA that signed the cluster's certificates (PEM), to reach an https://
+        /// node.
+        #[arg(long, value_name = "FILE", requires = "node")]
+        ca: Option<PathBuf>,
         /// A cluster file: the first node that answers is watched.
         #[arg(long, value_name = "FILE")]
         cluster: Option<PathBuf>,
@@ -137,10 +145,15 @@ enum Command {
 /// runs with no arguments (http://127.0.0.1:7001).
 #[derive(Args, Debug)]
 struct Target {
-    /// The node's URL, e.g. http://127.0.0.11:7001.
+    /// The node's URL, e.g. http://127.0.0.11:7001 (https://… with --ca).
     #[arg(long, conflicts_with = "cluster", value_name = "URL")]
     node: Option<String>,
-    /// A cluster file: the first node that answers is used.
+    /// The CA that signed the cluster's certificates (PEM), to reach an https:// node.
+    /// With --cluster, the file's tls_ca_file is used.
+    #[arg(long, value_name = "FILE", requires = "node")]
+    ca: Option<PathBuf>,
+    /// A cluster file: the first node that answers is used (over HTTPS if it has
+    /// tls_ca_file).
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
     /// Consistency level: one, live, quorum or all.
@@ -164,21 +177,52 @@ struct Scope {
     /// `/v1/convergence?cluster=true`).
     #[arg(long, conflicts_with = "cluster", value_name = "URL")]
     node: Option<String>,
+    /// The CA that signed the cluster's certificates (PEM), to reach an https:// node.
+    #[arg(long, value_name = "FILE", requires = "node")]
+    ca: Option<PathBuf>,
 }
 
 impl Scope {
     fn source(&self) -> Result<Source, Failure> {
         let demo = demo::cluster_file();
+        let cluster = |path: &Path| {
+            let config = load(path)?;
+            let ca = cluster_ca(&config)?;
+            Ok(Source::Cluster(Box::new(config), ca))
+        };
         match (&self.node, &self.cluster) {
-            (Some(url), _) => Ok(Source::Node(Client::new(url, DEFAULT_TIMEOUT))),
-            (None, Some(path)) => Ok(Source::Cluster(Box::new(load(path)?))),
-            (None, None) if demo.exists() => Ok(Source::Cluster(Box::new(load(&demo)?))),
+            (Some(url), _) => Ok(Source::Node(node_client(url, self.ca.as_deref())?)),
+            (None, Some(path)) => cluster(path),
+            (None, None) if demo.exists() => cluster(&demo),
             (None, None) => Ok(Source::Node(Client::new(
                 "http://127.0.0.1:7001",
                 DEFAULT_TIMEOUT,
             ))),
         }
     }
+}
+
+/// A client of the node at `url` (`--node`): over HTTPS trusting `ca` (`--ca`) alone,
+/// which an `https://` URL needs.
+fn node_client(url: &str, ca: Option<&Path>) -> Result<Client, Failure> {
+    match ca {
+        None if url.starts_with("https://") => Err(Failure::usage(
+            "an https:// node needs --ca FILE, the CA that signed the cluster's certificates",
+        )),
+        None => Ok(Client::new(url, DEFAULT_TIMEOUT)),
+        Some(_) if url.starts_with("http://") => Err(Failure::usage(
+            "--ca is for an https:// node; give https://… or leave --ca out",
+        )),
+        Some(path) => {
+            let ca = Ca::load(path).map_err(Failure::usage)?;
+            Ok(Client::new(url, DEFAULT_TIMEOUT).with_ca(Some(&ca)))
+        }
+    }
+}
+
+/// The CA of a cluster file with TLS (its `tls_ca_file`).
+fn cluster_ca(config: &ClusterConfig) -> Result<Option<Ca>, Failure> {
+    Ca::of_cluster(config).map_err(Failure::usage)
 }
 
 /// `client` carrying the session of `--session FILE`, if given: the token in the file
@@ -300,8 +344,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             )
             .await
         }
-        Command::Demo { nodes, port } => {
-            demo::run(nodes, port, node::SHUTDOWN_GRACE, termination())
+        Command::Demo {
+            nodes,
+            port,
+            secure,
+        } => {
+            demo::run(nodes, port, secure, node::SHUTDOWN_GRACE, termination())
                 .await
                 .map_err(|error| match error {
                     demo::DemoError::Usage(message) => Failure::usage(message),
@@ -354,10 +402,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             prefix,
             after,
             node,
+            ca,
             cluster,
         } => {
             let target = Target {
                 node,
+                ca,
                 cluster,
                 consistency: None,
                 session: None,
@@ -454,15 +504,16 @@ fn write_value(value: &[u8]) -> Result<(), Failure> {
 async fn pick(target: &Target) -> Result<Client, Failure> {
     let demo = demo::cluster_file();
     let path = match (&target.node, &target.cluster) {
-        (Some(url), _) => return Ok(Client::new(url, DEFAULT_TIMEOUT)),
+        (Some(url), _) => return node_client(url, target.ca.as_deref()),
         (None, Some(path)) => path.clone(),
         (None, None) if demo.exists() => demo,
         (None, None) => return Ok(Client::new("http://127.0.0.1:7001", DEFAULT_TIMEOUT)),
     };
     let path = &path;
     let config = load(path)?;
+    let ca = cluster_ca(&config)?;
     for node in &config.nodes {
-        let client = Client::new(&node.http.to_string(), DEFAULT_TIMEOUT);
+        let client = Client::new(&node.http.to_string(), DEFAULT_TIMEOUT).with_ca(ca.as_ref());
         if client.healthy().await {
             return Ok(client);
         }

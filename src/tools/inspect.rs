@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::config::ClusterConfig;
-use crate::tools::client::Client;
+use crate::tools::client::{Ca, Client};
 
 /// Between two polls of `check --wait`.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -42,21 +42,22 @@ pub struct Verdict {
 
 /// Where the tools learn about a cluster.
 pub enum Source {
-    /// Every node of a cluster file is asked directly.
-    Cluster(Box<ClusterConfig>),
+    /// Every node of a cluster file is asked directly (over HTTPS with the CA, if the
+    /// cluster has TLS).
+    Cluster(Box<ClusterConfig>, Option<Ca>),
     /// One node is asked, and it asks the others (`/v1/convergence?cluster=true`): for
     /// an operator who knows one address and not the cluster file.
     Node(Client),
 }
 
-fn clients(config: &ClusterConfig) -> Vec<(String, Client)> {
+fn clients(config: &ClusterConfig, ca: Option<&Ca>) -> Vec<(String, Client)> {
     config
         .nodes
         .iter()
         .map(|node| {
             (
                 node.id.to_string(),
-                Client::new(&node.http.to_string(), REQUEST_TIMEOUT),
+                Client::new(&node.http.to_string(), REQUEST_TIMEOUT).with_ca(ca),
             )
         })
         .collect()
@@ -65,7 +66,7 @@ fn clients(config: &ClusterConfig) -> Vec<(String, Client)> {
 /// Reads every node's `/v1/convergence`, directly or through one node.
 pub async fn poll(source: &Source) -> Vec<NodeState> {
     match source {
-        Source::Cluster(config) => poll_cluster(config).await,
+        Source::Cluster(config, ca) => poll_cluster(config, ca.as_ref()).await,
         Source::Node(client) => poll_through(client).await,
     }
 }
@@ -108,8 +109,8 @@ async fn poll_through(client: &Client) -> Vec<NodeState> {
 }
 
 /// Reads the `/v1/convergence` of every node of a cluster file.
-async fn poll_cluster(config: &ClusterConfig) -> Vec<NodeState> {
-    let reads = clients(config).into_iter().map(|(id, client)| async move {
+async fn poll_cluster(config: &ClusterConfig, ca: Option<&Ca>) -> Vec<NodeState> {
+    let reads = clients(config, ca).into_iter().map(|(id, client)| async move {
         let state = match client.get_json("/v1/convergence").await {
             Ok(json) => match (json["digest"].as_str(), json["keys"].as_u64()) {
                 (Some(digest), Some(keys)) => Ok((
@@ -231,7 +232,7 @@ fn cell(value: &Value) -> String {
 /// the view of peers is its own.
 pub async fn status(source: &Source) -> String {
     let clients = match source {
-        Source::Cluster(config) => clients(config),
+        Source::Cluster(config, ca) => clients(config, ca.as_ref()),
         Source::Node(client) => return status_through(client).await,
     };
     let mut out = String::new();
