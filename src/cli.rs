@@ -348,14 +348,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             nodes,
             port,
             secure,
-        } => {
-            demo::run(nodes, port, secure, node::SHUTDOWN_GRACE, termination())
-                .await
-                .map_err(|error| match error {
-                    demo::DemoError::Usage(message) => Failure::usage(message),
-                    demo::DemoError::Failed(message) => Failure::failed(message),
-                })
-        }
+        } => demo::run(nodes, port, secure, node::SHUTDOWN_GRACE, termination())
+            .await
+            .map_err(|error| match error {
+                demo::DemoError::Usage(message) => Failure::usage(message),
+                demo::DemoError::Failed(message) => Failure::failed(message),
+            }),
         Command::Get { key, target } => {
             let client = session_client(pick(&target).await?, &target)?;
             let reply = client.get(&key, target.consistency.as_deref()).await;

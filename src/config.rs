@@ -591,9 +591,12 @@ mod tests {
     #[test]
     fn tls_keys_are_checked_and_resolved_against_the_file() {
         let node = |id: &str, n: u8, tls: &str| {
-            format!("[[nodes]]\nid=\"{id}\"\nhttp=\"127.0.0.{n}:1\"\npeer=\"127.0.0.{n}:2\"\n{tls}\n")
+            format!(
+                "[[nodes]]\nid=\"{id}\"\nhttp=\"127.0.0.{n}:1\"\npeer=\"127.0.0.{n}:2\"\n{tls}\n"
+            )
         };
-        let files = |id: &str| format!("tls_cert_file=\"tls/{id}.pem\"\ntls_key_file=\"tls/{id}.key\"");
+        let files =
+            |id: &str| format!("tls_cert_file=\"tls/{id}.pem\"\ntls_key_file=\"tls/{id}.key\"");
         let ca = "tls_ca_file = \"tls/ca.pem\"\n";
 
         // TLS on: the node served needs its files; a client may use a file without them.
@@ -621,7 +624,10 @@ mod tests {
         assert_eq!(plain.tls_ca_path(), None);
 
         let refused = [
-            (node("n1", 1, &files("n1")), "has tls_cert_file but the file has no tls_ca_file"),
+            (
+                node("n1", 1, &files("n1")),
+                "has tls_cert_file but the file has no tls_ca_file",
+            ),
             (
                 format!("{ca}{}", node("n1", 1, "tls_cert_file=\"a.pem\"")),
                 "needs both tls_cert_file and tls_key_file",
@@ -630,7 +636,10 @@ mod tests {
                 format!("{ca}{}", node("n1", 1, "tls_key_file=\"a.key\"")),
                 "needs both tls_cert_file and tls_key_file",
             ),
-            (format!("{ca}{}", node("7", 1, "")), "cannot be a certificate's DNS name"),
+            (
+                format!("{ca}{}", node("7", 1, "")),
+                "cannot be a certificate's DNS name",
+            ),
         ];
         for (text, expected) in refused {
             let error = ClusterConfig::parse(&text).unwrap_err().to_string();

@@ -322,8 +322,16 @@ async fn accept(input: Vec<u8>, key: Option<&[u8]>) -> Vec<u8> {
     let limiter = LogLimiter::new(options.clock.clone());
     let remote = "127.0.0.12:7102".parse().expect("an address");
     converse(input, |stream| async move {
-        peer::serve_connection(stream, remote, &identity, &options, &*responder, &limiter, None)
-            .await;
+        peer::serve_connection(
+            stream,
+            remote,
+            &identity,
+            &options,
+            &*responder,
+            &limiter,
+            None,
+        )
+        .await;
     })
     .await
 }

@@ -340,14 +340,8 @@ impl Metrics {
             (&metrics.anti_entropy_rounds, &ROUND_OUTCOMES[..]),
             (&metrics.keys_repaired, &REPAIR_KINDS[..]),
             (&metrics.bounds_hit, &BOUNDS[..]),
-            (
-                &metrics.peer_tls_refused,
-                &PEER_TLS_REFUSALS[..],
-            ),
-            (
-                &metrics.http_tls_failures,
-                &HTTP_TLS_FAILURES[..],
-            ),
+            (&metrics.peer_tls_refused, &PEER_TLS_REFUSALS[..]),
+            (&metrics.http_tls_failures, &HTTP_TLS_FAILURES[..]),
         ] {
             for &reason in reasons {
                 let _ = family.get_or_create(&ReasonLabels { reason });

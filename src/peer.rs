@@ -430,8 +430,7 @@ async fn accept(
     limiter: &LogLimiter,
 ) {
     let Some(tls) = &options.tls else {
-        return serve_connection(stream, remote, identity, options, responder, limiter, None)
-            .await;
+        return serve_connection(stream, remote, identity, options, responder, limiter, None).await;
     };
     let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
         options.metrics.tls_refuse(reason);

@@ -351,10 +351,7 @@ mod tests {
         ] {
             let path = write(dir.path(), name, text);
             let error = load_private_key(&path).unwrap_err().to_string();
-            assert!(
-                error.contains(name) && error.contains(expected),
-                "{error}"
-            );
+            assert!(error.contains(name) && error.contains(expected), "{error}");
             assert!(!error.contains("SECRET"), "key material quoted: {error}");
         }
     }
@@ -376,6 +373,9 @@ mod tests {
         assert_eq!(key_permissions_warning(&path), None);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let warning = key_permissions_warning(&path).unwrap();
-        assert!(warning.contains("n1.key") && warning.contains("644"), "{warning}");
+        assert!(
+            warning.contains("n1.key") && warning.contains("644"),
+            "{warning}"
+        );
     }
 }

@@ -58,7 +58,10 @@ impl Ca {
 
     /// The CA of `config`'s `tls_ca_file`, if the cluster has TLS.
     pub fn of_cluster(config: &crate::config::ClusterConfig) -> Result<Option<Self>, String> {
-        config.tls_ca_path().map(|path| Self::load(&path)).transpose()
+        config
+            .tls_ca_path()
+            .map(|path| Self::load(&path))
+            .transpose()
     }
 }
 
@@ -70,12 +73,10 @@ fn builder(connect_timeout: Duration, ca: Option<&Ca>) -> reqwest::ClientBuilder
         .pool_max_idle_per_host(16);
     match ca {
         None => builder,
-        Some(ca) => ca
-            .0
-            .iter()
-            .fold(builder.use_rustls_tls().https_only(true), |builder, cert| {
-                builder.add_root_certificate(cert.clone())
-            }),
+        Some(ca) => ca.0.iter().fold(
+            builder.use_rustls_tls().https_only(true),
+            |builder, cert| builder.add_root_certificate(cert.clone()),
+        ),
     }
 }
 
@@ -617,6 +618,14 @@ impl Client {
             .send(self.http.get(format!("{}{path}", self.base)))
             .await?;
         self.parse(&body)
+    }
+
+    /// `GET path` as text, e.g. `/metrics`.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let (_, body) = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        Ok(body)
     }
 
     /// Watches the changes under `prefix` (`GET /v1/watch`); with `after`, first the

@@ -110,24 +110,26 @@ async fn poll_through(client: &Client) -> Vec<NodeState> {
 
 /// Reads the `/v1/convergence` of every node of a cluster file.
 async fn poll_cluster(config: &ClusterConfig, ca: Option<&Ca>) -> Vec<NodeState> {
-    let reads = clients(config, ca).into_iter().map(|(id, client)| async move {
-        let state = match client.get_json("/v1/convergence").await {
-            Ok(json) => match (json["digest"].as_str(), json["keys"].as_u64()) {
-                (Some(digest), Some(keys)) => Ok((
-                    digest.to_owned(),
-                    keys,
-                    json["tombstones"].as_u64().unwrap_or(0),
-                )),
-                _ => Err("answered without digest and keys".to_owned()),
-            },
-            Err(error) => Err(error.to_string()),
-        };
-        NodeState {
-            id,
-            http: client.url().to_owned(),
-            state,
-        }
-    });
+    let reads = clients(config, ca)
+        .into_iter()
+        .map(|(id, client)| async move {
+            let state = match client.get_json("/v1/convergence").await {
+                Ok(json) => match (json["digest"].as_str(), json["keys"].as_u64()) {
+                    (Some(digest), Some(keys)) => Ok((
+                        digest.to_owned(),
+                        keys,
+                        json["tombstones"].as_u64().unwrap_or(0),
+                    )),
+                    _ => Err("answered without digest and keys".to_owned()),
+                },
+                Err(error) => Err(error.to_string()),
+            };
+            NodeState {
+                id,
+                http: client.url().to_owned(),
+                state,
+            }
+        });
     futures_util::future::join_all(reads).await
 }
 
