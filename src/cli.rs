@@ -138,6 +138,14 @@ enum Command {
     },
     /// Run a test suite against a cluster (docs/API.md §6).
     Test(crate::tools::suites::TestArgs),
+    /// Write throwaway TLS material at the paths a cluster file names (a new CA at its
+    /// tls_ca_file, each node's certificate and key): for benchmarks and trials only.
+    #[command(hide = true)]
+    GenCerts {
+        /// The cluster file.
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+    },
 }
 
 /// Which node a client command talks to. Without `--node` or `--cluster`: the cluster
@@ -415,6 +423,15 @@ async fn run(command: Command) -> Result<(), Failure> {
                 result = watch(&client, &prefix, after.as_deref()) => result,
                 _ = termination() => Ok(()),
             }
+        }
+        Command::GenCerts { cluster } => {
+            let config = load(&cluster)?;
+            let written =
+                crate::tools::certs::write_for_cluster(&config).map_err(Failure::failed)?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(())
         }
         Command::Test(args) => match crate::tools::suites::run(args).await {
             Ok(true) => Ok(()),

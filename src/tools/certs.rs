@@ -134,3 +134,36 @@ pub fn write_cluster(
     }
     Ok((ca, files))
 }
+
+/// Writes throwaway TLS material at the paths `config` names: a new CA at its
+/// `tls_ca_file`, and for every node with `tls_cert_file` and `tls_key_file` a
+/// certificate naming its id and the IPs of its addresses. Returns the files written.
+/// For benchmarks and trials (`meshkv gen-certs`), never for a real deployment.
+pub fn write_for_cluster(config: &crate::config::ClusterConfig) -> Result<Vec<PathBuf>, String> {
+    let Some(ca_path) = config.tls_ca_path() else {
+        return Err("the cluster file has no tls_ca_file: nothing to generate".into());
+    };
+    let ca = Authority::generate("meshkv throwaway CA")?;
+    let mut written = Vec::new();
+    let mut write = |path: PathBuf, text: &str, private: bool| {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|error| format!("cannot create {}: {error}", parent.display()))?;
+        }
+        write_file(&path, text, private)?;
+        written.push(path);
+        Ok::<_, String>(())
+    };
+    write(ca_path, ca.pem(), false)?;
+    for node in &config.nodes {
+        let (Some(cert), Some(key)) = (&node.tls_cert_file, &node.tls_key_file) else {
+            continue;
+        };
+        let mut ips = vec![node.http.ip()];
+        ips.extend(node.peer.map(|peer| peer.ip()).filter(|ip| *ip != node.http.ip()));
+        let issued = ca.issue(&[node.id.as_str()], &ips)?;
+        write(config.base_dir.join(cert), &issued.cert_pem, false)?;
+        write(config.base_dir.join(key), &issued.key_pem, true)?;
+    }
+    Ok(written)
+}
