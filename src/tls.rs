@@ -356,6 +356,60 @@ mod tests {
         }
     }
 
+    /// A CA and a certificate for `name` signed by it, as PEM: (ca, cert, key).
+    fn material(name: &str) -> (String, String, String) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (ca_pem, cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn good_material_loads_and_a_key_of_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = material("n1");
+        let (_, _, other_key) = material("n2");
+        let paths = TlsPaths {
+            ca: write(dir.path(), "ca.pem", &ca),
+            cert: write(dir.path(), "n1.pem", &cert),
+            key: write(dir.path(), "n1.key", &key),
+        };
+        let members = [NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap()];
+        let tls = NodeTls::load(&paths, &members).unwrap();
+        assert!(tls.own_certificate_names(&members[0]));
+        assert!(!tls.own_certificate_names(&members[1]));
+        let leaf = load_certificates(&paths.cert).unwrap().remove(0);
+        assert_eq!(tls.members_named(&leaf), vec![members[0].clone()]);
+
+        let wrong = TlsPaths {
+            key: write(dir.path(), "other.key", &other_key),
+            ..paths.clone()
+        };
+        let error = NodeTls::load(&wrong, &members).unwrap_err().to_string();
+        assert!(
+            error.contains("n1.pem") && error.contains("other.key"),
+            "{error}"
+        );
+        // The CA file must hold certificates, not a key.
+        let bad_ca = TlsPaths {
+            ca: paths.key.clone(),
+            ..paths
+        };
+        let error = NodeTls::load(&bad_ca, &members).unwrap_err().to_string();
+        assert!(
+            error.contains("n1.key") && error.contains("holds no certificate"),
+            "{error}"
+        );
+    }
+
     #[test]
     fn node_ids_that_cannot_be_dns_names_are_told_apart() {
         for (id, valid) in [("n1", true), ("node_a", true), ("a-b", true), ("7", false)] {

@@ -160,7 +160,11 @@ pub fn write_for_cluster(config: &crate::config::ClusterConfig) -> Result<Vec<Pa
             continue;
         };
         let mut ips = vec![node.http.ip()];
-        ips.extend(node.peer.map(|peer| peer.ip()).filter(|ip| *ip != node.http.ip()));
+        ips.extend(
+            node.peer
+                .map(|peer| peer.ip())
+                .filter(|ip| *ip != node.http.ip()),
+        );
         let issued = ca.issue(&[node.id.as_str()], &ips)?;
         write(config.base_dir.join(cert), &issued.cert_pem, false)?;
         write(config.base_dir.join(key), &issued.key_pem, true)?;
