@@ -51,6 +51,27 @@ async fn log_mentions(cluster: &TestCluster, i: usize, needle: &str) {
     .await
 }
 
+/// Writes `key` on node `i` until a write is acknowledged. With a stranger in the
+/// cluster file, whose clock the node has never sampled, the commit-wait covers up to
+/// `max_clock_skew_ms` of unknown lag (API.md §3.2): a write is acknowledged after
+/// about a second, or answered 503 (applied, not acknowledged) when the wait comes out
+/// 1 ms over the bound. Either way it is not what these tests are about.
+async fn put_acknowledged(cluster: &TestCluster, i: usize, key: &str, value: &str) {
+    eventually(
+        WAIT,
+        &format!("n{i} acknowledges a write of {key}"),
+        || async {
+            cluster
+                .client(i)
+                .put(key, value, None)
+                .await
+                .ok()
+                .map(|_| ())
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_with_the_ca_works_and_plain_http_fails_cleanly() {
     let cluster = TestCluster::start_tls(2, "", |_| NodeCert::Good);
@@ -93,6 +114,32 @@ async fn https_with_the_ca_works_and_plain_http_fails_cleanly() {
     assert!(!out.contains("unreachable"), "status over HTTPS:\n{out}");
     let (code, _, err) = meshkv(&["check", "--cluster", &cluster_file, "--wait", "10s"]);
     assert_eq!(code, 0, "check over HTTPS: {err}");
+
+    // `meshkv watch` over HTTPS: a write on n2 arrives as a JSON line.
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_meshkv"))
+        .args(["watch", "w/", "--node", &cluster.url(1), "--ca", &ca])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap());
+    // The watch is open once the node counts it.
+    eventually(WAIT, "n1 counts the open watch", || async {
+        (metric(&cluster, 1, "meshkv_watchers").await >= 1.0).then_some(())
+    })
+    .await;
+    cluster.client(2).put("w/1", "seen", None).await.unwrap();
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        WAIT,
+        tokio::io::AsyncBufReadExt::read_line(&mut lines, &mut line),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(n)) if n > 0) && line.contains("\"key\":\"w/1\""),
+        "{read:?} {line:?}"
+    );
+    watch.kill().await.unwrap();
 
     // Without the CA, or over plain HTTP, the CLI fails with a sentence.
     let (code, _, err) = meshkv(&["get", "cli", "--node", &n1]);
@@ -171,7 +218,7 @@ async fn a_peer_with_a_certificate_of_another_ca_is_refused_logged_and_counted()
     .await;
 
     // n1 and n2 replicate; n3 gets nothing from them.
-    cluster.client(1).put("k", "v", None).await.unwrap();
+    put_acknowledged(&cluster, 1, "k", "v").await;
     eventually(WAIT, "n2 reads n1's write", || async {
         cluster.client(2).get("k", None).await.ok()?.map(|_| ())
     })
@@ -220,7 +267,7 @@ async fn a_peer_whose_certificate_names_no_member_or_another_node_is_refused() {
     .await;
 
     // The honest pair replicates.
-    cluster.client(2).put("k", "v", None).await.unwrap();
+    put_acknowledged(&cluster, 2, "k", "v").await;
     eventually(WAIT, "n1 reads n2's write", || async {
         cluster.client(1).get("k", None).await.ok()?.map(|_| ())
     })
@@ -251,7 +298,34 @@ async fn replication_between_tls_nodes_survives_a_kill_and_restart() {
 
     cluster.kill(2);
     cluster.client(1).put("during", "2", None).await.unwrap();
+
+    // A certificate file that is not PEM stops the node at once, naming the file.
+    let cert = cluster.dir().join("tls/n2.pem");
+    let good = std::fs::read(&cert).unwrap();
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    let (status, output) = cluster.serve_and_expect_exit(2, &[]);
+    assert_eq!(status.code(), Some(1), "{output}");
+    assert!(
+        output.contains("n2.pem") && output.contains("holds no certificate"),
+        "{output}"
+    );
+    std::fs::write(&cert, good).unwrap();
+
+    // A key its group may read: one warning at start, and the node serves.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let key = cluster.dir().join("tls/n2.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    }
     cluster.restart(2);
+    let log = cluster.log(2);
+    assert_eq!(
+        log.matches("is readable by its group or by others (mode 640)")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "no key material in the log");
     eventually(WAIT, "the restarted n2 holds both writes", || async {
         let before = cluster.client(2).get("before", None).await.ok()??;
         let during = cluster.client(2).get("during", None).await.ok()??;
