@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::ClusterConfig;
 use crate::node;
 use crate::persist::{DirStorage, FsyncPolicy};
-use crate::tools::client::{AccessToken, Client, ClientError, DEFAULT_TIMEOUT};
+use crate::tools::client::{AccessToken, Ca, Client, ClientError, DEFAULT_TIMEOUT};
 use crate::tools::demo;
 use crate::tools::inspect::Source;
 
@@ -66,6 +66,10 @@ enum Command {
         /// on PORT+100+i-1 for its peers.
         #[arg(long, default_value_t = demo::HTTP_PORT)]
         port: u16,
+        /// Run with TLS: a throwaway CA and a certificate per node are generated into
+        /// the demo's directory; clients use HTTPS with that CA, nodes mutual TLS.
+        #[arg(long)]
+        secure: bool,
     },
     /// Read a key and write its value, byte for byte, to standard output (exit 1 if it
     /// is absent).
@@ -121,9 +125,13 @@ enum Command {
         /// or an earlier event), then the live changes.
         #[arg(long, value_name = "VERSION")]
         after: Option<String>,
-        /// The node's URL, e.g. http://127.0.0.11:7001.
+        /// The node's URL, e.g. http://127.0.0.11:7001 (https://… with --ca).
         #[arg(long, conflicts_with = "cluster", value_name = "URL")]
         node: Option<String>,
+        /// The CA that signed the cluster's certificates (PEM), to reach an https://
+        /// node.
+        #[arg(long, value_name = "FILE", requires = "node")]
+        ca: Option<PathBuf>,
         /// A cluster file: the first node that answers is watched.
         #[arg(long, value_name = "FILE")]
         cluster: Option<PathBuf>,
@@ -134,6 +142,14 @@ enum Command {
     },
     /// Run a test suite against a cluster (docs/API.md §6).
     Test(crate::tools::suites::TestArgs),
+    /// Write throwaway TLS material at the paths a cluster file names (a new CA at its
+    /// tls_ca_file, each node's certificate and key): for benchmarks and trials only.
+    #[command(hide = true)]
+    GenCerts {
+        /// The cluster file.
+        #[arg(long, value_name = "FILE")]
+        cluster: PathBuf,
+    },
 }
 
 /// Which node a client command talks to. Without `--node` or `--cluster`: the cluster
@@ -141,10 +157,15 @@ enum Command {
 /// runs with no arguments (http://127.0.0.1:7001).
 #[derive(Args, Debug)]
 struct Target {
-    /// The node's URL, e.g. http://127.0.0.11:7001.
+    /// The node's URL, e.g. http://127.0.0.11:7001 (https://… with --ca).
     #[arg(long, conflicts_with = "cluster", value_name = "URL")]
     node: Option<String>,
-    /// A cluster file: the first node that answers is used.
+    /// The CA that signed the cluster's certificates (PEM), to reach an https:// node.
+    /// With --cluster, the file's tls_ca_file is used.
+    #[arg(long, value_name = "FILE", requires = "node")]
+    ca: Option<PathBuf>,
+    /// A cluster file: the first node that answers is used (over HTTPS if it has
+    /// tls_ca_file).
     #[arg(long, value_name = "FILE")]
     cluster: Option<PathBuf>,
     /// Consistency level: one, live, quorum or all.
@@ -176,19 +197,29 @@ struct Scope {
     /// set. Never a command-line value: it would show in process listings.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The CA that signed the cluster's certificates (PEM), to reach an https:// node.
+    #[arg(long, value_name = "FILE", requires = "node")]
+    ca: Option<PathBuf>,
 }
 
 impl Scope {
     fn source(&self) -> Result<Source, Failure> {
         let demo = demo::cluster_file();
         let token = token(self.token_file.as_deref())?;
-        let node =
-            |url: &str| Source::Node(Client::new(url, DEFAULT_TIMEOUT).with_token(token.clone()));
+        let cluster = |path: &Path| {
+            let config = load(path)?;
+            let ca = cluster_ca(&config)?;
+            Ok(Source::Cluster(Box::new(config), ca, token.clone()))
+        };
         match (&self.node, &self.cluster) {
-            (Some(url), _) => Ok(node(url)),
-            (None, Some(path)) => Ok(Source::Cluster(Box::new(load(path)?), token)),
-            (None, None) if demo.exists() => Ok(Source::Cluster(Box::new(load(&demo)?), token)),
-            (None, None) => Ok(node("http://127.0.0.1:7001")),
+            (Some(url), _) => Ok(Source::Node(
+                node_client(url, self.ca.as_deref())?.with_token(token.clone()),
+            )),
+            (None, Some(path)) => cluster(path),
+            (None, None) if demo.exists() => cluster(&demo),
+            (None, None) => Ok(Source::Node(
+                Client::new("http://127.0.0.1:7001", DEFAULT_TIMEOUT).with_token(token.clone()),
+            )),
         }
     }
 }
@@ -196,6 +227,29 @@ impl Scope {
 /// The client token of a command: `--token-file FILE`, else `$MESHKV_TOKEN`, else none.
 fn token(file: Option<&Path>) -> Result<Option<AccessToken>, Failure> {
     AccessToken::resolve(file).map_err(|error| Failure::usage(error.to_string()))
+}
+
+/// A client of the node at `url` (`--node`): over HTTPS trusting `ca` (`--ca`) alone,
+/// which an `https://` URL needs.
+fn node_client(url: &str, ca: Option<&Path>) -> Result<Client, Failure> {
+    match ca {
+        None if url.starts_with("https://") => Err(Failure::usage(
+            "an https:// node needs --ca FILE, the CA that signed the cluster's certificates",
+        )),
+        None => Ok(Client::new(url, DEFAULT_TIMEOUT)),
+        Some(_) if url.starts_with("http://") => Err(Failure::usage(
+            "--ca is for an https:// node; give https://… or leave --ca out",
+        )),
+        Some(path) => {
+            let ca = Ca::load(path).map_err(Failure::usage)?;
+            Ok(Client::new(url, DEFAULT_TIMEOUT).with_ca(Some(&ca)))
+        }
+    }
+}
+
+/// The CA of a cluster file with TLS (its `tls_ca_file`).
+fn cluster_ca(config: &ClusterConfig) -> Result<Option<Ca>, Failure> {
+    Ca::of_cluster(config).map_err(Failure::usage)
 }
 
 /// `client` carrying the session of `--session FILE`, if given: the token in the file
@@ -320,14 +374,16 @@ async fn run(command: Command) -> Result<(), Failure> {
             )
             .await
         }
-        Command::Demo { nodes, port } => {
-            demo::run(nodes, port, node::SHUTDOWN_GRACE, termination())
-                .await
-                .map_err(|error| match error {
-                    demo::DemoError::Usage(message) => Failure::usage(message),
-                    demo::DemoError::Failed(message) => Failure::failed(message),
-                })
-        }
+        Command::Demo {
+            nodes,
+            port,
+            secure,
+        } => demo::run(nodes, port, secure, node::SHUTDOWN_GRACE, termination())
+            .await
+            .map_err(|error| match error {
+                demo::DemoError::Usage(message) => Failure::usage(message),
+                demo::DemoError::Failed(message) => Failure::failed(message),
+            }),
         Command::Get { key, target } => {
             let client = session_client(pick(&target).await?, &target)?;
             let reply = client.get(&key, target.consistency.as_deref()).await;
@@ -374,11 +430,13 @@ async fn run(command: Command) -> Result<(), Failure> {
             prefix,
             after,
             node,
+            ca,
             cluster,
             token_file,
         } => {
             let target = Target {
                 node,
+                ca,
                 cluster,
                 consistency: None,
                 session: None,
@@ -389,6 +447,15 @@ async fn run(command: Command) -> Result<(), Failure> {
                 result = watch(&client, &prefix, after.as_deref()) => result,
                 _ = termination() => Ok(()),
             }
+        }
+        Command::GenCerts { cluster } => {
+            let config = load(&cluster)?;
+            let written =
+                crate::tools::certs::write_for_cluster(&config).map_err(Failure::failed)?;
+            for path in written {
+                println!("{}", path.display());
+            }
+            Ok(())
         }
         Command::Test(args) => match crate::tools::suites::run(args).await {
             Ok(true) => Ok(()),
@@ -476,17 +543,21 @@ fn write_value(value: &[u8]) -> Result<(), Failure> {
 async fn pick(target: &Target) -> Result<Client, Failure> {
     let demo = demo::cluster_file();
     let token = token(target.token_file.as_deref())?;
-    let client = |url: &str| Client::new(url, DEFAULT_TIMEOUT).with_token(token.clone());
     let path = match (&target.node, &target.cluster) {
-        (Some(url), _) => return Ok(client(url)),
+        (Some(url), _) => return Ok(node_client(url, target.ca.as_deref())?.with_token(token)),
         (None, Some(path)) => path.clone(),
         (None, None) if demo.exists() => demo,
-        (None, None) => return Ok(client("http://127.0.0.1:7001")),
+        (None, None) => {
+            return Ok(Client::new("http://127.0.0.1:7001", DEFAULT_TIMEOUT).with_token(token))
+        }
     };
     let path = &path;
     let config = load(path)?;
+    let ca = cluster_ca(&config)?;
     for node in &config.nodes {
-        let client = client(&node.http.to_string());
+        let client = Client::new(&node.http.to_string(), DEFAULT_TIMEOUT)
+            .with_ca(ca.as_ref())
+            .with_token(token.clone());
         if client.healthy().await {
             return Ok(client);
         }

@@ -11,6 +11,7 @@
 //! # secret_file = "secret.key"  # path (relative to this file); enables frame HMACs
 //! # client_tokens_file = "tokens" # path (relative to this file); requires client tokens
 //! metrics_open = false          # with tokens: true leaves /metrics readable without one
+//! # tls_ca_file = "tls/ca.pem"  # path; turns TLS on (HTTPS, mutual TLS between peers)
 //! max_key_bytes = 1024
 //! max_value_bytes = 1048576
 //! max_clock_skew_ms = 1000
@@ -24,6 +25,8 @@
 //! id   = "n1"
 //! http = "127.0.0.11:7001"
 //! peer = "127.0.0.11:7101"
+//! # tls_cert_file = "tls/n1.pem" # with tls_ca_file: this node's certificate chain
+//! # tls_key_file = "tls/n1.key"  # and its private key
 //! ```
 
 use std::collections::HashSet;
@@ -38,6 +41,7 @@ use crate::auth::{ClientTokens, TokensFileError};
 use crate::clock::NodeId;
 use crate::persist::FsyncPolicy;
 use crate::store::Limits;
+use crate::tls::TlsPaths;
 
 /// Why a cluster file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +96,13 @@ pub struct NodeSpec {
     /// a store that is not meshkv may be described by `id` and `http` alone.
     #[serde(default)]
     pub peer: Option<SocketAddr>,
+    /// This node's certificate chain (PEM), for HTTPS and the peer links; needed to
+    /// serve the node when `tls_ca_file` is set.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of `tls_cert_file` (PEM); a warning if others may read it.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// Every optional top-level key of the cluster file, with its default.
@@ -109,6 +120,9 @@ pub struct Tuning {
     /// With client tokens: `/metrics` stays readable without a token (for a scraper
     /// that cannot send one). Without tokens it changes nothing.
     pub metrics_open: bool,
+    /// The CA bundle (PEM) that signs every node's certificate. Set, it turns TLS on:
+    /// clients speak HTTPS, peers mutual TLS (API.md §3.6).
+    pub tls_ca_file: Option<PathBuf>,
     /// Longest key in bytes.
     pub max_key_bytes: usize,
     /// Longest value in bytes.
@@ -180,6 +194,7 @@ impl Default for Tuning {
             secret_file: None,
             client_tokens_file: None,
             metrics_open: false,
+            tls_ca_file: None,
             max_key_bytes: limits.max_key_bytes,
             max_value_bytes: limits.max_value_bytes,
             max_clock_skew_ms: 1000,
@@ -301,6 +316,8 @@ impl ClusterConfig {
                 id: NodeId::new("n1").expect("valid id"),
                 http: "127.0.0.1:7001".parse().expect("valid address"),
                 peer: Some("127.0.0.1:7101".parse().expect("valid address")),
+                tls_cert_file: None,
+                tls_key_file: None,
             }],
             tuning: Tuning::default(),
             base_dir: PathBuf::new(),
@@ -326,6 +343,32 @@ impl ClusterConfig {
             }
         }
         let tuning = &self.tuning;
+        for node in &self.nodes {
+            let files = [
+                ("tls_cert_file", &node.tls_cert_file),
+                ("tls_key_file", &node.tls_key_file),
+            ];
+            if let Some((name, _)) = files.iter().find(|(_, file)| file.is_some()) {
+                if tuning.tls_ca_file.is_none() {
+                    return invalid(format!(
+                        "node {} has {name} but the file has no tls_ca_file: TLS needs the CA that signs the nodes' certificates",
+                        node.id
+                    ));
+                }
+            }
+            if node.tls_cert_file.is_some() != node.tls_key_file.is_some() {
+                return invalid(format!(
+                    "node {} needs both tls_cert_file and tls_key_file, or neither",
+                    node.id
+                ));
+            }
+            if tuning.tls_ca_file.is_some() && crate::tls::server_name(&node.id).is_none() {
+                return invalid(format!(
+                    "node id {} cannot be a certificate's DNS name, which TLS needs (use letters as well as digits)",
+                    node.id
+                ));
+            }
+        }
         if tuning.cluster.is_empty() || tuning.cluster.len() > 128 {
             return invalid("cluster must be 1 to 128 bytes long".into());
         }
@@ -391,6 +434,33 @@ impl ClusterConfig {
             .ok_or_else(|| ConfigError::NoPeerAddress(node.id.to_string()))
     }
 
+    /// Where node `node`'s TLS material is, if TLS is on (`tls_ca_file` set); an error
+    /// if TLS is on and the node has no certificate or key.
+    pub fn tls_paths(&self, node: &NodeSpec) -> Result<Option<TlsPaths>, ConfigError> {
+        let Some(ca) = &self.tuning.tls_ca_file else {
+            return Ok(None);
+        };
+        match (&node.tls_cert_file, &node.tls_key_file) {
+            (Some(cert), Some(key)) => Ok(Some(TlsPaths {
+                ca: self.base_dir.join(ca),
+                cert: self.base_dir.join(cert),
+                key: self.base_dir.join(key),
+            })),
+            _ => Err(ConfigError::Invalid(format!(
+                "TLS is on (tls_ca_file) but node {} has no tls_cert_file and tls_key_file: serving it needs its certificate and key",
+                node.id
+            ))),
+        }
+    }
+
+    /// The CA bundle clients trust, if TLS is on.
+    pub fn tls_ca_path(&self) -> Option<PathBuf> {
+        self.tuning
+            .tls_ca_file
+            .as_ref()
+            .map(|ca| self.base_dir.join(ca))
+    }
+
     /// Every node but `id`.
     pub fn peers_of<'a>(&'a self, id: &'a NodeId) -> impl Iterator<Item = &'a NodeSpec> + 'a {
         self.nodes.iter().filter(move |node| &node.id != id)
@@ -452,15 +522,35 @@ impl ClusterConfig {
 
     /// Renders a cluster file for `count` nodes on 127.0.0.11.., as used by `demo`.
     pub fn local_file(count: usize, http_base_port: u16, peer_base_port: u16) -> String {
+        Self::local_file_with(count, http_base_port, peer_base_port, false)
+    }
+
+    /// [`ClusterConfig::local_file`], with TLS if `tls`: `tls_ca_file = "tls/ca.pem"`,
+    /// and node `n<i>`'s certificate and key in `tls/n<i>.pem` and `tls/n<i>.key`.
+    pub fn local_file_with(
+        count: usize,
+        http_base_port: u16,
+        peer_base_port: u16,
+        tls: bool,
+    ) -> String {
         let mut text = String::new();
+        if tls {
+            text.push_str("tls_ca_file = \"tls/ca.pem\"\n\n");
+        }
         for index in 0..count {
             let ip = format!("127.0.0.{}", 11 + index);
+            let n = index + 1;
             text.push_str(&format!(
-                "[[nodes]]\nid = \"n{n}\"\nhttp = \"{ip}:{http}\"\npeer = \"{ip}:{peer}\"\n\n",
-                n = index + 1,
+                "[[nodes]]\nid = \"n{n}\"\nhttp = \"{ip}:{http}\"\npeer = \"{ip}:{peer}\"\n",
                 http = http_base_port as usize + index,
                 peer = peer_base_port as usize + index,
             ));
+            if tls {
+                text.push_str(&format!(
+                    "tls_cert_file = \"tls/n{n}.pem\"\ntls_key_file = \"tls/n{n}.key\"\n"
+                ));
+            }
+            text.push('\n');
         }
         text
     }
@@ -611,9 +701,74 @@ mod tests {
     }
 
     #[test]
+    fn tls_keys_are_checked_and_resolved_against_the_file() {
+        let node = |id: &str, n: u8, tls: &str| {
+            format!(
+                "[[nodes]]\nid=\"{id}\"\nhttp=\"127.0.0.{n}:1\"\npeer=\"127.0.0.{n}:2\"\n{tls}\n"
+            )
+        };
+        let files =
+            |id: &str| format!("tls_cert_file=\"tls/{id}.pem\"\ntls_key_file=\"tls/{id}.key\"");
+        let ca = "tls_ca_file = \"tls/ca.pem\"\n";
+
+        // TLS on: the node served needs its files; a client may use a file without them.
+        let text = format!("{ca}{}{}", node("n1", 1, &files("n1")), node("n2", 2, ""));
+        let mut config = ClusterConfig::parse(&text).unwrap();
+        config.base_dir = PathBuf::from("/etc/meshkv");
+        assert_eq!(
+            config.tls_paths(&config.nodes[0]).unwrap(),
+            Some(TlsPaths {
+                ca: "/etc/meshkv/tls/ca.pem".into(),
+                cert: "/etc/meshkv/tls/n1.pem".into(),
+                key: "/etc/meshkv/tls/n1.key".into(),
+            })
+        );
+        assert_eq!(config.tls_ca_path(), Some("/etc/meshkv/tls/ca.pem".into()));
+        let error = config.tls_paths(&config.nodes[1]).unwrap_err().to_string();
+        assert!(
+            error.contains("node n2 has no tls_cert_file and tls_key_file"),
+            "{error}"
+        );
+
+        // TLS off: no paths, whatever the node.
+        let plain = ClusterConfig::parse(&node("n1", 1, "")).unwrap();
+        assert_eq!(plain.tls_paths(&plain.nodes[0]).unwrap(), None);
+        assert_eq!(plain.tls_ca_path(), None);
+
+        let refused = [
+            (
+                node("n1", 1, &files("n1")),
+                "has tls_cert_file but the file has no tls_ca_file",
+            ),
+            (
+                format!("{ca}{}", node("n1", 1, "tls_cert_file=\"a.pem\"")),
+                "needs both tls_cert_file and tls_key_file",
+            ),
+            (
+                format!("{ca}{}", node("n1", 1, "tls_key_file=\"a.key\"")),
+                "needs both tls_cert_file and tls_key_file",
+            ),
+            (
+                format!("{ca}{}", node("7", 1, "")),
+                "cannot be a certificate's DNS name",
+            ),
+        ];
+        for (text, expected) in refused {
+            let error = ClusterConfig::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text:?} gave {error:?}");
+        }
+    }
+
+    #[test]
     fn local_file_describes_a_valid_cluster() {
         let config = ClusterConfig::parse(&ClusterConfig::local_file(4, 7001, 7101)).unwrap();
         assert_eq!(config.nodes.len(), 4);
+        let secure =
+            ClusterConfig::parse(&ClusterConfig::local_file_with(2, 7001, 7101, true)).unwrap();
+        assert_eq!(
+            secure.tls_paths(&secure.nodes[1]).unwrap().unwrap().key,
+            PathBuf::from("tls/n2.key")
+        );
         assert_eq!(config.nodes[3].http, "127.0.0.14:7004".parse().unwrap());
         assert!(ClusterConfig::single_node().validate().is_ok());
     }

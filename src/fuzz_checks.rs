@@ -231,6 +231,7 @@ fn transport_options(secret: Option<Arc<[u8]>>) -> TransportOptions {
         max_connections: 4,
         metrics: Metrics::new(),
         clock: Arc::new(ManualClock::new(WALL_MS)),
+        tls: None,
     }
 }
 
@@ -321,7 +322,16 @@ async fn accept(input: Vec<u8>, key: Option<&[u8]>) -> Vec<u8> {
     let limiter = LogLimiter::new(options.clock.clone());
     let remote = "127.0.0.12:7102".parse().expect("an address");
     converse(input, |stream| async move {
-        peer::serve_connection(stream, remote, &identity, &options, &*responder, &limiter).await;
+        peer::serve_connection(
+            stream,
+            remote,
+            &identity,
+            &options,
+            &*responder,
+            &limiter,
+            None,
+        )
+        .await;
     })
     .await
 }

@@ -20,6 +20,7 @@
 //! | 1 mechanism | [`skew`] | clock offsets to the peers, self-fencing, commit-wait bounds |
 //! | 2 transport | [`transport`] | the network seam: dial, listen; TCP in production |
 //! | 2 transport | [`peer`] | links from the node's own IP, handshakes, request/reply |
+//! | 2 transport | [`tls`] | certificates and keys from PEM files; the HTTPS and mutual-TLS handshakes |
 //! | 3 service | [`replication`] | consistency levels, push, anti-entropy |
 //! | 4 edge | [`api`] | the client HTTP API |
 //! | 5 assembly | [`config`], [`node`] | the cluster file; spawning and shutdown of a node |
@@ -43,6 +44,7 @@ pub mod replication;
 pub mod session;
 pub mod skew;
 pub mod store;
+pub mod tls;
 pub mod tools;
 pub mod transport;
 pub mod wire;

@@ -176,6 +176,22 @@ pub const REJECT_REASONS: [&str; 11] = [
 
 /// Every `status` of `meshkv_http_auth_refused_total`.
 pub const AUTH_REFUSALS: [u16; 2] = [401, 403];
+/// Every `reason` of `meshkv_peer_tls_refused_total`: the dialer's certificate is not
+/// from the CA, it presented none, it names no member of the cluster file, the `Hello`
+/// names another node than the certificate; the responder's certificate does not name
+/// the node dialed; any other handshake failure (not TLS, a timeout).
+pub const PEER_TLS_REFUSALS: [&str; 6] = [
+    "unknown_ca",
+    "no_certificate",
+    "names_no_member",
+    "hello_mismatch",
+    "wrong_name",
+    "handshake",
+];
+
+/// Every `reason` of `meshkv_http_tls_failures_total`: plain HTTP sent to the HTTPS
+/// port, no handshake within the header deadline, any other handshake failure.
+pub const HTTP_TLS_FAILURES: [&str; 3] = ["plaintext", "timeout", "handshake"];
 
 /// Every `reason` (outcome) of `meshkv_anti_entropy_rounds_total`.
 pub const ROUND_OUTCOMES: [&str; 3] = ["in_sync", "repaired", "failed"];
@@ -268,6 +284,10 @@ pub struct Metrics {
     /// Client requests refused for their token: 401 (none, malformed, unknown) or 403
     /// (a role without the right).
     pub auth_refused: Family<StatusLabels, Counter>,
+    /// Peer connections refused for TLS, by reason (see [`crate::tls`]).
+    pub peer_tls_refused: Family<ReasonLabels, Counter>,
+    /// Client TLS handshakes that failed, by reason.
+    pub http_tls_failures: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -321,6 +341,8 @@ impl Metrics {
             watch_events: Counter::default(),
             watch_overflows: Counter::default(),
             auth_refused: Family::default(),
+            peer_tls_refused: Family::default(),
+            http_tls_failures: Family::default(),
             registry: Registry::default(),
         };
         for route in Route::ALL {
@@ -334,6 +356,8 @@ impl Metrics {
             (&metrics.anti_entropy_rounds, &ROUND_OUTCOMES[..]),
             (&metrics.keys_repaired, &REPAIR_KINDS[..]),
             (&metrics.bounds_hit, &BOUNDS[..]),
+            (&metrics.peer_tls_refused, &PEER_TLS_REFUSALS[..]),
+            (&metrics.http_tls_failures, &HTTP_TLS_FAILURES[..]),
         ] {
             for &reason in reasons {
                 let _ = family.get_or_create(&ReasonLabels { reason });
@@ -496,6 +520,16 @@ impl Metrics {
             metrics.watch_events.clone(),
         );
         registry.register(
+            "peer_tls_refused",
+            "Peer connections refused for TLS reasons (certificate, handshake), by reason",
+            metrics.peer_tls_refused.clone(),
+        );
+        registry.register(
+            "http_tls_failures",
+            "Client connections whose TLS handshake failed, by reason",
+            metrics.http_tls_failures.clone(),
+        );
+        registry.register(
             "watch_overflows",
             "Watchers cut off because they fell behind",
             metrics.watch_overflows.clone(),
@@ -583,6 +617,13 @@ impl Metrics {
     /// Counts one refused frame or connection.
     pub fn reject(&self, reason: &'static str) {
         self.frames_rejected
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Counts a peer connection refused for TLS, by `reason` ([`PEER_TLS_REFUSALS`]).
+    pub fn tls_refuse(&self, reason: &'static str) {
+        self.peer_tls_refused
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

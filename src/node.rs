@@ -2,10 +2,10 @@
 //!
 //! Owns: the node's environment ([`NodeEnv`]: the seams through which the outside world
 //! enters, and their production implementations), opening the storage and logging what
-//! recovery found, binding the two listeners, spawning the peer server, one driver per
-//! peer, the lease keeper and the HTTP server, and the shutdown sequence (one
-//! [`CancellationToken`] that every task watches; the root waits for all of them, with
-//! a deadline, then flushes and closes the journal).
+//! recovery found, loading the TLS material, binding the two listeners, spawning the
+//! peer server, one driver per peer, the lease keeper and the HTTP server, and the
+//! shutdown sequence (one [`CancellationToken`] that every task watches; the root
+//! waits for all of them, with a deadline, then flushes and closes the journal).
 //! Knows nothing of: request semantics.
 
 use std::collections::HashSet;
@@ -26,6 +26,7 @@ use crate::persist::{JournalError, MemoryStorage, Owner, Storage};
 use crate::replication::driver::{self, DriverOptions, PeerTarget};
 use crate::replication::durable::{self, RecoverError};
 use crate::replication::{Replica, ReplicationOptions};
+use crate::tls::NodeTls;
 use crate::transport::{Listener, TcpTransport, Transport};
 use crate::wire::DataEpoch;
 
@@ -51,6 +52,9 @@ pub enum NodeError {
     /// The storage could not be opened (damaged, another node's, in use).
     #[error("cannot open the node's storage: {0}")]
     Storage(#[from] RecoverError),
+    /// The TLS material (CA, certificate, key) cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The journal could not be flushed at shutdown.
     #[error("closing the node's storage: {0}")]
     Close(JournalError),
@@ -271,6 +275,25 @@ pub async fn run_with(
             );
         }
     }
+    // Loaded before anything is bound: unusable TLS material stops the node at once.
+    let tls = match config.tls_paths(&me)? {
+        Some(paths) => {
+            let members: Vec<_> = config.nodes.iter().map(|node| node.id.clone()).collect();
+            let tls = NodeTls::load(&paths, &members)?;
+            if let Some(warning) = crate::tls::key_permissions_warning(&paths.key) {
+                warn!("{warning}");
+            }
+            if !tls.own_certificate_names(&me.id) {
+                warn!(
+                    cert = %paths.cert.display(),
+                    "the certificate does not name this node ({}) as a DNS name: its peers will refuse it",
+                    me.id
+                );
+            }
+            Some(tls)
+        }
+        None => None,
+    };
     // Opened before anything is bound: a refused directory (another node's, in use,
     // damaged) stops the node before it answers anyone.
     let recovered = open_storage(
@@ -346,6 +369,7 @@ pub async fn run_with(
         max_connections: tuning.max_peer_connections,
         metrics: metrics.clone(),
         clock: env.clock.clone(),
+        tls: tls.clone(),
     };
     let driver_options = DriverOptions {
         anti_entropy_interval: Tuning::ms(tuning.anti_entropy_interval_ms),
@@ -424,6 +448,8 @@ pub async fn run_with(
                 )
             },
         ),
+        client_traffic = if tls.is_some() { "HTTPS" } else { "plaintext HTTP" },
+        peer_traffic = if tls.is_some() { "mutual TLS" } else { "plaintext" },
         storage = %env.storage.describe(),
         "node serving"
     );
@@ -446,7 +472,11 @@ pub async fn run_with(
         write_timeout: Tuning::ms(tuning.http_timeout_ms),
         shutdown_grace: SHUTDOWN_GRACE,
     };
-    crate::api::server::serve(http_listener, app, server_options, shutdown.clone()).await;
+    let https = tls.map(|tls| crate::api::server::Https {
+        acceptor: tls.https().clone(),
+        metrics: metrics.clone(),
+    });
+    crate::api::server::serve(http_listener, app, server_options, https, shutdown.clone()).await;
     shutdown.cancel();
     if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
         .await

@@ -1,8 +1,11 @@
 //! Node-to-node transport: TCP links, handshakes, request/reply, the accept loop.
 //!
 //! Owns: dialing from the node's own peer IP (bind before connect, so that nftables
-//! rules on IPs partition nodes that share a machine), the `Hello` handshake, the
-//! deadline on every network operation, and the bounded set of inbound connections.
+//! rules on IPs partition nodes that share a machine), mutual TLS on every link when
+//! the cluster has it (the dialer checks that the responder's certificate names the
+//! node dialed; the acceptor, that the dialer's names a member, the one its `Hello`
+//! claims to be), the `Hello` handshake, the deadline on every network operation, and
+//! the bounded set of inbound connections.
 //! Knows nothing of: what requests mean, and how bytes move: every connection comes
 //! from the node's [`Transport`] (TCP in production). Inbound requests go to a
 //! [`Responder`]; outbound ones come from whoever holds a [`Link`].
@@ -24,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, NodeId};
 use crate::metrics::Metrics;
+use crate::tls::NodeTls;
 use crate::transport::{BoxStream, Listener, Transport};
 use crate::wire::codec::{FrameCodec, WireError, HANDSHAKE_MAX_FRAME_BYTES};
 use crate::wire::{Lineage, Message, PROTOCOL_VERSION};
@@ -43,6 +47,10 @@ pub enum LinkError {
     /// The peer refused the handshake.
     #[error("handshake refused: {0}")]
     Refused(String),
+    /// The TLS handshake failed on our side (the responder's certificate is not from
+    /// the CA, or does not name the node dialed).
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
     /// The peer answered something that does not fit the request.
     #[error("unexpected {got} in reply to {sent}")]
     Unexpected {
@@ -81,6 +89,8 @@ pub struct TransportOptions {
     pub metrics: Arc<Metrics>,
     /// The node's clock (rate limits of log lines; the wall time in `Welcome`).
     pub clock: Arc<dyn Clock>,
+    /// Mutual TLS on every link, if the cluster has it (`None`: plaintext).
+    pub tls: Option<NodeTls>,
 }
 
 impl TransportOptions {
@@ -155,6 +165,39 @@ pub async fn dial(
         .map_err(|_| LinkError::Timeout(timeout))?
         .map_err(WireError::Io)?;
     Ok(stream)
+}
+
+/// Opens a link's stream to `peer` at `remote` from `local_ip`: [`dial`], then, if the
+/// cluster has TLS, the TLS handshake (our certificate presented, the responder's
+/// verified against the CA and `peer`'s id), all within the connect timeout.
+pub async fn connect(
+    transport: &dyn Transport,
+    local_ip: IpAddr,
+    remote: SocketAddr,
+    peer: &NodeId,
+    options: &TransportOptions,
+) -> Result<BoxStream, LinkError> {
+    let timeout = options.connect_timeout;
+    let stream = dial(transport, local_ip, remote, timeout).await?;
+    let Some(tls) = &options.tls else {
+        return Ok(stream);
+    };
+    let name = crate::tls::server_name(peer)
+        .ok_or_else(|| LinkError::Tls(format!("{peer} cannot be a certificate name")))?;
+    match tokio::time::timeout(timeout, tls.peer_connector().connect(name, stream)).await {
+        Err(_) => Err(LinkError::Timeout(timeout)),
+        Ok(Ok(stream)) => Ok(Box::new(stream)),
+        Ok(Err(error)) if crate::tls::refused_by_other_side(&error) => {
+            Err(LinkError::Wire(WireError::Io(error)))
+        }
+        Ok(Err(error)) => {
+            let reason = crate::tls::peer_refusal_reason(&error);
+            if reason != "handshake" {
+                options.metrics.tls_refuse(reason);
+            }
+            Err(LinkError::Tls(format!("{peer} at {remote}: {error}")))
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
@@ -369,13 +412,70 @@ pub async fn serve(
                 // In order: a stopping node answers nothing more.
                 biased;
                 _ = shutdown.cancelled() => {}
-                _ = serve_connection(stream, remote, &identity, &options, &*responder, &limiter) => {}
+                _ = accept(stream, remote, &identity, &options, &*responder, &limiter) => {}
             }
         });
     }
 }
 
+/// Serves one inbound connection: first the TLS handshake if the cluster has TLS,
+/// refusing a dialer whose certificate is not from the CA or names no member; then
+/// [`serve_connection`].
+async fn accept(
+    stream: BoxStream,
+    remote: SocketAddr,
+    identity: &Identity,
+    options: &TransportOptions,
+    responder: &dyn Responder,
+    limiter: &LogLimiter,
+) {
+    let Some(tls) = &options.tls else {
+        return serve_connection(stream, remote, identity, options, responder, limiter, None).await;
+    };
+    let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
+        options.metrics.tls_refuse(reason);
+        if limiter.allow(&format!("{}:tls:{reason}", remote.ip())) {
+            warn!(%remote, reason, "peer connection refused (TLS): {detail}");
+        }
+    };
+    let handshake = tls.peer_acceptor().accept(stream);
+    let stream = match tokio::time::timeout(options.connect_timeout, handshake).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) if crate::tls::refused_by_other_side(&error) => {
+            // The dialer refused our certificate: its refusal, counted there.
+            return debug!(%remote, %error, "the dialer refused our TLS certificate");
+        }
+        Ok(Err(error)) => return refuse(crate::tls::peer_refusal_reason(&error), &error),
+        Err(_) => return refuse("handshake", &"no TLS handshake in time"),
+    };
+    let named = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|cert| tls.members_named(cert))
+        .unwrap_or_default();
+    if named.is_empty() {
+        return refuse(
+            "names_no_member",
+            &"its certificate, from our CA, names no node of the cluster file",
+        );
+    }
+    serve_connection(
+        stream,
+        remote,
+        identity,
+        options,
+        responder,
+        limiter,
+        Some(&named),
+    )
+    .await
+}
+
 /// Serves one inbound connection: the handshake, then request → reply until it ends.
+/// `certified`: the members that the dialer's TLS certificate names (with TLS), one
+/// of which its `Hello` must claim to be.
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     remote: SocketAddr,
@@ -383,10 +483,15 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     options: &TransportOptions,
     responder: &dyn Responder,
     limiter: &LogLimiter,
+    certified: Option<&[NodeId]>,
 ) {
     let mut frames = Framed::new(stream, options.codec());
     let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
-        options.metrics.reject(reason);
+        if reason == "hello_mismatch" {
+            options.metrics.tls_refuse(reason);
+        } else {
+            options.metrics.reject(reason);
+        }
         if limiter.allow(&format!("{}:{reason}", remote.ip())) {
             warn!(%remote, reason, "peer connection refused: {detail}");
         }
@@ -404,6 +509,16 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         Err(_) => return refuse("handshake_timeout", &"no hello in time"),
     };
     let admitted = check_hello(identity, &hello).and_then(|(from, lineage)| {
+        if let Some(named) = certified.filter(|named| !named.contains(&from)) {
+            let named: Vec<&str> = named.iter().map(NodeId::as_str).collect();
+            return Err((
+                "hello_mismatch",
+                format!(
+                    "the hello claims {from}, but the TLS certificate names {}",
+                    named.join(", ")
+                ),
+            ));
+        }
         let ours = responder
             .admit(&from, &lineage)
             .map_err(|sentence| ("retired", sentence))?;
@@ -579,6 +694,7 @@ mod tests {
             max_connections: 4,
             metrics: Metrics::new(),
             clock: Arc::new(ManualClock::new(5)),
+            tls: None,
         }
     }
 
@@ -596,6 +712,7 @@ mod tests {
                 &options,
                 &Echo,
                 &limiter,
+                None,
             )
             .await;
         });
@@ -656,8 +773,16 @@ mod tests {
                 let options = options();
                 let limiter = LogLimiter::new(options.clock.clone());
                 let address = "127.0.0.1:1".parse().unwrap();
-                serve_connection(server, address, &identity("n2"), &options, &Picky, &limiter)
-                    .await;
+                serve_connection(
+                    server,
+                    address,
+                    &identity("n2"),
+                    &options,
+                    &Picky,
+                    &limiter,
+                    None,
+                )
+                .await;
             });
             let mut lineage = Lineage::default();
             lineage.epoch.id = epoch;

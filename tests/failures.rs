@@ -404,6 +404,7 @@ fn transport(secret: &[u8]) -> TransportOptions {
         max_connections: 4,
         metrics: Metrics::new(),
         clock: Arc::new(ManualClock::new(0)),
+        tls: None,
     }
 }
 

@@ -7,7 +7,7 @@ mod common;
 use common::TestCluster;
 
 /// Every family a node exports (README/DESIGN name them).
-const FAMILIES: [&str; 34] = [
+const FAMILIES: [&str; 36] = [
     "meshkv_peer_frames",
     "meshkv_peer_bytes",
     "meshkv_peer_frames_rejected",
@@ -42,6 +42,8 @@ const FAMILIES: [&str; 34] = [
     "meshkv_session_fetches",
     "meshkv_session_behind",
     "meshkv_http_auth_refused",
+    "meshkv_peer_tls_refused",
+    "meshkv_http_tls_failures",
 ];
 
 /// Whether `text` lists a series of `family` (`family_total{…}`, `family{…}`, `family 0`).
@@ -84,6 +86,9 @@ async fn a_fresh_node_lists_every_family_at_zero() {
         r#"meshkv_peer_frames_rejected_total{reason="bad_tag"} 0"#,
         r#"meshkv_peer_frames_rejected_total{reason="oversized_frame"} 0"#,
         r#"meshkv_bounds_hit_total{reason="job_queue"} 0"#,
+        r#"meshkv_peer_tls_refused_total{reason="unknown_ca"} 0"#,
+        r#"meshkv_peer_tls_refused_total{reason="hello_mismatch"} 0"#,
+        r#"meshkv_http_tls_failures_total{reason="plaintext"} 0"#,
         r#"meshkv_pushes_dropped_total{peer="n2"} 0"#,
         r#"meshkv_peer_frames_total{peer="n2",kind="push",direction="sent"} 0"#,
         r#"meshkv_http_requests_total{route="kv_put",status="200"} 0"#,

@@ -30,7 +30,7 @@ use super::peers::{Job, Peer};
 use super::state::NodeState;
 use crate::clock::NodeId;
 use crate::metrics::PeerLabels;
-use crate::peer::{dial, Identity, Link, LinkError, TransportOptions};
+use crate::peer::{connect, Identity, Link, LinkError, TransportOptions};
 use crate::store::Entry;
 use crate::transport::Transport;
 use crate::wire::{Lineage, Message};
@@ -170,6 +170,12 @@ pub async fn run(
                 }
                 backoff = options.max_backoff;
             }
+            Err(LinkError::Tls(reason)) => {
+                if node.may_log(&format!("tls:{peer_id}")) {
+                    warn!(peer = %peer_id, %reason, "refused the peer's TLS certificate");
+                }
+                backoff = options.max_backoff;
+            }
             Err(error) => {
                 unanswered = matches!(error, LinkError::Timeout(_));
                 if was_up {
@@ -242,13 +248,7 @@ async fn open_link(
     stamp: impl Fn() -> (u64, u64),
 ) -> Result<(Link, (u64, u64)), LinkError> {
     let attempt = || async {
-        let stream = dial(
-            network,
-            target.local_ip,
-            target.address,
-            transport.connect_timeout,
-        )
-        .await?;
+        let stream = connect(network, target.local_ip, target.address, peer, transport).await?;
         // The handshake is timed: its `Welcome` is the first clock sample.
         let sent = stamp();
         let link = Link::open(stream, identity, peer, lineage.clone(), transport).await?;

@@ -1,7 +1,8 @@
 //! An HTTP client of the public API (API.md §3), for the CLI and the test suites.
 //!
-//! Owns: [`Client`] (one base URL, timeouts on every call, optionally a session and a
-//! client token), [`AccessToken`] (where a command finds its token) and [`ClientError`].
+//! Owns: [`Client`] (one base URL, timeouts on every call, HTTPS with a given CA,
+//! optionally a session and a client token), [`Ca`], [`AccessToken`] (where a command
+//! finds its token) and [`ClientError`].
 //! Knows nothing of: the server's internals; it speaks only the documented API, so it
 //! works against any implementation of the contract.
 
@@ -36,6 +37,51 @@ const KEY_ESCAPES: &AsciiSet = &CONTROLS
     .add(b'+')
     .add(b'&')
     .add(b'=');
+
+/// The CA bundle a client trusts for HTTPS (PEM): a cluster file's `tls_ca_file`, or
+/// the CLI's `--ca`. Only these certificates are trusted, not the system's.
+#[derive(Clone, Debug)]
+pub struct Ca(Vec<reqwest::Certificate>);
+
+impl Ca {
+    /// The certificates of the PEM file at `path`.
+    pub fn load(path: &std::path::Path) -> Result<Self, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|error| format!("cannot read the CA file {}: {error}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&bytes)
+            .map_err(|error| format!("the CA file {} is not PEM: {error}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!(
+                "the CA file {} holds no certificate (expected PEM)",
+                path.display()
+            ));
+        }
+        Ok(Self(certs))
+    }
+
+    /// The CA of `config`'s `tls_ca_file`, if the cluster has TLS.
+    pub fn of_cluster(config: &crate::config::ClusterConfig) -> Result<Option<Self>, String> {
+        config
+            .tls_ca_path()
+            .map(|path| Self::load(&path))
+            .transpose()
+    }
+}
+
+/// A client builder with the connection settings and, if given, the CA as the only
+/// trusted root (HTTPS only then); without an overall deadline (a watch has none).
+fn builder(connect_timeout: Duration, ca: Option<&Ca>) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_max_idle_per_host(16);
+    match ca {
+        None => builder,
+        Some(ca) => ca.0.iter().fold(
+            builder.use_rustls_tls().https_only(true),
+            |builder, cert| builder.add_root_certificate(cert.clone()),
+        ),
+    }
+}
 
 /// Default deadline for one request.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -462,6 +508,9 @@ pub const SESSION_HEADER: &str = "Meshkv-Session";
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    timeout: Duration,
+    /// The CA trusted for HTTPS, if any.
+    ca: Option<Ca>,
     session: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
     token: Option<AccessToken>,
 }
@@ -474,15 +523,14 @@ impl Client {
         } else {
             format!("http://{}", url.trim_end_matches('/'))
         };
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_max_idle_per_host(16)
-            .build()
-            .expect("a client without TLS always builds");
         Self {
             base,
-            http,
+            http: builder(timeout, None)
+                .timeout(timeout)
+                .build()
+                .expect("the client builds"),
+            timeout,
+            ca: None,
             session: None,
             token: None,
         }
@@ -502,6 +550,23 @@ impl Client {
             }
             None => request,
         }
+    }
+
+    /// This client, speaking HTTPS and trusting `ca` alone, if `ca` is given (`None`
+    /// leaves it as it is). An `http://` URL becomes `https://`.
+    pub fn with_ca(mut self, ca: Option<&Ca>) -> Self {
+        let Some(ca) = ca else {
+            return self;
+        };
+        if let Some(rest) = self.base.strip_prefix("http://") {
+            self.base = format!("https://{rest}");
+        }
+        self.http = builder(self.timeout, Some(ca))
+            .timeout(self.timeout)
+            .build()
+            .expect("the client builds");
+        self.ca = Some(ca.clone());
+        self
     }
 
     /// This client, carrying a session from now on, starting from `token` (`None`: a
@@ -537,10 +602,16 @@ impl Client {
     }
 
     fn unreachable(&self, error: reqwest::Error) -> ClientError {
+        // The innermost cause says what went wrong (refused, a certificate not from
+        // the CA, a TLS alert); reqwest's own sentence only says where.
+        let mut cause: &dyn std::error::Error = &error;
+        while let Some(source) = cause.source() {
+            cause = source;
+        }
         let reason = if error.is_timeout() {
             "timed out".to_owned()
         } else if error.is_connect() {
-            "connection failed".to_owned()
+            format!("connection failed: {cause}")
         } else {
             error.to_string()
         };
@@ -657,6 +728,14 @@ impl Client {
         self.parse(&body)
     }
 
+    /// `GET path` as text, e.g. `/metrics`.
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let (_, body) = self
+            .send(self.http.get(format!("{}{path}", self.base)))
+            .await?;
+        Ok(body)
+    }
+
     /// Watches the changes under `prefix` (`GET /v1/watch`); with `after`, first the
     /// entries newer than that version. The stream has no overall deadline, only the
     /// idle one of [`WatchStream::next`].
@@ -675,10 +754,9 @@ impl Client {
             url.push_str("&after=");
             url.push_str(&utf8_percent_encode(after, NON_ALPHANUMERIC).to_string());
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(DEFAULT_TIMEOUT)
+        let http = builder(self.timeout, self.ca.as_ref())
             .build()
-            .expect("a client without TLS always builds");
+            .expect("the client builds");
         let response = tokio::time::timeout(DEFAULT_TIMEOUT, self.authorize(http.get(url)).send())
             .await
             .map_err(|_| ClientError::Unreachable {

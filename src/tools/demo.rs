@@ -1,7 +1,8 @@
 //! `meshkv demo`: a local cluster supervised in the foreground.
 //!
-//! Owns: the demo's cluster file and directory (`$TMPDIR/meshkv-demo`), the check that
-//! every port is free, starting each node as a `meshkv serve` child process with its
+//! Owns: the demo's cluster file and directory (`$TMPDIR/meshkv-demo`), with
+//! `--secure` its throwaway TLS material (`tls/` there), the check that every port is
+//! free, starting each node as a `meshkv serve` child process with its
 //! data directory, waiting until all answer `/health`, reporting nodes that exit, and
 //! stopping them all on Ctrl-C (each node also exits with its parent, even on
 //! `kill -9` of the demo).
@@ -13,7 +14,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::{ClusterConfig, NodeSpec};
-use crate::tools::client::Client;
+use crate::tools::certs;
+use crate::tools::client::{Ca, Client};
 
 /// Why the demo could not run.
 #[derive(Debug, thiserror::Error)]
@@ -36,11 +38,47 @@ pub fn cluster_file() -> PathBuf {
 /// First client port of the demo cluster; peers use `HTTP_PORT + 100 + i`.
 pub const HTTP_PORT: u16 = 7001;
 
+/// What `--secure` set up, for the clients and the lines printed.
+struct Secure {
+    /// The CA file clients trust.
+    ca_file: PathBuf,
+    // Client tokens (the TOKENS part of issue 13) go here: the tokens file written
+    // next to the cluster file and named by its `client_tokens_file`, and the token
+    // that `curl()` and the demo's own clients send.
+}
+
+impl Secure {
+    /// Generates a CA and a certificate per node of `config` into `dir/tls/` (keys
+    /// 0600); the cluster file already names them (`local_file_with(.., true)`).
+    fn generate(dir: &std::path::Path, config: &ClusterConfig) -> Result<Self, DemoError> {
+        let nodes: Vec<(&str, std::net::IpAddr)> = config
+            .nodes
+            .iter()
+            .map(|node| (node.id.as_str(), node.http.ip()))
+            .collect();
+        certs::write_cluster(dir, &nodes).map_err(DemoError::Failed)?;
+        Ok(Self {
+            ca_file: dir.join("tls").join("ca.pem"),
+        })
+    }
+}
+
+/// The start of a curl command line that reaches the demo's nodes.
+fn curl(secure: Option<&Secure>) -> String {
+    match secure {
+        None => "curl".to_owned(),
+        Some(secure) => format!("curl --cacert {}", secure.ca_file.display()),
+    }
+}
+
 /// Runs `count` nodes on ports `port`, `port + 1`, … (peers 100 above) until `stop`
-/// resolves, then stops them, each within `grace` (then killed).
+/// resolves, then stops them, each within `grace` (then killed). With `secure`, the
+/// cluster has TLS: HTTPS for clients and mutual TLS between the nodes, with a
+/// throwaway CA.
 pub async fn run(
     count: usize,
     port: u16,
+    secure: bool,
     grace: Duration,
     stop: impl Future<Output = ()>,
 ) -> Result<(), DemoError> {
@@ -59,7 +97,7 @@ pub async fn run(
         .parent()
         .expect("the demo file is inside a directory")
         .to_owned();
-    let text = ClusterConfig::local_file(count, port, port + 100);
+    let text = ClusterConfig::local_file_with(count, port, port + 100, secure);
     let config = ClusterConfig::parse(&text).map_err(|e| DemoError::Failed(e.to_string()))?;
     // Every address must be free: otherwise the nodes would fail one by one, and a
     // client could quietly talk to whatever already listens there (an older demo).
@@ -77,6 +115,15 @@ pub async fn run(
         .map_err(|e| DemoError::Failed(format!("cannot create {}: {e}", dir.display())))?;
     std::fs::write(&cluster_file, text)
         .map_err(|e| DemoError::Failed(format!("cannot write {}: {e}", cluster_file.display())))?;
+    let secure = match secure {
+        true => Some(Secure::generate(&dir, &config)?),
+        false => None,
+    };
+    let ca = match &secure {
+        Some(secure) => Some(Ca::load(&secure.ca_file).map_err(DemoError::Failed)?),
+        None => None,
+    };
+    let scheme = if secure.is_some() { "https" } else { "http" };
 
     let mut children = Vec::new();
     for spec in &config.nodes {
@@ -107,7 +154,8 @@ pub async fn run(
     // Wait (bounded) until every node answers /health.
     let deadline = Instant::now() + Duration::from_secs(10);
     for (spec, child, log_path) in &mut children {
-        let client = Client::new(&spec.http.to_string(), Duration::from_millis(500));
+        let client =
+            Client::new(&spec.http.to_string(), Duration::from_millis(500)).with_ca(ca.as_ref());
         loop {
             if client.healthy().await {
                 break;
@@ -133,15 +181,22 @@ pub async fn run(
     }
 
     println!(
-        "meshkv demo: {count} nodes running (logs, data directories and cluster file in {})\n",
+        "meshkv demo: {count} nodes running (logs, data directories and cluster file in {})",
         dir.display()
     );
-    println!("  {:<4} {:<22} {:<22} pid", "node", "client HTTP", "peer");
+    match &secure {
+        Some(secure) => println!(
+            "TLS: HTTPS for clients, mutual TLS between nodes; throwaway CA {}\n",
+            secure.ca_file.display()
+        ),
+        None => println!(),
+    }
+    println!("  {:<4} {:<27} {:<22} pid", "node", "client HTTP", "peer");
     for (spec, child, _) in &children {
         println!(
-            "  {:<4} {:<22} {:<22} {}",
+            "  {:<4} {:<27} {:<22} {}",
             spec.id,
-            format!("http://{}", spec.http),
+            format!("{scheme}://{}", spec.http),
             spec.peer
                 .map_or_else(|| "-".to_owned(), |peer| peer.to_string()),
             child.id().map_or_else(|| "?".into(), |pid| pid.to_string())
@@ -149,16 +204,24 @@ pub async fn run(
     }
     let first = &config.nodes[0].http;
     let last = &config.nodes[count - 1].http;
+    let curl = curl(secure.as_ref());
+    let ca_flag = secure
+        .as_ref()
+        .map(|secure| format!(" --ca {}", secure.ca_file.display()))
+        .unwrap_or_default();
     println!("\nTry:");
-    println!("  curl -X PUT --data 'hello' http://{first}/v1/kv/greeting");
-    println!("  curl http://{last}/v1/kv/greeting");
-    println!("  {} get greeting --node http://{last}", exe.display());
+    println!("  {curl} -X PUT --data 'hello' {scheme}://{first}/v1/kv/greeting");
+    println!("  {curl} {scheme}://{last}/v1/kv/greeting");
+    println!(
+        "  {} get greeting --node {scheme}://{last}{ca_flag}",
+        exe.display()
+    );
     println!(
         "  {} get greeting --cluster {}",
         exe.display(),
         cluster_file.display()
     );
-    println!("  curl http://{first}/v1/convergence");
+    println!("  {curl} {scheme}://{first}/v1/convergence");
     println!("  kill -9 <pid>   # the others keep serving");
     println!("\nPress Ctrl-C to stop every node.");
 

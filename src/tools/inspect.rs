@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::config::ClusterConfig;
-use crate::tools::client::{AccessToken, Client};
+use crate::tools::client::{AccessToken, Ca, Client};
 
 /// Between two polls of `check --wait`.
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -42,21 +42,28 @@ pub struct Verdict {
 
 /// Where the tools learn about a cluster.
 pub enum Source {
-    /// Every node of a cluster file is asked directly, with the client token if any.
-    Cluster(Box<ClusterConfig>, Option<AccessToken>),
+    /// Every node of a cluster file is asked directly (over HTTPS with the CA, if the
+    /// cluster has TLS), with the client token if any.
+    Cluster(Box<ClusterConfig>, Option<Ca>, Option<AccessToken>),
     /// One node is asked, and it asks the others (`/v1/convergence?cluster=true`): for
     /// an operator who knows one address and not the cluster file.
     Node(Client),
 }
 
-fn clients(config: &ClusterConfig, token: &Option<AccessToken>) -> Vec<(String, Client)> {
+fn clients(
+    config: &ClusterConfig,
+    ca: Option<&Ca>,
+    token: &Option<AccessToken>,
+) -> Vec<(String, Client)> {
     config
         .nodes
         .iter()
         .map(|node| {
             (
                 node.id.to_string(),
-                Client::new(&node.http.to_string(), REQUEST_TIMEOUT).with_token(token.clone()),
+                Client::new(&node.http.to_string(), REQUEST_TIMEOUT)
+                    .with_ca(ca)
+                    .with_token(token.clone()),
             )
         })
         .collect()
@@ -65,7 +72,7 @@ fn clients(config: &ClusterConfig, token: &Option<AccessToken>) -> Vec<(String, 
 /// Reads every node's `/v1/convergence`, directly or through one node.
 pub async fn poll(source: &Source) -> Vec<NodeState> {
     match source {
-        Source::Cluster(config, token) => poll_cluster(config, token).await,
+        Source::Cluster(config, ca, token) => poll_cluster(config, ca.as_ref(), token).await,
         Source::Node(client) => poll_through(client).await,
     }
 }
@@ -108,8 +115,12 @@ async fn poll_through(client: &Client) -> Vec<NodeState> {
 }
 
 /// Reads the `/v1/convergence` of every node of a cluster file.
-async fn poll_cluster(config: &ClusterConfig, token: &Option<AccessToken>) -> Vec<NodeState> {
-    let reads = clients(config, token)
+async fn poll_cluster(
+    config: &ClusterConfig,
+    ca: Option<&Ca>,
+    token: &Option<AccessToken>,
+) -> Vec<NodeState> {
+    let reads = clients(config, ca, token)
         .into_iter()
         .map(|(id, client)| async move {
             let state = match client.get_json("/v1/convergence").await {
@@ -233,7 +244,7 @@ fn cell(value: &Value) -> String {
 /// the view of peers is its own.
 pub async fn status(source: &Source) -> String {
     let clients = match source {
-        Source::Cluster(config, token) => clients(config, token),
+        Source::Cluster(config, ca, token) => clients(config, ca.as_ref(), token),
         Source::Node(client) => return status_through(client).await,
     };
     let mut out = String::new();

@@ -9,6 +9,10 @@
 //!
 //! Every child process is killed (SIGKILL) and reaped when the [`TestCluster`] is
 //! dropped, including while a test panics, and the cluster's nft table is deleted.
+//!
+//! [`TestCluster::start_tls`] runs the cluster with TLS: a throwaway CA and a
+//! certificate per node in `<dir>/tls/` (or, per node, a certificate of another CA or
+//! naming another node, for the tests of refusals); its clients speak HTTPS.
 
 #![allow(dead_code)]
 
@@ -21,7 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use meshkv::tools::client::{AccessToken, Client};
+use meshkv::tools::certs::{self, Authority};
+use meshkv::tools::client::{AccessToken, Ca, Client};
 use serde_json::Value;
 
 /// How long a node may take to answer `/health` after it is started.
@@ -44,6 +49,44 @@ struct Node {
     extra_args: Vec<String>,
     /// Extra environment of the process (e.g. libfaketime's `LD_PRELOAD`).
     env: Vec<(String, String)>,
+    /// With TLS: the client configuration that trusts the CA of this node's
+    /// certificate, for the health checks.
+    health_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// The certificate a node of a TLS test cluster gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeCert {
+    /// From the cluster's CA, naming the node's id and IP.
+    Good,
+    /// From another CA (a stranger), naming the node's id and IP.
+    ForeignCa,
+    /// From the cluster's CA, naming this DNS name (not the node's id) and the IP.
+    Names(&'static str),
+}
+
+/// A TLS test cluster's CA, as the clients use it.
+struct ClusterTls {
+    ca: Ca,
+    ca_file: PathBuf,
+}
+
+/// A client configuration that trusts `ca_pem` alone (the health checks).
+fn health_config(ca_pem: &str) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.expect("the CA is PEM"))
+            .expect("a CA certificate");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("default versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(config)
 }
 
 /// A running cluster of real `meshkv serve` processes.
@@ -57,6 +100,8 @@ pub struct TestCluster {
     fsync: Option<String>,
     /// With client tokens on: the token the harness's own requests carry (admin).
     token: Option<AccessToken>,
+    /// With TLS: the CA the clients trust.
+    tls: Option<ClusterTls>,
 }
 
 /// A free port on `ip`: bind port 0, read the port the OS chose, release it.
@@ -75,18 +120,36 @@ fn free_port(ip: IpAddr, taken: &[u16]) -> u16 {
     panic!("no free port found on {ip}");
 }
 
-/// `GET /health` with a plain blocking socket (usable outside any async runtime).
-fn health_ok(address: SocketAddr) -> bool {
+/// `GET /health` with a plain blocking socket (usable outside any async runtime), over
+/// TLS with `tls`.
+fn health_ok(address: SocketAddr, tls: Option<&std::sync::Arc<rustls::ClientConfig>>) -> bool {
     let attempt = || -> std::io::Result<bool> {
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_millis(500))?;
+        let stream = TcpStream::connect_timeout(&address, Duration::from_millis(500))?;
         stream.set_read_timeout(Some(Duration::from_secs(2)))?;
         stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-        write!(
-            stream,
-            "GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-        )?;
+        let request =
+            format!("GET /health HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
         let mut response = Vec::new();
-        stream.read_to_end(&mut response)?;
+        match tls {
+            None => {
+                let mut stream = stream;
+                stream.write_all(request.as_bytes())?;
+                stream.read_to_end(&mut response)?;
+            }
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::IpAddress(address.ip().into());
+                let connection = rustls::ClientConnection::new(config.clone(), name)
+                    .map_err(std::io::Error::other)?;
+                let mut stream = rustls::StreamOwned::new(connection, stream);
+                stream.write_all(request.as_bytes())?;
+                // The server may close without a close_notify once it has answered.
+                if let Err(error) = stream.read_to_end(&mut response) {
+                    if response.is_empty() {
+                        return Err(error);
+                    }
+                }
+            }
+        }
         let response = String::from_utf8_lossy(&response);
         let ok_status =
             response.starts_with("HTTP/1.1 200") || response.starts_with("HTTP/1.0 200");
@@ -107,14 +170,45 @@ impl TestCluster {
     /// Starts `n` nodes; `extra_toml` holds optional top-level keys of the cluster file
     /// (e.g. `"live_timeout_ms = 300\n"`). Returns once every node answers `/health`.
     pub fn start(n: usize, extra_toml: &str) -> TestCluster {
-        Self::start_with(n, extra_toml, None, |_| Vec::new())
+        Self::start_with(
+            n,
+            extra_toml,
+            None,
+            |_| Vec::new(),
+            None::<fn(usize) -> NodeCert>,
+        )
+    }
+
+    /// [`TestCluster::start`] with TLS (`tls_ca_file` and every node's certificate and
+    /// key under `<dir>/tls/`): node `i` gets the certificate `cert(i)` describes. Waits
+    /// until every node answers `/health` over HTTPS (checked against the CA that
+    /// issued its certificate).
+    pub fn start_tls(n: usize, extra_toml: &str, cert: impl Fn(usize) -> NodeCert) -> TestCluster {
+        Self::start_with(n, extra_toml, None, |_| Vec::new(), Some(cert))
+    }
+
+    /// [`TestCluster::start_tls`] with durable nodes (as [`TestCluster::start_durable`]).
+    pub fn start_tls_durable(n: usize, extra_toml: &str, fsync: &str) -> TestCluster {
+        Self::start_with(
+            n,
+            extra_toml,
+            Some(fsync.to_owned()),
+            |_| Vec::new(),
+            Some(|_| NodeCert::Good),
+        )
     }
 
     /// [`TestCluster::start`] with durable nodes: node `i` keeps its data in
     /// [`TestCluster::data_dir`]`(i)` with `--fsync fsync`, and keeps it across
     /// [`TestCluster::restart`].
     pub fn start_durable(n: usize, extra_toml: &str, fsync: &str) -> TestCluster {
-        Self::start_with(n, extra_toml, Some(fsync.to_owned()), |_| Vec::new())
+        Self::start_with(
+            n,
+            extra_toml,
+            Some(fsync.to_owned()),
+            |_| Vec::new(),
+            None::<fn(usize) -> NodeCert>,
+        )
     }
 
     /// As [`TestCluster::start`], with extra environment variables for node `i`'s
@@ -124,7 +218,7 @@ impl TestCluster {
         extra_toml: &str,
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> TestCluster {
-        Self::start_with(n, extra_toml, None, env)
+        Self::start_with(n, extra_toml, None, env, None::<fn(usize) -> NodeCert>)
     }
 
     /// [`TestCluster::start`] with client tokens on: `tokens` is written to the file
@@ -134,7 +228,14 @@ impl TestCluster {
     pub fn start_with_tokens(n: usize, extra_toml: &str, tokens: &str, admin: &str) -> TestCluster {
         let extra = format!("client_tokens_file = \"tokens\"\n{extra_toml}");
         let token = AccessToken::new(admin, "the test").expect("a well-formed admin token");
-        Self::start_inner(n, &extra, None, |_| Vec::new(), Some((tokens, token)))
+        Self::start_inner(
+            n,
+            &extra,
+            None,
+            |_| Vec::new(),
+            None::<fn(usize) -> NodeCert>,
+            Some((tokens, token)),
+        )
     }
 
     fn start_with(
@@ -142,8 +243,9 @@ impl TestCluster {
         extra_toml: &str,
         fsync: Option<String>,
         env: impl Fn(usize) -> Vec<(String, String)>,
+        certs: Option<impl Fn(usize) -> NodeCert>,
     ) -> TestCluster {
-        Self::start_inner(n, extra_toml, fsync, env, None)
+        Self::start_inner(n, extra_toml, fsync, env, certs, None)
     }
 
     fn start_inner(
@@ -151,6 +253,7 @@ impl TestCluster {
         extra_toml: &str,
         fsync: Option<String>,
         env: impl Fn(usize) -> Vec<(String, String)>,
+        certs: Option<impl Fn(usize) -> NodeCert>,
         tokens: Option<(&str, AccessToken)>,
     ) -> TestCluster {
         assert!((1..=200).contains(&n), "a test cluster has 1 to 200 nodes");
@@ -169,11 +272,23 @@ impl TestCluster {
             toml.push_str(extra_toml.trim_end());
             toml.push_str("\n\n");
         }
+        // With TLS: the cluster's CA, and a stranger's for `NodeCert::ForeignCa`.
+        let authorities = certs.as_ref().map(|_| {
+            let tls_dir = dir.join("tls");
+            std::fs::create_dir_all(&tls_dir).expect("create the tls directory");
+            let ours = Authority::generate("meshkv test CA").expect("a CA");
+            let theirs = Authority::generate("a stranger's CA").expect("a CA");
+            certs::write_file(&tls_dir.join("ca.pem"), ours.pem(), false).expect("write the CA");
+            certs::write_file(&tls_dir.join("foreign-ca.pem"), theirs.pem(), false)
+                .expect("write the other CA");
+            toml.insert_str(0, "tls_ca_file = \"tls/ca.pem\"\n");
+            (ours, theirs)
+        });
         for i in 1..=n {
             let ip = IpAddr::V4(Ipv4Addr::new(127, a, b, (10 + i) as u8));
             let http_port = free_port(ip, &[]);
             let peer_port = free_port(ip, &[http_port]);
-            let node = Node {
+            let mut node = Node {
                 id: format!("n{i}"),
                 http: SocketAddr::new(ip, http_port),
                 peer: SocketAddr::new(ip, peer_port),
@@ -182,11 +297,28 @@ impl TestCluster {
                 paused: false,
                 extra_args: Vec::new(),
                 env: env(i),
+                health_tls: None,
             };
             toml.push_str(&format!(
-                "[[nodes]]\nid = \"{}\"\nhttp = \"{}\"\npeer = \"{}\"\n\n",
+                "[[nodes]]\nid = \"{}\"\nhttp = \"{}\"\npeer = \"{}\"\n",
                 node.id, node.http, node.peer
             ));
+            if let (Some(cert), Some((ours, theirs))) = (&certs, &authorities) {
+                let (ca, name) = match cert(i) {
+                    NodeCert::Good => (ours, node.id.as_str()),
+                    NodeCert::ForeignCa => (theirs, node.id.as_str()),
+                    NodeCert::Names(name) => (ours, name),
+                };
+                let issued = ca.issue(&[name], &[ip]).expect("a node certificate");
+                let (cert_file, key_file) = (format!("tls/n{i}.pem"), format!("tls/n{i}.key"));
+                certs::write_file(&dir.join(&cert_file), &issued.cert_pem, false).unwrap();
+                certs::write_file(&dir.join(&key_file), &issued.key_pem, true).unwrap();
+                toml.push_str(&format!(
+                    "tls_cert_file = \"{cert_file}\"\ntls_key_file = \"{key_file}\"\n"
+                ));
+                node.health_tls = Some(health_config(ca.pem()));
+            }
+            toml.push('\n');
             nodes.push(node);
         }
         let cluster_file = dir.join("cluster.toml");
@@ -206,6 +338,13 @@ impl TestCluster {
             admin
         });
 
+        let tls = authorities.map(|_| {
+            let ca_file = dir.join("tls").join("ca.pem");
+            ClusterTls {
+                ca: Ca::load(&ca_file).expect("the CA file loads"),
+                ca_file,
+            }
+        });
         // The struct exists before any process does, so a panic below still kills them.
         let mut cluster = TestCluster {
             dir,
@@ -215,6 +354,7 @@ impl TestCluster {
             nft_active: false,
             fsync,
             token,
+            tls,
         };
         for i in 1..=n {
             cluster.spawn(i);
@@ -296,7 +436,7 @@ impl TestCluster {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let node = self.node_mut(i);
-            if health_ok(node.http) {
+            if health_ok(node.http, node.health_tls.as_ref()) {
                 return;
             }
             let child = node.child.as_mut().expect("node was started");
@@ -413,10 +553,28 @@ impl TestCluster {
         &self.cluster_file
     }
 
-    /// A client of node `i` (5 s timeout).
+    /// A client of node `i` (5 s timeout; HTTPS with the CA if the cluster has TLS).
     pub fn client(&self, i: usize) -> Client {
-        Client::new(&self.http_addr(i).to_string(), Duration::from_secs(5))
+        self.client_with_timeout(i, Duration::from_secs(5))
+    }
+
+    /// A client of node `i` with `timeout`.
+    pub fn client_with_timeout(&self, i: usize, timeout: Duration) -> Client {
+        Client::new(&self.http_addr(i).to_string(), timeout)
+            .with_ca(self.tls.as_ref().map(|tls| &tls.ca))
             .with_token(self.token.clone())
+    }
+
+    /// A client of node `i` that trusts the CA in `ca_file` alone (e.g. the other CA
+    /// of [`NodeCert::ForeignCa`], `<dir>/tls/foreign-ca.pem`).
+    pub fn client_with_ca(&self, i: usize, ca_file: &Path) -> Client {
+        let ca = Ca::load(ca_file).expect("the CA file loads");
+        Client::new(&self.http_addr(i).to_string(), Duration::from_secs(5)).with_ca(Some(&ca))
+    }
+
+    /// The CA file of a TLS cluster.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.tls.as_ref().map(|tls| tls.ca_file.as_path())
     }
 
     /// Node `i`'s client HTTP address.
@@ -424,9 +582,10 @@ impl TestCluster {
         self.node(i).http
     }
 
-    /// Node `i`'s base URL, `http://ip:port`.
+    /// Node `i`'s base URL, `http://ip:port` (`https://` if the cluster has TLS).
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}", self.http_addr(i))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.http_addr(i))
     }
 
     /// Node `i`'s IP (shared by its HTTP and peer addresses).
@@ -566,8 +725,7 @@ impl TestCluster {
     /// The state (`alive`, `suspect`, `down`) in which node `i` holds peer `j`, if it
     /// answers.
     pub async fn peer_state(&self, i: usize, j: usize) -> Option<String> {
-        let client = Client::new(&self.http_addr(i).to_string(), Duration::from_secs(1))
-            .with_token(self.token.clone());
+        let client = self.client_with_timeout(i, Duration::from_secs(1));
         let view = client.get_json("/v1/cluster").await.ok()?;
         let peer_id = self.id(j);
         view["peers"]
@@ -611,8 +769,7 @@ impl TestCluster {
                 if node.child.is_none() || node.paused {
                     continue;
                 }
-                let client = Client::new(&node.http.to_string(), Duration::from_secs(2))
-                    .with_token(self.token.clone());
+                let client = self.client_with_timeout(i, Duration::from_secs(2));
                 let entry = match client.get_json("/v1/convergence").await {
                     Ok(json) => {
                         let digest = json["digest"].as_str().map(str::to_owned);

@@ -46,7 +46,7 @@ use clap::{Args, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::config::ClusterConfig;
-use crate::tools::client::{AccessToken, Client, DEFAULT_TIMEOUT};
+use crate::tools::client::{AccessToken, Ca, Client, DEFAULT_TIMEOUT};
 use crate::tools::inspect::parse_duration;
 
 use self::faults::Faults;
@@ -216,12 +216,16 @@ pub async fn run(args: TestArgs) -> Result<bool, String> {
             % 1_000_000_000
     });
     let start = Instant::now();
+    // With TLS (the cluster file's tls_ca_file), every node is spoken to over HTTPS.
+    let ca = Ca::of_cluster(&config)?;
     let nodes: Vec<Node> = config
         .nodes
         .iter()
         .map(|spec| Node {
             id: spec.id.to_string(),
-            client: Client::new(&spec.http.to_string(), DEFAULT_TIMEOUT).with_token(token.clone()),
+            client: Client::new(&spec.http.to_string(), DEFAULT_TIMEOUT)
+                .with_ca(ca.as_ref())
+                .with_token(token.clone()),
         })
         .collect();
     let faults = Faults::new(
