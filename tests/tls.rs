@@ -521,6 +521,20 @@ fn the_secure_demo_prints_a_curl_line_that_works() {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{node}'s key is private");
         }
+        let demo_dir = tmp.join("meshkv-demo");
+        for secret in [
+            "auth/tokens",
+            "auth/read.token",
+            "auth/write.header",
+            "secret.key",
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(demo_dir.join(secret))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret} is private");
+        }
         let curls: Vec<&str> = banner
             .lines()
             .map(str::trim)
@@ -548,6 +562,32 @@ fn the_secure_demo_prints_a_curl_line_that_works() {
             .find(|out| out.status.success())
             .unwrap_or_else(|| panic!("{} never succeeded", curls[1]));
         assert_eq!(String::from_utf8_lossy(&get.stdout), "hello");
+        // The last curl line writes with the read token: refused (its comment turns
+        // the appended flags off, so curl prints the JSON error).
+        let refused = run(curls.last().unwrap());
+        let body = String::from_utf8_lossy(&refused.stdout);
+        assert!(body.contains("role write or above"), "{body}");
+        // Without a token: 401, whatever the TLS.
+        let bare = curls[1].split(" -H @").next().unwrap().to_owned()
+            + " "
+            + curls[1].rsplit(' ').next().unwrap();
+        let out = run(&format!("{bare} -o /dev/null -w '%{{http_code}}'; true"));
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("401"),
+            "{out:?}"
+        );
+        // The CLI lines (with the CA and a read token file) read the value.
+        let cli = banner
+            .lines()
+            .map(str::trim)
+            .find(|line| line.contains(" get greeting --node https://"))
+            .expect("a CLI line with --node");
+        let out = std::process::Command::new("sh")
+            .args(["-c", cli])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cli}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello");
     });
     let _ = std::process::Command::new("kill")
         .args(["-INT", &demo.id().to_string()])

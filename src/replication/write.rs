@@ -254,7 +254,10 @@ where
             if now >= target {
                 return Ok(());
             }
-            if target - now > max_skew {
+            // `+ 1`: the stamp's own millisecond. A peer never measured is assumed
+            // `max_skew` behind, which a write checked in the millisecond it was stamped
+            // must still be allowed to wait out (it used to be refused).
+            if target - now > max_skew + 1 {
                 return Err(lag_error(node, peer, lag, target - now));
             }
             tokio::select! {

@@ -1,7 +1,8 @@
 //! `meshkv demo`: a local cluster supervised in the foreground.
 //!
 //! Owns: the demo's cluster file and directory (`$TMPDIR/meshkv-demo`), with
-//! `--secure` its throwaway TLS material (`tls/` there), the check that every port is
+//! `--secure` its throwaway secrets (TLS material in `tls/`, client tokens in `auth/`,
+//! the cluster secret in `secret.key`), the check that every port is
 //! free, starting each node as a `meshkv serve` child process with its
 //! data directory, waiting until all answer `/health`, reporting nodes that exit, and
 //! stopping them all on Ctrl-C (each node also exits with its parent, even on
@@ -38,18 +39,27 @@ pub fn cluster_file() -> PathBuf {
 /// First client port of the demo cluster; peers use `HTTP_PORT + 100 + i`.
 pub const HTTP_PORT: u16 = 7001;
 
+/// The client-token roles `--secure` makes one token of each.
+const ROLES: [&str; 3] = ["read", "write", "admin"];
+
+/// The lines `--secure` adds to the cluster file: the tokens file and the cluster
+/// secret it writes (TLS is already in `local_file_with(.., true)`).
+const SECURE_KEYS: &str = "client_tokens_file = \"auth/tokens\"\nsecret_file = \"secret.key\"\n";
+
 /// What `--secure` set up, for the clients and the lines printed.
 struct Secure {
     /// The CA file clients trust.
     ca_file: PathBuf,
-    // Client tokens (the TOKENS part of issue 13) go here: the tokens file written
-    // next to the cluster file and named by its `client_tokens_file`, and the token
-    // that `curl()` and the demo's own clients send.
+    /// `auth/`: per role, `ROLE.token` (for `--token-file`) and `ROLE.header` (for
+    /// `curl -H @FILE`), so that no token is ever on a command line.
+    auth_dir: PathBuf,
 }
 
 impl Secure {
-    /// Generates a CA and a certificate per node of `config` into `dir/tls/` (keys
-    /// 0600); the cluster file already names them (`local_file_with(.., true)`).
+    /// Generates, into `dir` (every secret mode 0600): a CA and a certificate per node
+    /// of `config` in `tls/`, one client token per role in `auth/tokens` (with a
+    /// `.token` and a `.header` file per role beside it) and a cluster secret in
+    /// `secret.key`. The cluster file names them all (`SECURE_KEYS`).
     fn generate(dir: &std::path::Path, config: &ClusterConfig) -> Result<Self, DemoError> {
         let nodes: Vec<(&str, std::net::IpAddr)> = config
             .nodes
@@ -57,17 +67,62 @@ impl Secure {
             .map(|node| (node.id.as_str(), node.http.ip()))
             .collect();
         certs::write_cluster(dir, &nodes).map_err(DemoError::Failed)?;
+        let auth_dir = dir.join("auth");
+        create_private_dir(&auth_dir)?;
+        let mut tokens = String::from("# meshkv demo --secure: throwaway client tokens\n");
+        for role in ROLES {
+            let token = format!("{role}-{}", random_hex()?);
+            tokens.push_str(&format!("{role} {token}\n"));
+            let write = |name: String, text: String| {
+                certs::write_file(&auth_dir.join(name), &text, true).map_err(DemoError::Failed)
+            };
+            write(format!("{role}.token"), format!("{token}\n"))?;
+            write(
+                format!("{role}.header"),
+                format!("Authorization: Bearer {token}\n"),
+            )?;
+        }
+        certs::write_file(&auth_dir.join("tokens"), &tokens, true).map_err(DemoError::Failed)?;
+        certs::write_file(&dir.join("secret.key"), &random_hex()?, true)
+            .map_err(DemoError::Failed)?;
         Ok(Self {
             ca_file: dir.join("tls").join("ca.pem"),
+            auth_dir,
         })
+    }
+
+    /// `ROLE.token` or `ROLE.header` of `auth/`.
+    fn file(&self, role: &str, kind: &str) -> PathBuf {
+        self.auth_dir.join(format!("{role}.{kind}"))
     }
 }
 
-/// The start of a curl command line that reaches the demo's nodes.
-fn curl(secure: Option<&Secure>) -> String {
+/// 32 random bytes in hex.
+fn random_hex() -> Result<String, DemoError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| DemoError::Failed(format!("no randomness for the secrets: {error}")))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Creates `dir` readable by its owner only (or narrows an existing one to that).
+fn create_private_dir(dir: &std::path::Path) -> Result<(), DemoError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
+        .map_err(|error| DemoError::Failed(format!("cannot create {}: {error}", dir.display())))
+}
+
+/// The start of a curl command line that reaches the demo's nodes, with the token of
+/// `role` when the demo is secure.
+fn curl(secure: Option<&Secure>, role: &str) -> String {
     match secure {
         None => "curl".to_owned(),
-        Some(secure) => format!("curl --cacert {}", secure.ca_file.display()),
+        Some(secure) => format!(
+            "curl --cacert {} -H @{}",
+            secure.ca_file.display(),
+            secure.file(role, "header").display()
+        ),
     }
 }
 
@@ -97,7 +152,10 @@ pub async fn run(
         .parent()
         .expect("the demo file is inside a directory")
         .to_owned();
-    let text = ClusterConfig::local_file_with(count, port, port + 100, secure);
+    let mut text = ClusterConfig::local_file_with(count, port, port + 100, secure);
+    if secure {
+        text.insert_str(0, SECURE_KEYS);
+    }
     let config = ClusterConfig::parse(&text).map_err(|e| DemoError::Failed(e.to_string()))?;
     // Every address must be free: otherwise the nodes would fail one by one, and a
     // client could quietly talk to whatever already listens there (an older demo).
@@ -186,8 +244,12 @@ pub async fn run(
     );
     match &secure {
         Some(secure) => println!(
-            "TLS: HTTPS for clients, mutual TLS between nodes; throwaway CA {}\n",
-            secure.ca_file.display()
+            "secure: HTTPS for clients and mutual TLS between nodes (throwaway CA {}),\n\
+             client tokens of roles read, write and admin in {}, peer frames authenticated \
+             with {}\n",
+            secure.ca_file.display(),
+            secure.auth_dir.display(),
+            dir.join("secret.key").display()
         ),
         None => println!(),
     }
@@ -204,24 +266,47 @@ pub async fn run(
     }
     let first = &config.nodes[0].http;
     let last = &config.nodes[count - 1].http;
-    let curl = curl(secure.as_ref());
-    let ca_flag = secure
-        .as_ref()
-        .map(|secure| format!(" --ca {}", secure.ca_file.display()))
+    let secure = secure.as_ref();
+    let node_flags = secure
+        .map(|secure| {
+            format!(
+                " --ca {} --token-file {}",
+                secure.ca_file.display(),
+                secure.file("read", "token").display()
+            )
+        })
+        .unwrap_or_default();
+    let cluster_flags = secure
+        .map(|secure| format!(" --token-file {}", secure.file("read", "token").display()))
         .unwrap_or_default();
     println!("\nTry:");
-    println!("  {curl} -X PUT --data 'hello' {scheme}://{first}/v1/kv/greeting");
-    println!("  {curl} {scheme}://{last}/v1/kv/greeting");
     println!(
-        "  {} get greeting --node {scheme}://{last}{ca_flag}",
+        "  {} -X PUT --data 'hello' {scheme}://{first}/v1/kv/greeting",
+        curl(secure, "write")
+    );
+    println!(
+        "  {} {scheme}://{last}/v1/kv/greeting",
+        curl(secure, "read")
+    );
+    println!(
+        "  {} get greeting --node {scheme}://{last}{node_flags}",
         exe.display()
     );
     println!(
-        "  {} get greeting --cluster {}",
+        "  {} get greeting --cluster {}{cluster_flags}",
         exe.display(),
         cluster_file.display()
     );
-    println!("  {curl} {scheme}://{first}/v1/convergence");
+    println!(
+        "  {} {scheme}://{first}/v1/convergence",
+        curl(secure, "read")
+    );
+    if secure.is_some() {
+        println!(
+            "  {} -X PUT --data 'no' {scheme}://{first}/v1/kv/greeting   # 403: a read token",
+            curl(secure, "read")
+        );
+    }
     println!("  kill -9 <pid>   # the others keep serving");
     println!("\nPress Ctrl-C to stop every node.");
 
