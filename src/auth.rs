@@ -250,7 +250,7 @@ mod tests {
             ),
             (format!("superuser {secret}"), 1, "not a role"),
             (format!("{secret} read"), 1, "not a role"),
-            (format!("read\n"), 1, "found 1 words"),
+            ("read\n".to_owned(), 1, "found 1 words"),
             (format!("read {secret} extra"), 1, "found 3 words"),
             ("read short".to_owned(), 1, "16 to 4096 visible ASCII"),
             (format!("read {secret}\u{e9}"), 1, "visible ASCII"),
