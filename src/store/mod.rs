@@ -21,6 +21,11 @@
 //! The store numbers its changes ([`Store::seq`]) so the caller can name that horizon,
 //! and remembers recently collected tombstones (see [`collect`]).
 //!
+//! The store hands registers out as [`Register`]s but keeps each one packed into a
+//! single allocation (`slot`: key, versions with node ids as table indices, value),
+//! because with every key in memory the per-key overhead is the node's size
+//! (DESIGN.md §10, "Memory per key").
+//!
 //! `replaces` does not take part in the merge. It records what the writer had seen of
 //! the key when it wrote (the version it overwrote), so that a node can tell an
 //! overwrite that knew its predecessor from a concurrent one that did not.
@@ -351,7 +356,7 @@ impl Store {
     }
 
     /// Slots from `start` on, in key order, while their keys start with `prefix`.
-    fn from_on<'a>(
+    fn slots_from<'a>(
         &'a self,
         start: Bound<&'a str>,
         prefix: &'a str,
@@ -377,7 +382,7 @@ impl Store {
         };
         let mut items = Vec::new();
         let live = self
-            .from_on(start, prefix)
+            .slots_from(start, prefix)
             .filter(|slot| !slot.is_tombstone());
         for slot in live {
             if items.len() == limit {
@@ -394,7 +399,7 @@ impl Store {
     pub fn newer_than(&self, prefix: &str, after: &Version, limit: usize) -> (Vec<Entry>, bool) {
         let mut items = Vec::new();
         let newer = self
-            .from_on(Bound::Included(prefix), prefix)
+            .slots_from(Bound::Included(prefix), prefix)
             .filter(|slot| self.nodes.cmp(slot.version(), after).is_gt());
         for slot in newer {
             if items.len() == limit {
@@ -861,6 +866,51 @@ mod tests {
             prop_assert_eq!(one.summary(), two.summary());
             prop_assert_eq!(one.summary(), three.summary());
             prop_assert_eq!(one.digest(), three.digest());
+        }
+
+        /// The galloping search finds what a linear search finds, wherever the tags
+        /// put the start (skewed and equal tags included).
+        #[test]
+        fn bucket_lists_find_like_a_linear_search(
+            mut tags in proptest::collection::vec(
+                prop_oneof![Just(0u32), Just(u32::MAX), Just(7u32), any::<u32>()], 0..80),
+            probe_tag in prop_oneof![Just(0u32), Just(u32::MAX), Just(7u32), any::<u32>()],
+            probe_key in 0..100u32,
+        ) {
+            tags.sort_unstable();
+            let slot = |n: u32| Slot::new(&format!("k{n:03}"), slot::Packed { wall_ms: 1, logical: 0, node: 0 }, None, None);
+            let list: Vec<(u32, Slot)> = tags.iter().enumerate().map(|(n, &tag)| (tag, slot(n as u32))).collect();
+            // Make (tag, key) strictly increasing, as the store keeps it.
+            let key = slot(probe_key);
+            let expected = match list.iter().position(|(tag, held)| (*tag, held.key_bytes()) >= (probe_tag, key.key_bytes())) {
+                Some(at) if (list[at].0, list[at].1.key_bytes()) == (probe_tag, key.key_bytes()) => Ok(at),
+                Some(at) => Err(at),
+                None => Err(list.len()),
+            };
+            prop_assert_eq!(BucketLists::find(&list, probe_tag, key.key_bytes()), expected);
+        }
+
+        /// Every register is listed once, in its bucket, at its version.
+        #[test]
+        fn bucket_lists_hold_every_register_once(
+            entries in proptest::collection::vec(arb_entry(), 0..60),
+            collect in any::<bool>(),
+        ) {
+            let mut store = store_of(&entries);
+            if collect {
+                store.collect(store.seq(), usize::MAX);
+            }
+            let mut listed: Vec<(String, Version)> = (0..digest::BUCKETS as BucketId)
+                .flat_map(|bucket| {
+                    store.bucket_versions(bucket).map(move |(key, version)| {
+                        assert_eq!(digest::bucket_of(key), bucket);
+                        (key.to_owned(), version)
+                    }).collect::<Vec<_>>()
+                })
+                .collect();
+            listed.sort();
+            let held: Vec<(String, Version)> = store.entries().map(|e| (e.key, e.version)).collect();
+            prop_assert_eq!(listed, held);
         }
 
         /// The incrementally maintained digest and counters equal a fresh computation.
