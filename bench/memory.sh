@@ -9,7 +9,7 @@
 # node's VmRSS. Durable: then stops the node cleanly, restarts it on the same directory
 # and reads VmRSS again (the state rebuilt from the log alone).
 # Prints bytes per key (whole resident set / keys, and the same less an empty node's) and
-# the ratio to key + value + version (16 bytes: the packed version of a register).
+# the ratio to key + value + version (counted as 16 bytes: wall_ms, logical, node).
 set -uo pipefail
 BIN=$(readlink -f "${1:-target/release/meshkv}")
 LOAD=$(readlink -f "${LOAD:-target/release/examples/load}")
