@@ -2,12 +2,14 @@
 //! (DESIGN.md §10).
 //!
 //! ```sh
-//! cargo run --release --example load -- http://127.0.0.1:7001 1000000 100 64
+//! cargo run --release --example load -- http://127.0.0.1:7001 1000000 100 64 [KEYS]
 //! ```
 //!
-//! Writes keys `load/0000000`… with values of the given size through the public HTTP
-//! API (`consistency=one`), from the given number of concurrent requests, and prints
-//! the rate. Exits 1 if any write failed.
+//! Writes each key once, with values of the given size, through the public HTTP API
+//! (`consistency=one`), from the given number of concurrent requests, and prints the
+//! rate. Keys are `load/0000000`… (12 bytes), or with `KEYS` = `k` the keys of
+//! `bench/kv.lua`, `k1`… `kN` (about 7 bytes for a million). Exits 1 if any write
+//! failed.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,14 +18,21 @@ use std::time::{Duration, Instant};
 
 use meshkv::tools::client::Client;
 
-const USAGE: &str = "usage: cargo run --release --example load -- URL KEYS VALUE_BYTES CONCURRENCY";
+const USAGE: &str =
+    "usage: cargo run --release --example load -- URL KEYS VALUE_BYTES CONCURRENCY [k]";
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, keys, value_bytes, concurrency] = args.as_slice() else {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+    let (url, keys, value_bytes, concurrency, short_keys) = match args.as_slice() {
+        [url, keys, value_bytes, concurrency] => (url, keys, value_bytes, concurrency, false),
+        [url, keys, value_bytes, concurrency, style] if style == "k" => {
+            (url, keys, value_bytes, concurrency, true)
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
     };
     let (Ok(keys), Ok(value_bytes), Ok(concurrency)) = (
         keys.parse::<u64>(),
@@ -47,7 +56,11 @@ async fn main() -> ExitCode {
                     if n >= keys {
                         return;
                     }
-                    let key = format!("load/{n:07}");
+                    let key = if short_keys {
+                        format!("k{}", n + 1)
+                    } else {
+                        format!("load/{n:07}")
+                    };
                     if let Err(error) = client.put(&key, &value[..], Some("one")).await {
                         if failed.fetch_add(1, Ordering::Relaxed) == 0 {
                             eprintln!("load: {key}: {error}");

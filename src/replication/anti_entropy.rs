@@ -340,10 +340,10 @@ impl SyncSession {
         for &bucket in covered {
             for (key, local_version) in store.bucket_versions(bucket) {
                 match remote.remove(key) {
-                    Some(remote_version) if remote_version > *local_version => {
+                    Some(remote_version) if remote_version > local_version => {
                         self.to_fetch.push_back(key.to_owned())
                     }
-                    Some(remote_version) if remote_version == *local_version => {}
+                    Some(remote_version) if remote_version == local_version => {}
                     _ => self.to_push.push_back(key.to_owned()),
                 }
             }
@@ -726,8 +726,8 @@ mod tests {
             .filter(|entry| entry.version.timestamp <= pulled)
             .all(|entry| {
                 initiator
-                    .get(&entry.key)
-                    .is_some_and(|register| register.marker >= entry.version)
+                    .version(&entry.key)
+                    .is_some_and(|version| version >= entry.version)
             })
     }
 

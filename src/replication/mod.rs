@@ -234,11 +234,7 @@ impl Replica {
         level: Consistency,
     ) -> Result<Option<(Version, Option<Bytes>)>, ReplicationError> {
         if matches!(level, Consistency::One | Consistency::Live) {
-            return Ok(self.node.with_store(|store| {
-                store
-                    .get(key)
-                    .map(|register| (register.marker.clone(), register.val.value.clone()))
-            }));
+            return Ok(self.node.with_store(|store| store.read(key)));
         }
         // Boxed: the cluster read's future is large; the common read should not carry it.
         let entry = Box::pin(read::read_entry(&self.node, &self.peers, key, level)).await?;

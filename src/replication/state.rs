@@ -304,8 +304,8 @@ impl NodeState {
                 };
                 node.with_store(|store| {
                     store
-                        .get(&entry.key)
-                        .is_some_and(|register| register.marker == entry.version)
+                        .version(&entry.key)
+                        .is_some_and(|version| version == entry.version)
                 })
             }));
     }
@@ -516,7 +516,7 @@ impl NodeState {
             key: key.to_owned(),
             version: version.clone(),
             value,
-            replaces: core.store.get(key).map(|register| register.marker.clone()),
+            replaces: core.store.version(key),
         };
         // A memory-only journal keeps nothing: skip the encoding.
         let batch = if self.durable {
@@ -544,9 +544,7 @@ impl NodeState {
                     false,
                     "a fresh HLC stamp is larger than every stored version"
                 );
-                core.store
-                    .get(key)
-                    .and_then(|register| register.val.value.clone())
+                core.store.read(key).and_then(|(_, value)| value)
             }
         };
         Ok(Stamped::Done {
@@ -582,8 +580,8 @@ impl NodeState {
                 }
                 let stale = core
                     .store
-                    .get(&entry.key)
-                    .is_some_and(|register| register.marker >= entry.version);
+                    .version(&entry.key)
+                    .is_some_and(|version| version >= entry.version);
                 if !stale {
                     if self.durable {
                         batch.push(&durable::encode(&entry))?;
@@ -595,7 +593,10 @@ impl NodeState {
                 core.last_lsn = self.journal.append(slot, batch)?;
                 for entry in fresh {
                     let key = entry.key.clone();
-                    conflicts.extend(conflict::detect(core.store.get(&entry.key), &entry));
+                    conflicts.extend(conflict::detect(
+                        core.store.get(&entry.key).as_ref(),
+                        &entry,
+                    ));
                     let change = self.changes.capture(&entry, Origin::Replicated);
                     if let Merged::Applied { previous } = core.store.merge(entry) {
                         self.changes.publish(change);

@@ -749,9 +749,10 @@ mod tests {
                         .collect();
                     for dropped in dropped {
                         for other in &self.nodes {
-                            let held = other.store.get(&dropped.key).map(|r| &r.marker);
+                            let held = other.store.version(&dropped.key);
                             assert!(
-                                held.is_none_or(|version| *version >= dropped.version),
+                                held.as_ref()
+                                    .is_none_or(|version| *version >= dropped.version),
                                 "{} dropped {}@{} while {} held {:?}",
                                 self.nodes[node].id,
                                 dropped.key,

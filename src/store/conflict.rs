@@ -167,7 +167,7 @@ mod tests {
 
     /// Merges `entry` into `store`, returning the conflict it discards, if any.
     fn merge(store: &mut Store, entry: Entry) -> Option<Conflict> {
-        let conflict = detect(store.get(&entry.key), &entry);
+        let conflict = detect(store.get(&entry.key).as_ref(), &entry);
         store.merge(entry);
         conflict
     }

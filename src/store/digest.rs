@@ -30,8 +30,18 @@ pub type BucketId = u16;
 
 /// The bucket a key belongs to, the same on every node.
 pub fn bucket_of(key: &str) -> BucketId {
+    bucket_and_tag(key).0
+}
+
+/// The bucket of a key and 32 further bits of the same hash: a tag the store orders a
+/// bucket's keys by, so that finding one compares integers, not keys.
+pub fn bucket_and_tag(key: &str) -> (BucketId, u32) {
     let hash = Sha256::digest(key.as_bytes());
-    (u16::from_be_bytes([hash[0], hash[1]]) as usize % BUCKETS) as BucketId
+    let bucket = (u16::from_be_bytes([hash[0], hash[1]]) as usize % BUCKETS) as BucketId;
+    (
+        bucket,
+        u32::from_be_bytes([hash[2], hash[3], hash[4], hash[5]]),
+    )
 }
 
 /// The group a bucket belongs to.
@@ -42,12 +52,23 @@ pub fn group_of(bucket: BucketId) -> usize {
 /// The 64-bit hash of one register: key, version and whether it is a tombstone.
 /// The value itself is not hashed: a version is unique per write, so it names the value.
 pub fn entry_hash(key: &str, version: &Version, tombstone: bool) -> u64 {
+    entry_hash_parts(
+        key,
+        version.timestamp.wall_ms,
+        version.timestamp.logical,
+        version.node.as_str(),
+        tombstone,
+    )
+}
+
+/// [`entry_hash`] of a version given by its parts.
+pub fn entry_hash_parts(key: &str, wall_ms: u64, logical: u32, node: &str, tombstone: bool) -> u64 {
     let mut hasher = Sha256::new();
     hasher.update((key.len() as u64).to_be_bytes());
     hasher.update(key.as_bytes());
-    hasher.update(version.timestamp.wall_ms.to_be_bytes());
-    hasher.update(version.timestamp.logical.to_be_bytes());
-    hasher.update(version.node.as_str().as_bytes());
+    hasher.update(wall_ms.to_be_bytes());
+    hasher.update(logical.to_be_bytes());
+    hasher.update(node.as_bytes());
     hasher.update([tombstone as u8]);
     let hash = hasher.finalize();
     u64::from_be_bytes(hash[..8].try_into().expect("sha256 is 32 bytes"))

@@ -21,6 +21,11 @@
 //! The store numbers its changes ([`Store::seq`]) so the caller can name that horizon,
 //! and remembers recently collected tombstones (see [`collect`]).
 //!
+//! The store hands registers out as [`Register`]s but keeps each one packed into a
+//! single allocation (`slot`: key, versions with node ids as table indices, value),
+//! because with every key in memory the per-key overhead is the node's size
+//! (DESIGN.md §10, "Memory per key").
+//!
 //! `replaces` does not take part in the merge. It records what the writer had seen of
 //! the key when it wrote (the version it overwrote), so that a node can tell an
 //! overwrite that knew its predecessor from a concurrent one that did not.
@@ -29,13 +34,14 @@ pub mod collect;
 pub mod conflict;
 pub mod digest;
 pub mod limits;
+mod slot;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::ops::Bound;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crdts::{CvRDT, LWWReg};
+use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Version;
@@ -43,6 +49,7 @@ pub use collect::Seq;
 use collect::{CollectedMemory, TombstoneIndex};
 pub use digest::{BucketId, Digest};
 pub use limits::{InputError, Limits};
+use slot::{Builder, NodeTable, Slot};
 
 /// What a register holds besides its version.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,16 +91,7 @@ impl Entry {
             + 56
     }
 
-    /// The entry of `key` held in `register`.
-    fn of(key: &str, register: &Register) -> Self {
-        Entry {
-            key: key.to_owned(),
-            version: register.marker.clone(),
-            value: register.val.value.clone(),
-            replaces: register.val.replaces.clone(),
-        }
-    }
-
+    #[cfg(test)]
     fn into_register(self) -> (String, Register) {
         let register = Register {
             val: Cell {
@@ -153,11 +151,20 @@ pub struct Summary {
 /// assert_eq!(a.get("k").unwrap().val.value.as_deref(), Some(&b"new"[..]));
 /// assert_eq!(a.summary(), b.summary());
 /// ```
+///
+/// Each register is one [`Slot`](slot) (key, versions and value in one allocation),
+/// held twice by reference: in key order for lookups and scans, and in its digest
+/// bucket's list for anti-entropy. See DESIGN.md §10 for what a key costs.
 #[derive(Debug, Default, Clone)]
 pub struct Store {
-    registers: BTreeMap<Arc<str>, Register>,
-    /// Keys per digest bucket, so anti-entropy can list one bucket without a scan.
-    buckets: BTreeMap<BucketId, BTreeSet<Arc<str>>>,
+    /// Every register, in key order.
+    slots: BTreeSet<Slot>,
+    /// The registers of each digest bucket, so anti-entropy can list one bucket
+    /// without a scan.
+    buckets: BucketLists,
+    /// The node ids of the packed versions.
+    nodes: NodeTable,
+    builder: Builder,
     digest: Digest,
     tombstones: usize,
     max_version: Option<Version>,
@@ -175,16 +182,50 @@ impl Store {
         Self::default()
     }
 
+    fn slot(&self, key: &str) -> Option<&Slot> {
+        self.slots.get(key.as_bytes())
+    }
+
     /// The register of `key`, tombstones included.
-    pub fn get(&self, key: &str) -> Option<&Register> {
-        self.registers.get(key)
+    pub fn get(&self, key: &str) -> Option<Register> {
+        self.slot(key).map(|slot| self.register(slot))
+    }
+
+    /// The version of `key`'s register, tombstones included.
+    pub fn version(&self, key: &str) -> Option<Version> {
+        self.slot(key).map(|slot| self.nodes.unpack(slot.version()))
+    }
+
+    /// The version and value of `key` (value `None`: a tombstone): what a read returns.
+    /// The value shares the store's allocation; nothing is copied.
+    pub fn read(&self, key: &str) -> Option<(Version, Option<Bytes>)> {
+        self.slot(key)
+            .map(|slot| (self.nodes.unpack(slot.version()), slot.value()))
     }
 
     /// The key's current entry, tombstones included.
     pub fn entry(&self, key: &str) -> Option<Entry> {
-        self.registers
-            .get(key)
-            .map(|register| Entry::of(key, register))
+        self.slot(key).map(|slot| self.entry_of(slot))
+    }
+
+    fn register(&self, slot: &Slot) -> Register {
+        Register {
+            val: Cell {
+                value: slot.value(),
+                replaces: slot.replaces().map(|packed| self.nodes.unpack(packed)),
+            },
+            marker: self.nodes.unpack(slot.version()),
+        }
+    }
+
+    fn entry_of(&self, slot: &Slot) -> Entry {
+        let (key, register) = (slot.key().to_owned(), self.register(slot));
+        Entry {
+            key,
+            version: register.marker,
+            value: register.val.value,
+            replaces: register.val.replaces,
+        }
     }
 
     /// The version of `key`'s tombstone if it was collected lately and nothing newer
@@ -197,40 +238,52 @@ impl Store {
     /// entry for an absent key whose tombstone was collected lately, at this version or
     /// a newer one, is [`Merged::Stale`] too.
     pub fn merge(&mut self, entry: Entry) -> Merged {
-        let (key, incoming) = entry.into_register();
-        let bucket = digest::bucket_of(&key);
-        let (shared, previous) = match self.registers.get_key_value(key.as_str()) {
-            Some((_, current)) if current.marker >= incoming.marker => return Merged::Stale,
-            Some((shared, current)) => {
-                let (shared, previous) = (shared.clone(), current.clone());
-                self.forget(bucket, &key, &previous);
-                if previous.val.value.is_none() {
-                    self.tombstone_index.remove(&key);
-                }
-                let current = self.registers.get_mut(key.as_str()).expect("present");
-                current.merge(incoming.clone());
-                (shared, Some(previous))
+        let Entry {
+            key,
+            version,
+            value,
+            replaces,
+        } = entry;
+        let previous = match self.slot(&key) {
+            Some(current) if self.nodes.cmp(current.version(), &version).is_ge() => {
+                return Merged::Stale
             }
+            Some(current) => Some(current.clone()),
             None => {
-                if self.collected.covers(&key, &incoming.marker) {
+                if self.collected.covers(&key, &version) {
                     return Merged::Stale;
                 }
                 self.collected.forget(&key);
-                let shared: Arc<str> = Arc::from(key.as_str());
-                self.buckets
-                    .entry(bucket)
-                    .or_default()
-                    .insert(shared.clone());
-                self.registers.insert(shared.clone(), incoming.clone());
-                (shared, None)
+                None
             }
         };
-        self.seq += 1;
-        if incoming.val.value.is_none() {
-            self.tombstone_index.insert(shared, self.seq);
+        let (bucket, tag) = digest::bucket_and_tag(&key);
+        if let Some(previous) = &previous {
+            self.forget(bucket, previous);
+            if previous.is_tombstone() {
+                self.tombstone_index.remove(&key);
+            }
         }
-        self.remember(bucket, &key, &incoming);
-        Merged::Applied { previous }
+        let packed = self.nodes.pack(&version);
+        let replaces = replaces.map(|replaces| self.nodes.pack(&replaces));
+        let slot = self.builder.slot(&key, packed, replaces, value.as_deref());
+        self.slots.replace(slot.clone());
+        self.buckets.put(bucket, tag, slot);
+        self.seq += 1;
+        let tombstone = value.is_none();
+        if tombstone {
+            self.tombstone_index
+                .insert(Arc::from(key.as_str()), self.seq);
+        }
+        self.digest
+            .toggle(bucket, digest::entry_hash(&key, &version, tombstone));
+        self.tombstones += tombstone as usize;
+        if self.max_version.as_ref() < Some(&version) {
+            self.max_version = Some(version);
+        }
+        Merged::Applied {
+            previous: previous.map(|slot| self.register(&slot)),
+        }
     }
 
     /// The [`Seq`] of the last change applied (0: none). Every tombstone held now was
@@ -250,19 +303,15 @@ impl Store {
     pub fn collect(&mut self, horizon: Seq, max: usize) -> usize {
         let keys = self.tombstone_index.below(horizon, max);
         for key in &keys {
-            let bucket = digest::bucket_of(key);
-            let Some(register) = self.registers.remove(&**key) else {
+            let Some(slot) = self.slots.take(key.as_bytes()) else {
                 continue;
             };
-            self.forget(bucket, key, &register);
-            if let Some(set) = self.buckets.get_mut(&bucket) {
-                set.remove(&**key);
-                if set.is_empty() {
-                    self.buckets.remove(&bucket);
-                }
-            }
+            let (bucket, tag) = digest::bucket_and_tag(key);
+            self.forget(bucket, &slot);
+            self.buckets.remove(bucket, tag, key);
             self.tombstone_index.remove(key);
-            self.collected.remember(key.clone(), register.marker);
+            let version = self.nodes.unpack(slot.version());
+            self.collected.remember(key.clone(), version);
         }
         keys.len()
     }
@@ -276,23 +325,22 @@ impl Store {
         }
     }
 
-    /// Counts a register into the digest and the counters.
-    fn remember(&mut self, bucket: BucketId, key: &str, register: &Register) {
-        let tombstone = register.val.value.is_none();
-        self.digest
-            .toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
-        self.tombstones += tombstone as usize;
-        if self.max_version.as_ref() < Some(&register.marker) {
-            self.max_version = Some(register.marker.clone());
-        }
+    /// The digest hash of a held register.
+    fn hash_of(&self, slot: &Slot) -> u64 {
+        let version = slot.version();
+        digest::entry_hash_parts(
+            slot.key(),
+            version.wall_ms,
+            version.logical,
+            self.nodes.id(version.node).as_str(),
+            slot.is_tombstone(),
+        )
     }
 
     /// Counts a register out of the digest and the counters.
-    fn forget(&mut self, bucket: BucketId, key: &str, register: &Register) {
-        let tombstone = register.val.value.is_none();
-        self.digest
-            .toggle(bucket, digest::entry_hash(key, &register.marker, tombstone));
-        self.tombstones -= tombstone as usize;
+    fn forget(&mut self, bucket: BucketId, slot: &Slot) {
+        self.digest.toggle(bucket, self.hash_of(slot));
+        self.tombstones -= slot.is_tombstone() as usize;
     }
 
     /// Merges every register of `other` into `self` (state-based merge of whole stores).
@@ -304,9 +352,19 @@ impl Store {
 
     /// Every entry, in key order. Walks the map: for tests and tools, not request paths.
     pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
-        self.registers
-            .iter()
-            .map(|(key, register)| Entry::of(key, register))
+        self.slots.iter().map(|slot| self.entry_of(slot))
+    }
+
+    /// Slots from `start` on, in key order, while their keys start with `prefix`.
+    fn slots_from<'a>(
+        &'a self,
+        start: Bound<&'a str>,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = &'a Slot> + 'a {
+        let start = start.map(str::as_bytes);
+        self.slots
+            .range::<[u8], _>((start, Bound::Unbounded))
+            .take_while(move |slot| slot.key_bytes().starts_with(prefix.as_bytes()))
     }
 
     /// Live keys (tombstones skipped) starting with `prefix` and, if given, strictly
@@ -323,16 +381,14 @@ impl Store {
             _ => Bound::Included(prefix),
         };
         let mut items = Vec::new();
-        let range = self
-            .registers
-            .range::<str, _>((start, Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .filter(|(_, register)| register.val.value.is_some());
-        for (key, register) in range {
+        let live = self
+            .slots_from(start, prefix)
+            .filter(|slot| !slot.is_tombstone());
+        for slot in live {
             if items.len() == limit {
                 return (items, true);
             }
-            items.push(Entry::of(key, register));
+            items.push(self.entry_of(slot));
         }
         (items, false)
     }
@@ -343,15 +399,13 @@ impl Store {
     pub fn newer_than(&self, prefix: &str, after: &Version, limit: usize) -> (Vec<Entry>, bool) {
         let mut items = Vec::new();
         let newer = self
-            .registers
-            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
-            .take_while(|(key, _)| key.starts_with(prefix))
-            .filter(|(_, register)| &register.marker > after);
-        for (key, register) in newer {
+            .slots_from(Bound::Included(prefix), prefix)
+            .filter(|slot| self.nodes.cmp(slot.version(), after).is_gt());
+        for slot in newer {
             if items.len() == limit {
                 return (items, true);
             }
-            items.push(Entry::of(key, register));
+            items.push(self.entry_of(slot));
         }
         (items, false)
     }
@@ -361,18 +415,17 @@ impl Store {
         &self.digest
     }
 
-    /// `(key, version)` for every register in `bucket`.
-    pub fn bucket_versions(&self, bucket: BucketId) -> impl Iterator<Item = (&str, &Version)> + '_ {
-        self.buckets.get(&bucket).into_iter().flatten().map(|key| {
-            let register = &self.registers[key];
-            (&**key, &register.marker)
-        })
+    /// `(key, version)` for every register in `bucket`, in no particular order.
+    pub fn bucket_versions(&self, bucket: BucketId) -> impl Iterator<Item = (&str, Version)> + '_ {
+        self.buckets
+            .list(bucket)
+            .map(|slot| (slot.key(), self.nodes.unpack(slot.version())))
     }
 
     /// Counts and root hash.
     pub fn summary(&self) -> Summary {
         Summary {
-            keys: self.registers.len() - self.tombstones,
+            keys: self.slots.len() - self.tombstones,
             tombstones: self.tombstones,
             digest: self.digest.root(),
             max_version: self.max_version.clone(),
@@ -381,9 +434,91 @@ impl Store {
 
     /// The root hash, recomputed from scratch. For tests of the incremental digest.
     pub fn recompute_root(&self) -> u64 {
-        self.registers.iter().fold(0, |root, (key, register)| {
-            root ^ digest::entry_hash(key, &register.marker, register.val.value.is_none())
-        })
+        self.slots
+            .iter()
+            .fold(0, |root, slot| root ^ self.hash_of(slot))
+    }
+}
+
+/// The slots of each digest bucket, each list ordered by the keys' tags
+/// ([`digest::bucket_and_tag`]), then keys: finding a key compares integers held in the
+/// list, and reads a slot only for the key whose tag matches.
+#[derive(Debug, Default, Clone)]
+struct BucketLists(Vec<Vec<(u32, Slot)>>);
+
+impl BucketLists {
+    /// Where `key` (tagged `tag`) is in `list`, or would go. Tags are uniform over
+    /// `u32` (hash bits), so the search starts where the tag's share of the list puts
+    /// it and gallops from there: a few neighbouring cache lines instead of a binary
+    /// search's jumps across the whole list.
+    fn find(list: &[(u32, Slot)], tag: u32, key: &[u8]) -> Result<usize, usize> {
+        let order =
+            |(held, slot): &(u32, Slot)| held.cmp(&tag).then_with(|| slot.key_bytes().cmp(key));
+        let guess = ((u64::from(tag) * list.len() as u64) >> 32) as usize;
+        let (mut low, mut high) = (0, list.len());
+        if guess < list.len() && order(&list[guess]).is_lt() {
+            // The key is after `guess`: double the step until an element is not less.
+            let mut step = 1;
+            low = guess + 1;
+            while low + step <= list.len() && order(&list[low + step - 1]).is_lt() {
+                low += step;
+                step *= 2;
+            }
+            high = (low + step).min(list.len());
+        } else if guess < list.len() {
+            // At or before `guess`: double the step back until an element is less.
+            let mut step = 1;
+            high = guess + 1;
+            while high > step && !order(&list[high - step - 1]).is_lt() {
+                high -= step;
+                step *= 2;
+            }
+            low = high.saturating_sub(step);
+        }
+        list[low..high]
+            .binary_search_by(order)
+            .map(|at| low + at)
+            .map_err(|at| low + at)
+    }
+
+    /// Holds `slot` (whose key has `tag`) in `bucket`, in place of its key's old slot.
+    fn put(&mut self, bucket: BucketId, tag: u32, slot: Slot) {
+        if self.0.is_empty() {
+            self.0.resize_with(digest::BUCKETS, Vec::new);
+        }
+        let list = &mut self.0[bucket as usize];
+        match Self::find(list, tag, slot.key_bytes()) {
+            Ok(at) => list[at].1 = slot,
+            Err(at) => {
+                // Grow by an eighth, not by doubling: together these lists hold every key.
+                if list.len() == list.capacity() {
+                    list.reserve_exact((list.len() / 8).max(4));
+                }
+                list.insert(at, (tag, slot));
+            }
+        }
+    }
+
+    /// Drops `key` (whose tag is `tag`) from `bucket`.
+    fn remove(&mut self, bucket: BucketId, tag: u32, key: &str) {
+        let Some(list) = self.0.get_mut(bucket as usize) else {
+            return;
+        };
+        if let Ok(at) = Self::find(list, tag, key.as_bytes()) {
+            list.remove(at);
+            if list.capacity() > 2 * list.len() + 8 {
+                list.shrink_to(list.len() + list.len() / 8);
+            }
+        }
+    }
+
+    /// The slots of `bucket`.
+    fn list(&self, bucket: BucketId) -> impl Iterator<Item = &Slot> + '_ {
+        self.0
+            .get(bucket as usize)
+            .into_iter()
+            .flatten()
+            .map(|(_, slot)| slot)
     }
 }
 
@@ -391,6 +526,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::clock::{NodeId, Timestamp};
+    use crdts::CvRDT;
     use proptest::prelude::*;
 
     fn version(wall_ms: u64, node: &str) -> Version {
@@ -730,6 +866,51 @@ mod tests {
             prop_assert_eq!(one.summary(), two.summary());
             prop_assert_eq!(one.summary(), three.summary());
             prop_assert_eq!(one.digest(), three.digest());
+        }
+
+        /// The galloping search finds what a linear search finds, wherever the tags
+        /// put the start (skewed and equal tags included).
+        #[test]
+        fn bucket_lists_find_like_a_linear_search(
+            mut tags in proptest::collection::vec(
+                prop_oneof![Just(0u32), Just(u32::MAX), Just(7u32), any::<u32>()], 0..80),
+            probe_tag in prop_oneof![Just(0u32), Just(u32::MAX), Just(7u32), any::<u32>()],
+            probe_key in 0..100u32,
+        ) {
+            tags.sort_unstable();
+            let slot = |n: u32| Slot::new(&format!("k{n:03}"), slot::Packed { wall_ms: 1, logical: 0, node: 0 }, None, None);
+            let list: Vec<(u32, Slot)> = tags.iter().enumerate().map(|(n, &tag)| (tag, slot(n as u32))).collect();
+            // Make (tag, key) strictly increasing, as the store keeps it.
+            let key = slot(probe_key);
+            let expected = match list.iter().position(|(tag, held)| (*tag, held.key_bytes()) >= (probe_tag, key.key_bytes())) {
+                Some(at) if (list[at].0, list[at].1.key_bytes()) == (probe_tag, key.key_bytes()) => Ok(at),
+                Some(at) => Err(at),
+                None => Err(list.len()),
+            };
+            prop_assert_eq!(BucketLists::find(&list, probe_tag, key.key_bytes()), expected);
+        }
+
+        /// Every register is listed once, in its bucket, at its version.
+        #[test]
+        fn bucket_lists_hold_every_register_once(
+            entries in proptest::collection::vec(arb_entry(), 0..60),
+            collect in any::<bool>(),
+        ) {
+            let mut store = store_of(&entries);
+            if collect {
+                store.collect(store.seq(), usize::MAX);
+            }
+            let mut listed: Vec<(String, Version)> = (0..digest::BUCKETS as BucketId)
+                .flat_map(|bucket| {
+                    store.bucket_versions(bucket).map(move |(key, version)| {
+                        assert_eq!(digest::bucket_of(key), bucket);
+                        (key.to_owned(), version)
+                    }).collect::<Vec<_>>()
+                })
+                .collect();
+            listed.sort();
+            let held: Vec<(String, Version)> = store.entries().map(|e| (e.key, e.version)).collect();
+            prop_assert_eq!(listed, held);
         }
 
         /// The incrementally maintained digest and counters equal a fresh computation.
