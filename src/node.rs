@@ -336,6 +336,7 @@ pub async fn run_with(
         max_connections: tuning.max_peer_connections,
         metrics: metrics.clone(),
         clock: env.clock.clone(),
+        nonces: peer::NonceSource::random(),
     };
     let driver_options = DriverOptions {
         anti_entropy_interval: Tuning::ms(tuning.anti_entropy_interval_ms),

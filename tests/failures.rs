@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{eventually, require_nft, TestCluster};
 use meshkv::clock::{ManualClock, NodeId};
 use meshkv::metrics::Metrics;
-use meshkv::peer::{dial, Identity, Link, LinkError, TransportOptions};
+use meshkv::peer::{dial, Identity, Link, LinkError, NonceSource, TransportOptions};
 use meshkv::transport::TcpTransport;
 use meshkv::wire::{Lineage, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -404,6 +404,7 @@ fn transport(secret: &[u8]) -> TransportOptions {
         max_connections: 4,
         metrics: Metrics::new(),
         clock: Arc::new(ManualClock::new(0)),
+        nonces: NonceSource::random(),
     }
 }
 

@@ -10,7 +10,8 @@
 //!
 //! | request | reply | purpose |
 //! | --- | --- | --- |
-//! | `Hello` | `Welcome` or `Refuse` | first frame: protocol version, cluster, both ids, each side's [`Lineage`] |
+//! | `Hello` | `Welcome` or `Refuse` | first frame: protocol version, cluster, both ids, each side's [`Lineage`] and fresh [`Nonce`] |
+//! | `Ping` | `Pong` or `Refuse` | the initiator's first request: proves the connection fresh, after which the responder admits it |
 //! | `Ping` | `Pong` | liveness when there is nothing else to say |
 //! | `Push` | `PushAck` | new writes (and anti-entropy repairs) for the replier |
 //! | `SyncRoot` | `InSync` or `SyncGroups` | anti-entropy, level 0: compare root hashes |
@@ -29,7 +30,11 @@ use crate::clock::{NodeId, Timestamp, Version};
 use crate::store::{BucketId, Entry};
 
 /// Bumped on every incompatible change of [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// A handshake nonce: 16 random bytes drawn for one connection by each side, which every
+/// later frame's tag covers (see [`codec`]).
+pub type Nonce = u128;
 
 /// Where a node's data comes from: the epoch its store began in, empty.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +73,8 @@ pub enum Message {
         to: NodeId,
         /// The initiator's data epoch and retirements.
         lineage: Lineage,
+        /// The initiator's fresh nonce for this connection.
+        nonce: Nonce,
     },
     /// The handshake succeeded.
     Welcome {
@@ -75,6 +82,8 @@ pub enum Message {
         lineage: Lineage,
         /// The replier's wall clock (ms since the epoch): a clock-offset sample.
         wall_ms: u64,
+        /// The replier's fresh nonce for this connection.
+        nonce: Nonce,
     },
     /// The handshake failed; the connection closes after this frame.
     Refuse {
@@ -224,10 +233,12 @@ mod tests {
                 from: id.clone(),
                 to: id,
                 lineage: Lineage::default(),
+                nonce: 0,
             },
             Message::Welcome {
                 lineage: Lineage::default(),
                 wall_ms: 0,
+                nonce: 0,
             },
             Message::Refuse {
                 reason: String::new(),
