@@ -352,6 +352,7 @@ pub fn hello() -> Message {
         to: node_id("n1"),
         lineage: Lineage::default(),
         nonce: HELLO_NONCE,
+        nodes: identity("n2").table(),
     }
 }
 

@@ -67,6 +67,17 @@ pub struct Identity {
     pub members: HashSet<NodeId>,
 }
 
+impl Identity {
+    /// The node table this node sends in its handshakes: every member, in order. Its
+    /// frames then name a node by its index in it (`wire::compact`).
+    pub fn table(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.members.iter().cloned().collect();
+        nodes.sort();
+        nodes.truncate(crate::wire::compact::MAX_TABLE);
+        nodes
+    }
+}
+
 /// Settings shared by both ends of every link.
 #[derive(Clone)]
 pub struct TransportOptions {
@@ -272,6 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             to: peer.clone(),
             lineage,
             nonce,
+            nodes: identity.table(),
         };
         let handshake = async {
             // The codec binds itself to the nonces as the Hello and Welcome pass.
@@ -406,7 +418,7 @@ fn check_hello(
         from,
         to,
         lineage,
-        nonce: _,
+        ..
     } = hello
     else {
         return Err(("no_hello", format!("expected hello, got {}", hello.kind())));
@@ -564,6 +576,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
         lineage: responder.lineage(),
         wall_ms: options.clock.wall_ms(),
         nonce,
+        nodes: identity.table(),
     };
     match tokio::time::timeout(options.connect_timeout, frames.send(&welcome)).await {
         Ok(Ok(())) => {}
@@ -654,6 +667,7 @@ mod tests {
             to: NodeId::new(to).unwrap(),
             lineage: Lineage::default(),
             nonce: 1,
+            nodes: vec![],
         }
     }
 

@@ -268,6 +268,7 @@ fn welcome() -> Message {
         lineage: Lineage::default(),
         wall_ms: 0,
         nonce: NODE_NONCE,
+        nodes: vec![id("n1"), id("n2"), id("n3")],
     }
 }
 
@@ -296,6 +297,7 @@ fn messages() -> Vec<(&'static str, Message)> {
                 },
                 wall_ms: WALL_MS,
                 nonce: u128::MAX,
+                nodes: vec![id("n2"), id("n1")],
             },
         ),
         (
@@ -490,6 +492,7 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
         to: id(to),
         lineage: Lineage::default(),
         nonce: 7,
+        nodes: vec![],
     };
     let mut seeds = Vec::new();
     // Acceptor: a member's hello, then each request the responder answers.

@@ -33,6 +33,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
+use super::compact::{self, Direction};
 use super::{Message, Nonce};
 use crate::metrics::Metrics;
 
@@ -219,6 +220,9 @@ pub struct FrameCodec {
     frames: LengthDelimitedCodec,
     key: Option<Arc<[u8]>>,
     binding: Option<Binding>,
+    /// What the layout of each direction refers back to (node tables, clocks).
+    sending: Direction,
+    receiving: Direction,
     metrics: Arc<Metrics>,
     peer: String,
 }
@@ -233,6 +237,8 @@ impl FrameCodec {
                 .new_codec(),
             key: secret,
             binding: None,
+            sending: Direction::default(),
+            receiving: Direction::default(),
             metrics,
             peer: "unknown".to_owned(),
         }
@@ -337,7 +343,7 @@ impl Encoder<&Message> for FrameCodec {
     type Error = WireError;
 
     fn encode(&mut self, message: &Message, dst: &mut BytesMut) -> Result<(), WireError> {
-        let payload = rmp_serde::to_vec(message)?;
+        let payload = compact::encode(message, &mut self.sending)?;
         let frame = match &self.key {
             Some(key) => {
                 let tag = tag(key, self.next_sent(), &payload);
@@ -396,7 +402,7 @@ impl Decoder for FrameCodec {
             }
             None => &frame[..],
         };
-        let message: Message = rmp_serde::from_slice(payload)?;
+        let message = compact::decode(payload, &mut self.receiving)?;
         match (&mut self.binding, &message) {
             (None, Message::Hello { nonce, .. }) => {
                 self.binding = Some(Binding::new(Role::Responder, *nonce));
@@ -519,6 +525,7 @@ mod tests {
             to: NodeId::new("n2").unwrap(),
             lineage: Default::default(),
             nonce,
+            nodes: vec![NodeId::new("n1").unwrap(), NodeId::new("n2").unwrap()],
         }
     }
 
@@ -537,6 +544,7 @@ mod tests {
             lineage: Default::default(),
             wall_ms: 0,
             nonce: responder_nonce,
+            nodes: vec![NodeId::new("n2").unwrap()],
         };
         let mut wire = send(&mut responder, &welcome);
         assert_eq!(initiator.decode(&mut wire).unwrap(), Some(welcome));

@@ -23,6 +23,7 @@
 //! initiator; replies never travel unasked.
 
 pub mod codec;
+pub mod compact;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,8 +59,8 @@ pub struct Lineage {
     pub retired: Vec<(NodeId, u64)>,
 }
 
-/// Every frame of the protocol.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Every frame of the protocol. Its layout on the wire is in [`compact`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// First frame from the initiator.
     Hello {
@@ -75,6 +76,8 @@ pub enum Message {
         lineage: Lineage,
         /// The initiator's fresh nonce for this connection.
         nonce: Nonce,
+        /// The initiator's node table: its later frames name a node by its index here.
+        nodes: Vec<NodeId>,
     },
     /// The handshake succeeded.
     Welcome {
@@ -84,6 +87,8 @@ pub enum Message {
         wall_ms: u64,
         /// The replier's fresh nonce for this connection.
         nonce: Nonce,
+        /// The replier's node table: its later frames name a node by its index here.
+        nodes: Vec<NodeId>,
     },
     /// The handshake failed; the connection closes after this frame.
     Refuse {
@@ -234,11 +239,13 @@ mod tests {
                 to: id,
                 lineage: Lineage::default(),
                 nonce: 0,
+                nodes: vec![],
             },
             Message::Welcome {
                 lineage: Lineage::default(),
                 wall_ms: 0,
                 nonce: 0,
+                nodes: vec![],
             },
             Message::Refuse {
                 reason: String::new(),
@@ -317,13 +324,16 @@ mod tests {
             wall_ms: 1_796_277_052_511,
             logical: 70_000,
         };
-        let in_sync = rmp_serde::to_vec(&Message::InSync { hlc }).unwrap().len();
-        let groups = rmp_serde::to_vec(&Message::SyncGroups {
+        let encode = |message: &Message| {
+            compact::encode(message, &mut compact::Direction::default())
+                .unwrap()
+                .len()
+        };
+        let in_sync = encode(&Message::InSync { hlc });
+        let groups = encode(&Message::SyncGroups {
             groups: vec![u64::MAX; 64],
             hlc,
-        })
-        .unwrap()
-        .len();
+        });
         let timestamp = rmp_serde::to_vec(&hlc).unwrap().len();
         println!("InSync: {in_sync} bytes, SyncGroups: {groups} bytes, the HLC: {timestamp} bytes");
         assert!(timestamp <= 15, "{timestamp}");
