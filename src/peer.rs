@@ -235,6 +235,22 @@ pub struct Link<S = BoxStream> {
     peer_lineage: Lineage,
     /// The peer's wall clock in its `Welcome`.
     welcome_wall_ms: u64,
+    /// The handshake's clock sample: see [`Link::clock_sample`].
+    sample: ClockSample,
+}
+
+/// A clock-offset sample: a request sent at our `sent_wall_ms` (`sent_ms` on our
+/// monotonic clock), answered with the peer's wall clock and whether it is fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockSample {
+    /// Our wall clock when the request left.
+    pub sent_wall_ms: u64,
+    /// Our monotonic clock when the request left.
+    pub sent_ms: u64,
+    /// The peer's wall clock in its answer.
+    pub peer_wall_ms: u64,
+    /// The peer refuses client writes for clock skew.
+    pub peer_fenced: bool,
 }
 
 /// Opens a connection to `remote` from `local_ip` through `transport`, within `timeout`.
@@ -274,6 +290,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             frames: Framed::new(stream, codec),
             peer_lineage: Lineage::default(),
             welcome_wall_ms: 0,
+            sample: ClockSample::default(),
         };
         let nonce = options.nonces.draw()?;
         let hello = Message::Hello {
@@ -303,9 +320,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
                     })
                 }
             }
+            let (sent_wall_ms, sent_ms) = (options.clock.wall_ms(), options.clock.monotonic_ms());
             link.frames.send(&Message::Ping).await?;
             match link.frames.next().await.ok_or(LinkError::Closed)?? {
-                Message::Pong { .. } => Ok(()),
+                Message::Pong { wall_ms, fenced } => {
+                    link.sample = ClockSample {
+                        sent_wall_ms,
+                        sent_ms,
+                        peer_wall_ms: wall_ms,
+                        peer_fenced: fenced,
+                    };
+                    Ok(())
+                }
                 Message::Refuse { reason } => Err(LinkError::Refused(reason)),
                 other => Err(LinkError::Unexpected {
                     sent: "ping",
@@ -327,10 +353,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         &self.peer_lineage
     }
 
-    /// The peer's wall clock (ms) when it welcomed us: a clock-offset sample for whoever
-    /// timed [`Link::open`].
+    /// The peer's wall clock (ms) when it welcomed us.
     pub fn welcome_wall_ms(&self) -> u64 {
         self.welcome_wall_ms
+    }
+
+    /// The clock-offset sample of the handshake's last exchange (the confirming
+    /// `Ping`), timed with the clock of the [`TransportOptions`]: one round trip, where
+    /// timing the whole [`Link::open`] would count two.
+    pub fn clock_sample(&self) -> ClockSample {
+        self.sample
     }
 
     /// Resolves when the idle link dies: the peer closed it, reset it (a killed

@@ -1,5 +1,6 @@
 //! Frames: a 4-byte big-endian length, then (with a cluster secret) a 32-byte
-//! HMAC-SHA256 tag, then the MessagePack encoding of one [`Message`].
+//! HMAC-SHA256 tag, then the MessagePack encoding of one [`Message`] (its layout is
+//! `wire::compact`'s; the codec keeps that layout's per-direction state).
 //!
 //! Owns: [`FrameCodec`], the frame size cap, frame authentication and the state that
 //! binds a connection's frames to it (both handshake nonces, a sequence number per

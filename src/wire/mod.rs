@@ -1,7 +1,8 @@
 //! The node-to-node protocol: every message two nodes exchange, and how it is framed.
 //!
-//! Owns: [`Message`] (one enum for the whole protocol), [`PROTOCOL_VERSION`] and the
-//! [`codec`] that turns messages into authenticated, length-prefixed MessagePack frames.
+//! Owns: [`Message`] (one enum for the whole protocol), [`PROTOCOL_VERSION`], the
+//! [`codec`] that turns messages into authenticated, length-prefixed frames, and the
+//! [`compact`] MessagePack layout of their payloads.
 //! Knows nothing of: sockets, the store's internals, HTTP.
 //!
 //! # Conversation
