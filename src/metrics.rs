@@ -160,7 +160,7 @@ impl Route {
 const HTTP_STATUSES: [u16; 11] = [200, 400, 401, 403, 404, 405, 408, 413, 414, 500, 503];
 
 /// Every `reason` of `meshkv_peer_frames_rejected_total` the transport reports.
-pub const REJECT_REASONS: [&str; 11] = [
+pub const REJECT_REASONS: [&str; 14] = [
     "too_many_connections",
     "handshake_timeout",
     "no_hello",
@@ -169,6 +169,9 @@ pub const REJECT_REASONS: [&str; 11] = [
     "not_member",
     "wrong_node",
     "bad_tag",
+    "replay",
+    "out_of_order",
+    "reflected",
     "bad_frame",
     "oversized_frame",
     "unexpected",

@@ -370,6 +370,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         clock: env.clock.clone(),
         tls: tls.clone(),
+        nonces: peer::NonceSource::random(),
     };
     let driver_options = DriverOptions {
         anti_entropy_interval: Tuning::ms(tuning.anti_entropy_interval_ms),

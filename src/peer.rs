@@ -4,7 +4,8 @@
 //! rules on IPs partition nodes that share a machine), mutual TLS on every link when
 //! the cluster has it (the dialer checks that the responder's certificate names the
 //! node dialed; the acceptor, that the dialer's names a member, the one its `Hello`
-//! claims to be), the `Hello` handshake, the deadline on every network operation, and
+//! claims to be), the `Hello` handshake (its nonces, which bind every later frame to
+//! the connection: see `wire::codec`), the deadline on every network operation, and
 //! the bounded set of inbound connections.
 //! Knows nothing of: what requests mean, and how bytes move: every connection comes
 //! from the node's [`Transport`] (TCP in production). Inbound requests go to a
@@ -13,8 +14,10 @@
 //! Every await on the network here has a deadline: a partition made by dropping
 //! packets leaves TCP waiting forever, and only a timer notices.
 
+use std::collections::VecDeque;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::tls::NodeTls;
 use crate::transport::{BoxStream, Listener, Transport};
 use crate::wire::codec::{FrameCodec, WireError, HANDSHAKE_MAX_FRAME_BYTES};
-use crate::wire::{Lineage, Message, PROTOCOL_VERSION};
+use crate::wire::{Lineage, Message, Nonce, PROTOCOL_VERSION};
 
 /// Why a link failed. Every variant ends the link; the caller reconnects.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +75,17 @@ pub struct Identity {
     pub members: HashSet<NodeId>,
 }
 
+impl Identity {
+    /// The node table this node sends in its handshakes: every member, in order. Its
+    /// frames then name a node by its index in it (`wire::compact`).
+    pub fn table(&self) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = self.members.iter().cloned().collect();
+        nodes.sort();
+        nodes.truncate(crate::wire::compact::MAX_TABLE);
+        nodes
+    }
+}
+
 /// Settings shared by both ends of every link.
 #[derive(Clone)]
 pub struct TransportOptions {
@@ -91,6 +105,46 @@ pub struct TransportOptions {
     pub clock: Arc<dyn Clock>,
     /// Mutual TLS on every link, if the cluster has it (`None`: plaintext).
     pub tls: Option<NodeTls>,
+    /// Where the handshake nonces come from: the OS's random numbers in a node.
+    pub nonces: NonceSource,
+}
+
+/// Where handshake nonces come from.
+#[derive(Clone, Debug, Default)]
+pub struct NonceSource {
+    /// `None`: the operating system's random numbers. `Some`: a counter, for tests and
+    /// fuzzing that must compute the tags of a conversation in advance.
+    counter: Option<Arc<AtomicU64>>,
+}
+
+impl NonceSource {
+    /// Fresh random nonces (`getrandom`): the only source a node uses.
+    pub fn random() -> Self {
+        Self::default()
+    }
+
+    /// Nonces `start`, `start + 1`, …: predictable, so for tests and fuzzing only.
+    pub fn counting(start: u64) -> Self {
+        Self {
+            counter: Some(Arc::new(AtomicU64::new(start))),
+        }
+    }
+
+    /// The next nonce; an error if the OS has no random numbers to give.
+    pub fn draw(&self) -> Result<Nonce, WireError> {
+        match &self.counter {
+            Some(counter) => Ok(Nonce::from(counter.fetch_add(1, Ordering::Relaxed))),
+            None => {
+                let mut bytes = [0u8; 16];
+                getrandom::fill(&mut bytes).map_err(|error| {
+                    WireError::Io(std::io::Error::other(format!(
+                        "no random nonce for the handshake: {error}"
+                    )))
+                })?;
+                Ok(Nonce::from_be_bytes(bytes))
+            }
+        }
+    }
 }
 
 impl TransportOptions {
@@ -144,6 +198,46 @@ impl LogLimiter {
     }
 }
 
+/// The state the accept loop shares between its connections: the log limiter, and the
+/// initiator nonces of recent handshakes, so that a recorded `Hello` played again is
+/// refused at once (`replay`).
+pub struct Inbound {
+    limiter: LogLimiter,
+    /// The nonces of the last [`Inbound::REMEMBERED`] `Hello`s, oldest first.
+    seen: Mutex<VecDeque<Nonce>>,
+}
+
+impl Inbound {
+    /// How many recent `Hello` nonces are remembered (16 bytes each).
+    pub const REMEMBERED: usize = 4096;
+
+    /// Fresh state, logging at the pace of `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            limiter: LogLimiter::new(clock),
+            seen: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The log limiter.
+    pub fn limiter(&self) -> &LogLimiter {
+        &self.limiter
+    }
+
+    /// Records a `Hello`'s nonce: false if it was seen already (a replayed `Hello`).
+    fn first_sight(&self, nonce: Nonce) -> bool {
+        let mut seen = self.seen.lock().expect("nonce memory lock");
+        if seen.contains(&nonce) {
+            return false;
+        }
+        if seen.len() == Self::REMEMBERED {
+            seen.pop_front();
+        }
+        seen.push_back(nonce);
+        true
+    }
+}
+
 /// An outbound connection to one peer, past the handshake: strict request → reply.
 pub struct Link<S = BoxStream> {
     frames: Framed<S, FrameCodec>,
@@ -151,6 +245,22 @@ pub struct Link<S = BoxStream> {
     peer_lineage: Lineage,
     /// The peer's wall clock in its `Welcome`.
     welcome_wall_ms: u64,
+    /// The handshake's clock sample: see [`Link::clock_sample`].
+    sample: ClockSample,
+}
+
+/// A clock-offset sample: a request sent at our `sent_wall_ms` (`sent_ms` on our
+/// monotonic clock), answered with the peer's wall clock and whether it is fenced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockSample {
+    /// Our wall clock when the request left.
+    pub sent_wall_ms: u64,
+    /// Our monotonic clock when the request left.
+    pub sent_ms: u64,
+    /// The peer's wall clock in its answer.
+    pub peer_wall_ms: u64,
+    /// The peer refuses client writes for clock skew.
+    pub peer_fenced: bool,
 }
 
 /// Opens a connection to `remote` from `local_ip` through `transport`, within `timeout`.
@@ -204,6 +314,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
     /// Performs the initiator's side of the handshake on a fresh connection, presenting
     /// `lineage` (our data epoch and retirements); the peer's is then
     /// [`Link::peer_lineage`]. Whether to keep a link to that peer is the caller's call.
+    ///
+    /// Three frames and a reply: `Hello` (our nonce), `Welcome` (theirs; its tag covers
+    /// ours, so it is fresh), then a `Ping` tagged with both nonces. Only that `Ping`
+    /// proves to the responder that a member holding the secret is on this connection
+    /// now rather than a recording of an old `Hello`; the responder admits us then,
+    /// answering `Pong`, or `Refuse`.
     pub async fn open(
         stream: S,
         identity: &Identity,
@@ -217,29 +333,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
             frames: Framed::new(stream, codec),
             peer_lineage: Lineage::default(),
             welcome_wall_ms: 0,
+            sample: ClockSample::default(),
         };
+        let nonce = options.nonces.draw()?;
         let hello = Message::Hello {
             protocol: PROTOCOL_VERSION,
             cluster: identity.cluster.clone(),
             from: identity.node.clone(),
             to: peer.clone(),
             lineage,
+            nonce,
+            nodes: identity.table(),
         };
-        match link.request(&hello, options.connect_timeout).await? {
-            Message::Welcome { lineage, wall_ms } => {
-                link.welcome_wall_ms = wall_ms;
-                link.frames
-                    .codec_mut()
-                    .set_max_frame_bytes(options.max_frame_bytes);
-                link.peer_lineage = lineage;
-                Ok(link)
+        let handshake = async {
+            // The codec binds itself to the nonces as the Hello and Welcome pass.
+            link.frames.send(&hello).await?;
+            match link.frames.next().await.ok_or(LinkError::Closed)?? {
+                Message::Welcome {
+                    lineage, wall_ms, ..
+                } => {
+                    link.welcome_wall_ms = wall_ms;
+                    link.peer_lineage = lineage;
+                }
+                Message::Refuse { reason } => return Err(LinkError::Refused(reason)),
+                other => {
+                    return Err(LinkError::Unexpected {
+                        sent: hello.kind(),
+                        got: other.kind(),
+                    })
+                }
             }
-            Message::Refuse { reason } => Err(LinkError::Refused(reason)),
-            other => Err(LinkError::Unexpected {
-                sent: hello.kind(),
-                got: other.kind(),
-            }),
-        }
+            let (sent_wall_ms, sent_ms) = (options.clock.wall_ms(), options.clock.monotonic_ms());
+            link.frames.send(&Message::Ping).await?;
+            match link.frames.next().await.ok_or(LinkError::Closed)?? {
+                Message::Pong { wall_ms, fenced } => {
+                    link.sample = ClockSample {
+                        sent_wall_ms,
+                        sent_ms,
+                        peer_wall_ms: wall_ms,
+                        peer_fenced: fenced,
+                    };
+                    Ok(())
+                }
+                Message::Refuse { reason } => Err(LinkError::Refused(reason)),
+                other => Err(LinkError::Unexpected {
+                    sent: "ping",
+                    got: other.kind(),
+                }),
+            }
+        };
+        tokio::time::timeout(options.connect_timeout, handshake)
+            .await
+            .map_err(|_| LinkError::Timeout(options.connect_timeout))??;
+        link.frames
+            .codec_mut()
+            .set_max_frame_bytes(options.max_frame_bytes);
+        Ok(link)
     }
 
     /// What the peer said of its data in the handshake.
@@ -247,10 +396,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Link<S> {
         &self.peer_lineage
     }
 
-    /// The peer's wall clock (ms) when it welcomed us: a clock-offset sample for whoever
-    /// timed [`Link::open`].
+    /// The peer's wall clock (ms) when it welcomed us.
     pub fn welcome_wall_ms(&self) -> u64 {
         self.welcome_wall_ms
+    }
+
+    /// The clock-offset sample of the handshake's last exchange (the confirming
+    /// `Ping`), timed with the clock of the [`TransportOptions`]: one round trip, where
+    /// timing the whole [`Link::open`] would count two.
+    pub fn clock_sample(&self) -> ClockSample {
+        self.sample
     }
 
     /// Resolves when the idle link dies: the peer closed it, reset it (a killed
@@ -308,14 +463,22 @@ pub trait Responder: Send + Sync + 'static {
     /// before yielding the reply. Must not block: it runs on the async runtime.
     fn respond(&self, from: &NodeId, request: Message) -> ReplyFuture;
 
-    /// `from` completed a handshake on a new inbound connection: it is running now.
+    /// `from` completed a handshake on a new inbound connection (its first request
+    /// passed, so it is no recording): it is running now.
     fn connected(&self, _from: &NodeId) {}
 
-    /// Whether `from`, whose `Hello` passed the checks of identity, may connect given
-    /// what it says of its data: `Ok` with our own lineage for the `Welcome`, or the
-    /// sentence of the refusal. By default every member is admitted.
-    fn admit(&self, _from: &NodeId, _theirs: &Lineage) -> Result<Lineage, String> {
-        Ok(Lineage::default())
+    /// Our data epoch and retirements, for the `Welcome`. Reads only: the `Hello` it
+    /// answers may be a recording.
+    fn lineage(&self) -> Lineage {
+        Lineage::default()
+    }
+
+    /// Whether `from`, whose `Hello` passed the checks of identity and whose first
+    /// request proved the connection fresh, may connect given what it said of its data
+    /// in that `Hello`: `Ok`, or the sentence of the refusal. May record what it learnt.
+    /// By default every member is admitted.
+    fn admit(&self, _from: &NodeId, _theirs: &Lineage) -> Result<(), String> {
+        Ok(())
     }
 }
 
@@ -330,6 +493,7 @@ fn check_hello(
         from,
         to,
         lineage,
+        ..
     } = hello
     else {
         return Err(("no_hello", format!("expected hello, got {}", hello.kind())));
@@ -376,7 +540,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(options.max_connections));
-    let limiter = Arc::new(LogLimiter::new(options.clock.clone()));
+    let inbound = Arc::new(Inbound::new(options.clock.clone()));
     loop {
         let accepted = tokio::select! {
             // In order: a stopping node accepts nothing more.
@@ -394,17 +558,17 @@ pub async fn serve(
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             options.metrics.reject("too_many_connections");
-            if limiter.allow("too_many_connections") {
+            if inbound.limiter.allow("too_many_connections") {
                 warn!(%remote, limit = options.max_connections, "peer connection refused: too many connections");
             }
             continue;
         };
-        let (identity, options, responder, shutdown, limiter) = (
+        let (identity, options, responder, shutdown, inbound) = (
             identity.clone(),
             options.clone(),
             responder.clone(),
             shutdown.clone(),
-            limiter.clone(),
+            inbound.clone(),
         );
         tokio::spawn(async move {
             let _slot = slot;
@@ -412,7 +576,7 @@ pub async fn serve(
                 // In order: a stopping node answers nothing more.
                 biased;
                 _ = shutdown.cancelled() => {}
-                _ = accept(stream, remote, &identity, &options, &*responder, &limiter) => {}
+                _ = accept(stream, remote, &identity, &options, &*responder, &inbound) => {}
             }
         });
     }
@@ -427,14 +591,17 @@ async fn accept(
     identity: &Identity,
     options: &TransportOptions,
     responder: &dyn Responder,
-    limiter: &LogLimiter,
+    inbound: &Inbound,
 ) {
     let Some(tls) = &options.tls else {
-        return serve_connection(stream, remote, identity, options, responder, limiter, None).await;
+        return serve_connection(stream, remote, identity, options, responder, inbound, None).await;
     };
     let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
         options.metrics.tls_refuse(reason);
-        if limiter.allow(&format!("{}:tls:{reason}", remote.ip())) {
+        if inbound
+            .limiter
+            .allow(&format!("{}:tls:{reason}", remote.ip()))
+        {
             warn!(%remote, reason, "peer connection refused (TLS): {detail}");
         }
     };
@@ -467,7 +634,7 @@ async fn accept(
         identity,
         options,
         responder,
-        limiter,
+        inbound,
         Some(&named),
     )
     .await
@@ -476,99 +643,132 @@ async fn accept(
 /// Serves one inbound connection: the handshake, then request → reply until it ends.
 /// `certified`: the members that the dialer's TLS certificate names (with TLS), one
 /// of which its `Hello` must claim to be.
+///
+/// Nothing a `Hello` says changes this node's state before the initiator's first
+/// request has passed its tag, which covers our fresh nonce: a recorded `Hello` played
+/// again gets a `Welcome` at most (and not even that while its nonce is remembered),
+/// never an admission, a contact or a lineage learnt.
 pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     remote: SocketAddr,
     identity: &Identity,
     options: &TransportOptions,
     responder: &dyn Responder,
-    limiter: &LogLimiter,
+    inbound: &Inbound,
     certified: Option<&[NodeId]>,
 ) {
     let mut frames = Framed::new(stream, options.codec());
-    let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
-        if reason == "hello_mismatch" {
-            options.metrics.tls_refuse(reason);
-        } else {
-            options.metrics.reject(reason);
-        }
-        if limiter.allow(&format!("{}:{reason}", remote.ip())) {
+    let log = |reason: &'static str, detail: &dyn std::fmt::Display| {
+        if inbound.limiter.allow(&format!("{}:{reason}", remote.ip())) {
             warn!(%remote, reason, "peer connection refused: {detail}");
         }
     };
+    let refuse = |reason: &'static str, detail: &dyn std::fmt::Display| {
+        options.metrics.reject(reason);
+        log(reason, detail);
+    };
+    // A frame that failed: the codec counted a failed tag already; the rest is
+    // counted here. Socket errors are no one's fault and are not counted.
+    let rejected = |error: WireError| match error.tag_rejection() {
+        Some(reason) => log(reason, &error),
+        None => match &error {
+            // The length-prefix codec reports a frame over the cap this way.
+            WireError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+                refuse("oversized_frame", &error)
+            }
+            WireError::Io(_) => {}
+            _ => refuse("bad_frame", &error),
+        },
+    };
     let hello = match tokio::time::timeout(options.connect_timeout, frames.next()).await {
         Ok(Some(Ok(hello))) => hello,
-        Ok(Some(Err(error))) => {
-            let reason = match error {
-                WireError::BadTag => "bad_tag",
-                _ => "bad_frame",
-            };
-            return refuse(reason, &error);
-        }
+        Ok(Some(Err(error))) => return rejected(error),
         Ok(None) => return,
         Err(_) => return refuse("handshake_timeout", &"no hello in time"),
     };
-    let admitted = check_hello(identity, &hello).and_then(|(from, lineage)| {
-        if let Some(named) = certified.filter(|named| !named.contains(&from)) {
-            let named: Vec<&str> = named.iter().map(NodeId::as_str).collect();
-            return Err((
-                "hello_mismatch",
-                format!(
-                    "the hello claims {from}, but the TLS certificate names {}",
-                    named.join(", ")
-                ),
-            ));
+    if let Message::Hello { nonce, .. } = &hello {
+        if !inbound.first_sight(*nonce) {
+            return refuse("replay", &"a hello seen before (a recording played again)");
         }
-        let ours = responder
-            .admit(&from, &lineage)
-            .map_err(|sentence| ("retired", sentence))?;
-        Ok((from, ours))
+    }
+    let checked = check_hello(identity, &hello).and_then(|(from, theirs)| {
+        match certified.filter(|named| !named.contains(&from)) {
+            Some(named) => {
+                let named: Vec<&str> = named.iter().map(NodeId::as_str).collect();
+                Err((
+                    "hello_mismatch",
+                    format!(
+                        "the hello claims {from}, but the TLS certificate names {}",
+                        named.join(", ")
+                    ),
+                ))
+            }
+            None => Ok((from, theirs)),
+        }
     });
-    let (from, lineage) = match admitted {
-        Ok(admitted) => admitted,
+    let (from, theirs) = match checked {
+        Ok(checked) => checked,
         Err((reason, sentence)) => {
-            refuse(reason, &sentence);
+            if reason == "hello_mismatch" {
+                options.metrics.tls_refuse(reason);
+                log(reason, &sentence);
+            } else {
+                refuse(reason, &sentence);
+            }
             let refusal = Message::Refuse { reason: sentence };
             let _ = tokio::time::timeout(options.connect_timeout, frames.send(&refusal)).await;
             return;
         }
     };
     frames.codec_mut().set_peer(from.as_str());
+    let nonce = match options.nonces.draw() {
+        Ok(nonce) => nonce,
+        Err(error) => {
+            warn!(peer = %from, "cannot answer a hello: {error}");
+            return;
+        }
+    };
+    let welcome = Message::Welcome {
+        lineage: responder.lineage(),
+        wall_ms: options.clock.wall_ms(),
+        nonce,
+        nodes: identity.table(),
+    };
+    match tokio::time::timeout(options.connect_timeout, frames.send(&welcome)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    // The first request: its tag covers our nonce, so the initiator is live.
+    let first = match tokio::time::timeout(options.connect_timeout, frames.next()).await {
+        Ok(Some(Ok(request))) => request,
+        Ok(Some(Err(error))) => return rejected(error),
+        Ok(None) => return,
+        Err(_) => return refuse("handshake_timeout", &"no request after the welcome in time"),
+    };
+    if let Err(sentence) = responder.admit(&from, &theirs) {
+        refuse("retired", &sentence);
+        let refusal = Message::Refuse { reason: sentence };
+        let _ = tokio::time::timeout(options.connect_timeout, frames.send(&refusal)).await;
+        return;
+    }
     frames
         .codec_mut()
         .set_max_frame_bytes(options.max_frame_bytes);
-    let welcome = Message::Welcome {
-        lineage,
-        wall_ms: options.clock.wall_ms(),
-    };
-    if tokio::time::timeout(options.connect_timeout, frames.send(&welcome))
-        .await
-        .is_err()
-    {
-        return;
-    }
     debug!(peer = %from, %remote, "peer connected");
     responder.connected(&from);
+    let mut next = Some(first);
     loop {
-        let request = match tokio::time::timeout(options.idle_timeout, frames.next()).await {
-            Ok(Some(Ok(request))) => request,
-            Ok(Some(Err(error))) => {
-                let reason = match &error {
-                    WireError::BadTag => "bad_tag",
-                    // The length-prefix codec reports a frame over the cap this way.
-                    WireError::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
-                        "oversized_frame"
-                    }
-                    WireError::Io(_) => return,
-                    _ => "bad_frame",
-                };
-                return refuse(reason, &error);
-            }
-            Ok(None) => return,
-            Err(_) => {
-                info!(peer = %from, "closing idle peer connection");
-                return;
-            }
+        let request = match next.take() {
+            Some(request) => request,
+            None => match tokio::time::timeout(options.idle_timeout, frames.next()).await {
+                Ok(Some(Ok(request))) => request,
+                Ok(Some(Err(error))) => return rejected(error),
+                Ok(None) => return,
+                Err(_) => {
+                    info!(peer = %from, "closing idle peer connection");
+                    return;
+                }
+            },
         };
         let kind = request.kind();
         // A reply waits for nothing but local work (e.g. an fsync); bounded all the same.
@@ -602,6 +802,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use crate::clock::ManualClock;
+    use tokio_util::codec::{Decoder, Encoder};
 
     fn identity(node: &str) -> Identity {
         Identity {
@@ -621,6 +822,8 @@ mod tests {
             from: NodeId::new(from).unwrap(),
             to: NodeId::new(to).unwrap(),
             lineage: Lineage::default(),
+            nonce: 1,
+            nodes: vec![],
         }
     }
 
@@ -679,6 +882,11 @@ mod tests {
                     wall_ms: 7,
                     fenced: false,
                 }),
+                Message::SyncRoot { root } => Ok(Message::Summary {
+                    keys: root,
+                    tombstones: 0,
+                    digest: 0,
+                }),
                 _ => Err(NoReply::Unexpected),
             };
             Box::pin(std::future::ready(reply))
@@ -695,6 +903,7 @@ mod tests {
             metrics: Metrics::new(),
             clock: Arc::new(ManualClock::new(5)),
             tls: None,
+            nonces: NonceSource::counting(100),
         }
     }
 
@@ -704,14 +913,14 @@ mod tests {
         let server_identity = identity("n2");
         let server_task = tokio::spawn(async move {
             let options = options();
-            let limiter = LogLimiter::new(options.clock.clone());
+            let inbound = Inbound::new(options.clock.clone());
             serve_connection(
                 server,
                 "127.0.0.1:1".parse().unwrap(),
                 &server_identity,
                 &options,
                 &Echo,
-                &limiter,
+                &inbound,
                 None,
             )
             .await;
@@ -752,16 +961,19 @@ mod tests {
     /// Admits only epoch 7, and presents epoch 9.
     struct Picky;
     impl Responder for Picky {
-        fn respond(&self, _from: &NodeId, _request: Message) -> ReplyFuture {
-            Box::pin(std::future::ready(Err(NoReply::Unexpected)))
+        fn respond(&self, from: &NodeId, request: Message) -> ReplyFuture {
+            Echo.respond(from, request)
         }
-        fn admit(&self, from: &NodeId, theirs: &Lineage) -> Result<Lineage, String> {
+        fn lineage(&self) -> Lineage {
+            let mut ours = Lineage::default();
+            ours.epoch.id = 9;
+            ours
+        }
+        fn admit(&self, from: &NodeId, theirs: &Lineage) -> Result<(), String> {
             if theirs.epoch.id != 7 {
                 return Err(format!("{from} is refused: wipe its data directory"));
             }
-            let mut ours = Lineage::default();
-            ours.epoch.id = 9;
-            Ok(ours)
+            Ok(())
         }
     }
 
@@ -771,7 +983,7 @@ mod tests {
             let (client, server) = tokio::io::duplex(1 << 16);
             let server_task = tokio::spawn(async move {
                 let options = options();
-                let limiter = LogLimiter::new(options.clock.clone());
+                let inbound = Inbound::new(options.clock.clone());
                 let address = "127.0.0.1:1".parse().unwrap();
                 serve_connection(
                     server,
@@ -779,7 +991,7 @@ mod tests {
                     &identity("n2"),
                     &options,
                     &Picky,
-                    &limiter,
+                    &inbound,
                     None,
                 )
                 .await;
@@ -818,5 +1030,267 @@ mod tests {
         )
         .await;
         assert!(matches!(result, Err(LinkError::Timeout(_))));
+    }
+
+    /// Counts what a `Hello` got from the responder.
+    #[derive(Default)]
+    struct Recorder {
+        admitted: std::sync::atomic::AtomicUsize,
+        connected: std::sync::atomic::AtomicUsize,
+    }
+    impl Responder for Recorder {
+        fn respond(&self, from: &NodeId, request: Message) -> ReplyFuture {
+            Echo.respond(from, request)
+        }
+        fn connected(&self, _from: &NodeId) {
+            self.connected.fetch_add(1, Ordering::Relaxed);
+        }
+        fn admit(&self, _from: &NodeId, _theirs: &Lineage) -> Result<(), String> {
+            self.admitted.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    const SECRET: &[u8] = b"a cluster secret of some length";
+
+    /// One responder (n2) with a cluster secret, its state shared by the connections
+    /// it serves, like a node's accept loop.
+    struct Server {
+        options: TransportOptions,
+        inbound: Arc<Inbound>,
+        responder: Arc<Recorder>,
+    }
+
+    impl Server {
+        fn new() -> Self {
+            let options = TransportOptions {
+                secret: Some(Arc::from(SECRET)),
+                nonces: NonceSource::counting(1 << 40),
+                ..options()
+            };
+            let inbound = Arc::new(Inbound::new(options.clock.clone()));
+            Self {
+                options,
+                inbound,
+                responder: Arc::default(),
+            }
+        }
+
+        /// A new connection to it: our end of the pipe.
+        fn connect(&self) -> tokio::io::DuplexStream {
+            let (client, server) = tokio::io::duplex(1 << 16);
+            let (options, inbound, responder) = (
+                self.options.clone(),
+                self.inbound.clone(),
+                self.responder.clone(),
+            );
+            tokio::spawn(async move {
+                let address = "127.0.0.1:1".parse().unwrap();
+                serve_connection(
+                    server,
+                    address,
+                    &identity("n2"),
+                    &options,
+                    &*responder,
+                    &inbound,
+                    None,
+                )
+                .await;
+            });
+            client
+        }
+
+        fn rejected(&self, reason: &str) -> u64 {
+            let text = self.options.metrics.render();
+            let series = format!(r#"meshkv_peer_frames_rejected_total{{reason="{reason}"}} "#);
+            text.lines()
+                .find_map(|line| line.strip_prefix(&series))
+                .map_or(0, |count| count.parse().unwrap())
+        }
+    }
+
+    /// An initiator driven by hand: our frames are written raw, so a test can record,
+    /// replay, swap or reflect them; theirs are read whole.
+    struct Client {
+        io: tokio::io::DuplexStream,
+        codec: FrameCodec,
+        /// Every frame we wrote and read, in order.
+        written: Vec<Vec<u8>>,
+        read: Vec<Vec<u8>>,
+    }
+
+    impl Client {
+        fn new(io: tokio::io::DuplexStream) -> Self {
+            let codec = FrameCodec::new(1 << 20, Some(Arc::from(SECRET)), Metrics::new());
+            Self {
+                io,
+                codec,
+                written: Vec::new(),
+                read: Vec::new(),
+            }
+        }
+
+        /// The frame of `message` at our next position (not sent).
+        fn frame(&mut self, message: &Message) -> Vec<u8> {
+            let mut buffer = bytes::BytesMut::new();
+            self.codec.encode(message, &mut buffer).unwrap();
+            buffer.to_vec()
+        }
+
+        async fn write(&mut self, frame: &[u8]) {
+            use tokio::io::AsyncWriteExt;
+            self.io.write_all(frame).await.unwrap();
+            self.written.push(frame.to_vec());
+        }
+
+        /// The next frame from the responder, decoded; `None` once it closed.
+        async fn read(&mut self) -> Option<Message> {
+            let frame = self.read_raw().await?;
+            let message = self.codec.decode(&mut bytes::BytesMut::from(&frame[..]));
+            Some(message.unwrap().unwrap())
+        }
+
+        /// The next frame from the responder, as it came; `None` once it closed.
+        async fn read_raw(&mut self) -> Option<Vec<u8>> {
+            use tokio::io::AsyncReadExt;
+            let mut prefix = [0u8; 4];
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), self.io.read_exact(&mut prefix));
+            if read
+                .await
+                .expect("the responder answers or closes")
+                .is_err()
+            {
+                return None;
+            }
+            let mut frame = prefix.to_vec();
+            frame.resize(4 + u32::from_be_bytes(prefix) as usize, 0);
+            self.io.read_exact(&mut frame[4..]).await.unwrap();
+            self.read.push(frame.clone());
+            Some(frame)
+        }
+
+        /// Sends `message` and reads the answer.
+        async fn ask(&mut self, message: &Message) -> Option<Message> {
+            let frame = self.frame(message);
+            self.write(&frame).await;
+            self.read().await
+        }
+
+        /// Hello, Welcome, Ping, Pong: a fresh nonce from `nonces`.
+        async fn handshake(&mut self, nonces: &NonceSource) {
+            let mut hello = hello(PROTOCOL_VERSION, "c", "n1", "n2");
+            if let Message::Hello { nonce, .. } = &mut hello {
+                *nonce = nonces.draw().unwrap();
+            }
+            assert!(matches!(
+                self.ask(&hello).await,
+                Some(Message::Welcome { .. })
+            ));
+            assert!(matches!(
+                self.ask(&Message::Ping).await,
+                Some(Message::Pong { .. })
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_recorded_and_replayed_on_a_new_one_gets_nothing() {
+        let server = Server::new();
+        let nonces = NonceSource::counting(1);
+        let mut first = Client::new(server.connect());
+        first.handshake(&nonces).await;
+        let summary = first.ask(&Message::SyncRoot { root: 5 }).await;
+        assert!(matches!(summary, Some(Message::Summary { keys: 5, .. })));
+        let recorded = first.written.clone();
+        assert_eq!(server.responder.admitted.load(Ordering::Relaxed), 1);
+
+        // Played again to the same node: the Hello's nonce is remembered.
+        let mut replay = Client::new(server.connect());
+        replay.write(&recorded.concat()).await;
+        assert_eq!(
+            replay.read_raw().await,
+            None,
+            "no Welcome for a replayed Hello"
+        );
+        assert_eq!(server.rejected("replay"), 1);
+
+        // Played to a node that forgot it (a restart): a Welcome with a fresh nonce,
+        // after which the recorded Ping's tag fails, and the Hello changed nothing.
+        let forgetful = Server {
+            inbound: Arc::new(Inbound::new(server.options.clock.clone())),
+            responder: server.responder.clone(),
+            options: server.options.clone(),
+        };
+        let mut replay = Client::new(forgetful.connect());
+        replay.write(&recorded.concat()).await;
+        assert!(replay.read_raw().await.is_some(), "a Welcome");
+        assert_eq!(
+            replay.read_raw().await,
+            None,
+            "the recorded Ping is refused"
+        );
+        assert_eq!(server.rejected("bad_tag"), 1);
+        assert_eq!(server.responder.admitted.load(Ordering::Relaxed), 1);
+        assert_eq!(server.responder.connected.load(Ordering::Relaxed), 1);
+
+        // One recorded frame spliced into a fresh, genuine connection.
+        let mut fresh = Client::new(server.connect());
+        fresh.handshake(&nonces).await;
+        fresh.write(&recorded[2]).await;
+        assert_eq!(fresh.read().await, None);
+        assert_eq!(server.rejected("bad_tag"), 2);
+    }
+
+    #[tokio::test]
+    async fn frames_swapped_replayed_or_reflected_within_a_connection_are_refused() {
+        let server = Server::new();
+        let nonces = NonceSource::counting(1);
+        // Two requests swapped: the later one arrives first.
+        let mut client = Client::new(server.connect());
+        client.handshake(&nonces).await;
+        let _second = client.frame(&Message::SyncRoot { root: 1 });
+        let third = client.frame(&Message::Ping);
+        client.write(&third).await;
+        assert_eq!(client.read().await, None);
+        assert_eq!(server.rejected("out_of_order"), 1);
+
+        // A request answered, then played again.
+        let mut client = Client::new(server.connect());
+        client.handshake(&nonces).await;
+        let request = client.frame(&Message::SyncRoot { root: 2 });
+        client.write(&request).await;
+        assert!(client.read().await.is_some());
+        client.write(&request).await;
+        assert_eq!(client.read().await, None);
+        assert_eq!(server.rejected("replay"), 1);
+
+        // The responder's own Pong sent back to it.
+        let mut client = Client::new(server.connect());
+        client.handshake(&nonces).await;
+        let pong = client.read.last().unwrap().clone();
+        client.write(&pong).await;
+        assert_eq!(client.read().await, None);
+        assert_eq!(server.rejected("reflected"), 1);
+
+        // And a genuine exchange on the same responder still works.
+        let mut link = Link::open(
+            server.connect(),
+            &identity("n1"),
+            &NodeId::new("n2").unwrap(),
+            Lineage::default(),
+            &TransportOptions {
+                nonces: NonceSource::counting(7_000),
+                ..server.options.clone()
+            },
+        )
+        .await
+        .unwrap();
+        let reply = link
+            .request(&Message::SyncRoot { root: 3 }, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(matches!(reply, Message::Summary { keys: 3, .. }));
+        assert_eq!(server.rejected("bad_tag"), 0);
     }
 }

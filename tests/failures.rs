@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::{eventually, require_nft, TestCluster};
 use meshkv::clock::{ManualClock, NodeId};
 use meshkv::metrics::Metrics;
-use meshkv::peer::{dial, Identity, Link, LinkError, TransportOptions};
+use meshkv::peer::{dial, Identity, Link, LinkError, NonceSource, TransportOptions};
 use meshkv::transport::TcpTransport;
 use meshkv::wire::{Lineage, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -405,6 +405,7 @@ fn transport(secret: &[u8]) -> TransportOptions {
         metrics: Metrics::new(),
         clock: Arc::new(ManualClock::new(0)),
         tls: None,
+        nonces: NonceSource::random(),
     }
 }
 
@@ -598,4 +599,133 @@ async fn a_slow_http_client_is_cut_off_and_others_are_served() {
         "the server kept a client that never finished its headers"
     );
     assert!(cluster.client(1).healthy().await);
+}
+
+/// A TCP relay between one client and `target`: forwards both ways and records what
+/// the client sent. Returns its address and the recording, complete once the client
+/// closed.
+async fn recording_relay(
+    target: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<Vec<u8>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let relay = tokio::spawn(async move {
+        let (client, _) = listener.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(target).await.unwrap();
+        let (mut client_read, mut client_write) = client.into_split();
+        let (mut server_read, mut server_write) = server.into_split();
+        let back = tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        });
+        let mut recorded = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    recorded.extend_from_slice(&buffer[..n]);
+                    if server_write.write_all(&buffer[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = server_write.shutdown().await;
+        back.abort();
+        recorded
+    });
+    (address, relay)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_peer_connection_replayed_to_the_node_is_refused() {
+    let secret = b"correct horse battery staple";
+    let secret_path =
+        std::env::temp_dir().join(format!("meshkv-replay-secret-{}", std::process::id()));
+    std::fs::write(&secret_path, secret).unwrap();
+    let cluster = TestCluster::start(
+        2,
+        &format!("secret_file = {:?}\n", secret_path.to_str().unwrap()),
+    );
+    cluster.wait_mesh(WAIT).await;
+    let peer_address = {
+        let text = std::fs::read_to_string(cluster.cluster_file()).unwrap();
+        let config = meshkv::config::ClusterConfig::parse(&text).unwrap();
+        config.nodes[0]
+            .peer
+            .expect("the harness writes peer addresses")
+    };
+    let n1 = NodeId::new("n1").unwrap();
+
+    // A genuine conversation with n1 (as n2, with the secret), through a relay that
+    // records every byte sent to n1.
+    let (relay, recording) = recording_relay(peer_address).await;
+    let stream = dial(
+        &TcpTransport,
+        "127.0.0.1".parse().unwrap(),
+        relay,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let mut link = Link::open(
+        stream,
+        &identity("n2"),
+        &n1,
+        Lineage::default(),
+        &transport(secret),
+    )
+    .await
+    .expect("a member with the secret is welcome");
+    for _ in 0..3 {
+        let reply = link
+            .request(&Message::Summarize, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert!(matches!(reply, Message::Summary { .. }), "{reply:?}");
+    }
+    drop(link);
+    let recorded = recording.await.unwrap();
+    assert!(recorded.len() > 100, "{} bytes recorded", recorded.len());
+
+    // The recording played to n1 on a new connection: refused at its Hello, nothing
+    // answered, the connection closed.
+    let before = metric(
+        &cluster,
+        1,
+        "meshkv_peer_frames_rejected_total{reason=\"replay\"}",
+    )
+    .await;
+    let mut replay = tokio::net::TcpStream::connect(peer_address).await.unwrap();
+    replay.write_all(&recorded).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), replay.read_to_end(&mut answer)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "n1 answered a replayed connection with {} bytes",
+        answer.len()
+    );
+    eventually(WAIT, "the replay is counted", || async {
+        let now = metric(
+            &cluster,
+            1,
+            "meshkv_peer_frames_rejected_total{reason=\"replay\"}",
+        )
+        .await;
+        (now > before).then_some(())
+    })
+    .await;
+
+    // n1 keeps serving and replicating.
+    cluster
+        .client(1)
+        .put("after-replay", "ok", None)
+        .await
+        .unwrap();
+    eventually(WAIT, "the write reaches n2", || async {
+        let value = cluster.client(2).get("after-replay", None).await.ok()??;
+        (value.value == "ok").then_some(())
+    })
+    .await;
+    let _ = std::fs::remove_file(secret_path);
 }

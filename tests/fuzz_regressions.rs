@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 
 use meshkv::clock::{NodeId, Timestamp, Version};
 use meshkv::config::ClusterConfig;
-use meshkv::fuzz_checks::{self, frame, frame_message, hello, CLUSTER, SECRET, WALL_MS};
+use meshkv::fuzz_checks::{
+    self, conversation, frame, frame_message, hello, CLUSTER, NODE_NONCE, SECRET, WALL_MS,
+};
 use meshkv::store::digest::{bucket_of, BUCKETS, GROUPS};
 use meshkv::store::Entry;
 use meshkv::wire::{DataEpoch, Lineage, Message, PROTOCOL_VERSION};
@@ -259,11 +261,22 @@ fn entry(key: &str, value: Option<&[u8]>, replaces: Option<Version>) -> Entry {
     }
 }
 
-/// A `Welcome` from a node that knows of no retirement.
+/// A `Welcome` from a node that knows of no retirement, with the nonce an in-memory
+/// node draws first.
 fn welcome() -> Message {
     Message::Welcome {
         lineage: Lineage::default(),
         wall_ms: 0,
+        nonce: NODE_NONCE,
+        nodes: vec![id("n1"), id("n2"), id("n3")],
+    }
+}
+
+/// The `Pong` that confirms a handshake.
+fn pong() -> Message {
+    Message::Pong {
+        wall_ms: 0,
+        fenced: false,
     }
 }
 
@@ -283,6 +296,8 @@ fn messages() -> Vec<(&'static str, Message)> {
                     retired: vec![(id("n3"), WALL_MS - 1_000)],
                 },
                 wall_ms: WALL_MS,
+                nonce: u128::MAX,
+                nodes: vec![id("n2"), id("n1")],
             },
         ),
         (
@@ -440,7 +455,7 @@ fn peer_frame_seeds() -> Vec<(String, Vec<u8>)> {
     seeds.push(("stream-5-bytes".into(), with_mode(3 << 3, &stream)));
     seeds.push((
         "handshake-cap-push".into(),
-        with_mode(4, &frame_message(&messages()[5].1, None)),
+        with_mode(4, &frame_message(&messages()[6].1, None)),
     ));
     seeds.push((
         "oversized-prefix".into(),
@@ -476,6 +491,8 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
         from: id(from),
         to: id(to),
         lineage: Lineage::default(),
+        nonce: 7,
+        nodes: vec![],
     };
     let mut seeds = Vec::new();
     // Acceptor: a member's hello, then each request the responder answers.
@@ -485,23 +502,54 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
             with_mode(0, &frames(&[hello(), request.clone()], None)),
         ));
     }
+    // A whole session, each frame tagged at its position (the node's reply frames are
+    // in the script only to bind the nonces: they are not part of the input).
+    let mut script = vec![(true, hello()), (false, welcome())];
+    for request in [
+        Message::Ping,
+        messages()[6].1.clone(),
+        Message::SyncRoot { root: 1 },
+        messages()[11].1.clone(),
+        messages()[13].1.clone(),
+        Message::Summarize,
+    ] {
+        script.push((true, request));
+        script.push((false, pong()));
+    }
     seeds.push((
         "accept-session-secret".into(),
-        with_mode(
-            1,
-            &frames(
-                &[
-                    hello(),
-                    Message::Ping,
-                    messages()[5].1.clone(),
-                    Message::SyncRoot { root: 1 },
-                    messages()[10].1.clone(),
-                    messages()[12].1.clone(),
-                    Message::Summarize,
-                ],
-                secret,
-            ),
-        ),
+        with_mode(1, &conversation(&script, secret)),
+    ));
+    // The same session with two requests swapped, one replayed, and one of the node's
+    // own frames reflected back: each ends it.
+    let mut ours: Vec<Vec<u8>> = Vec::new();
+    let mut wire = conversation(&script, secret);
+    while !wire.is_empty() {
+        let len = 4 + u32::from_be_bytes(wire[..4].try_into().unwrap()) as usize;
+        ours.push(wire.drain(..len).collect());
+    }
+    let swapped = [&ours[..2], &[ours[3].clone(), ours[2].clone()], &ours[4..]].concat();
+    seeds.push((
+        "accept-session-swapped-secret".into(),
+        with_mode(1, &swapped.concat()),
+    ));
+    let replayed = [&ours[..3], &[ours[2].clone()], &ours[3..]].concat();
+    seeds.push((
+        "accept-session-replayed-secret".into(),
+        with_mode(1, &replayed.concat()),
+    ));
+    let reflected = conversation(
+        &[
+            (false, hello()),
+            (true, welcome()),
+            (false, Message::Ping),
+            (true, pong()),
+        ],
+        secret,
+    );
+    seeds.push((
+        "accept-session-reflected-secret".into(),
+        with_mode(1, &[&ours[..2].concat()[..], &reflected].concat()),
     ));
     let requests: Vec<Vec<u8>> = [3usize, 5, 7, 10, 12, 14]
         .iter()
@@ -548,7 +596,7 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
     ));
     // Initiator: what a peer answers to our hello and the anti-entropy round after it.
     let round = |label: &str, replies: Vec<Message>| {
-        let mut all = vec![welcome()];
+        let mut all = vec![welcome(), pong()];
         all.extend(replies);
         (
             format!("initiate-{label}"),
@@ -608,13 +656,32 @@ fn handshake_seeds() -> Vec<(String, Vec<u8>)> {
     ));
     seeds.push((
         "initiate-refused".into(),
-        with_mode(8, &frames(&[messages()[2].1.clone()], None)),
+        with_mode(8, &frames(&[messages()[3].1.clone()], None)),
     ));
+    // Our node dials with the first nonce it draws.
+    let mut dialer = hello();
+    if let Message::Hello { nonce, .. } = &mut dialer {
+        *nonce = NODE_NONCE;
+    }
     seeds.push((
         "initiate-secret".into(),
-        with_mode(8 | 1, &frames(&[welcome(), in_sync], secret)),
+        with_mode(
+            8 | 1,
+            &conversation(
+                &[
+                    (false, dialer.clone()),
+                    (true, welcome()),
+                    (false, Message::Ping),
+                    (true, pong()),
+                    (false, Message::SyncRoot { root: 1 }),
+                    (true, in_sync),
+                ],
+                secret,
+            ),
+        ),
     ));
-    let replies: Vec<Vec<u8>> = std::iter::once(welcome())
+    let replies: Vec<Vec<u8>> = [welcome(), pong()]
+        .into_iter()
         .chain(repair)
         .map(|message| payload(&message))
         .collect();

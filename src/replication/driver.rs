@@ -127,11 +127,10 @@ pub async fn run(
                 &node.lineage(),
                 &transport,
                 redial,
-                || (node.wall_ms(), node.now_ms()),
             )
             .await?;
             // Our side of the admission: the peer's data may be retired (or ours).
-            node.admit(peer_id, link.0.peer_lineage())
+            node.admit(peer_id, link.peer_lineage())
                 .map_err(LinkError::Refused)?;
             Ok(link)
         };
@@ -143,9 +142,17 @@ pub async fn run(
         };
         let mut unanswered = false;
         match result {
-            Ok((link, (sent_wall_ms, sent_ms))) => {
+            Ok(link) => {
                 info!(peer = %peer_id, "peer link up");
-                node.clock_sample(peer_id, sent_wall_ms, sent_ms, link.welcome_wall_ms(), None);
+                // The handshake's confirming Ping is the first clock sample.
+                let sample = link.clock_sample();
+                node.clock_sample(
+                    peer_id,
+                    sample.sent_wall_ms,
+                    sample.sent_ms,
+                    sample.peer_wall_ms,
+                    Some(sample.peer_fenced),
+                );
                 backoff = Duration::from_millis(50);
                 node.detector().link_up(peer_id, node.now_ms());
                 was_up = true;
@@ -245,14 +252,10 @@ async fn open_link(
     lineage: &Lineage,
     transport: &TransportOptions,
     redial: Duration,
-    stamp: impl Fn() -> (u64, u64),
-) -> Result<(Link, (u64, u64)), LinkError> {
+) -> Result<Link, LinkError> {
     let attempt = || async {
         let stream = connect(network, target.local_ip, target.address, peer, transport).await?;
-        // The handshake is timed: its `Welcome` is the first clock sample.
-        let sent = stamp();
-        let link = Link::open(stream, identity, peer, lineage.clone(), transport).await?;
-        Ok((link, sent))
+        Link::open(stream, identity, peer, lineage.clone(), transport).await
     };
     let limit = (transport.connect_timeout.as_millis() / redial.as_millis().max(1)).max(1);
     let mut attempts = FuturesUnordered::new();

@@ -37,9 +37,12 @@ impl Responder for PeerResponder {
         }
     }
 
-    fn admit(&self, from: &NodeId, theirs: &Lineage) -> Result<Lineage, String> {
-        self.node.admit(from, theirs)?;
-        Ok(self.node.lineage())
+    fn lineage(&self) -> Lineage {
+        self.node.lineage()
+    }
+
+    fn admit(&self, from: &NodeId, theirs: &Lineage) -> Result<(), String> {
+        self.node.admit(from, theirs)
     }
 
     /// Every reply that tells the peer what this node holds (an ack, hashes, versions,

@@ -1,7 +1,8 @@
 //! The node-to-node protocol: every message two nodes exchange, and how it is framed.
 //!
-//! Owns: [`Message`] (one enum for the whole protocol), [`PROTOCOL_VERSION`] and the
-//! [`codec`] that turns messages into authenticated, length-prefixed MessagePack frames.
+//! Owns: [`Message`] (one enum for the whole protocol), [`PROTOCOL_VERSION`], the
+//! [`codec`] that turns messages into authenticated, length-prefixed frames, and the
+//! [`compact`] MessagePack layout of their payloads.
 //! Knows nothing of: sockets, the store's internals, HTTP.
 //!
 //! # Conversation
@@ -10,7 +11,8 @@
 //!
 //! | request | reply | purpose |
 //! | --- | --- | --- |
-//! | `Hello` | `Welcome` or `Refuse` | first frame: protocol version, cluster, both ids, each side's [`Lineage`] |
+//! | `Hello` | `Welcome` or `Refuse` | first frame: protocol version, cluster, both ids, each side's [`Lineage`] and fresh [`Nonce`] |
+//! | `Ping` | `Pong` or `Refuse` | the initiator's first request: proves the connection fresh, after which the responder admits it |
 //! | `Ping` | `Pong` | liveness when there is nothing else to say |
 //! | `Push` | `PushAck` | new writes (and anti-entropy repairs) for the replier |
 //! | `SyncRoot` | `InSync` or `SyncGroups` | anti-entropy, level 0: compare root hashes |
@@ -22,6 +24,7 @@
 //! initiator; replies never travel unasked.
 
 pub mod codec;
+pub mod compact;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,7 +32,11 @@ use crate::clock::{NodeId, Timestamp, Version};
 use crate::store::{BucketId, Entry};
 
 /// Bumped on every incompatible change of [`Message`] or the framing.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// A handshake nonce: 16 random bytes drawn for one connection by each side, which every
+/// later frame's tag covers (see [`codec`]).
+pub type Nonce = u128;
 
 /// Where a node's data comes from: the epoch its store began in, empty.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +60,8 @@ pub struct Lineage {
     pub retired: Vec<(NodeId, u64)>,
 }
 
-/// Every frame of the protocol.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Every frame of the protocol. Its layout on the wire is in [`compact`].
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
     /// First frame from the initiator.
     Hello {
@@ -68,6 +75,10 @@ pub enum Message {
         to: NodeId,
         /// The initiator's data epoch and retirements.
         lineage: Lineage,
+        /// The initiator's fresh nonce for this connection.
+        nonce: Nonce,
+        /// The initiator's node table: its later frames name a node by its index here.
+        nodes: Vec<NodeId>,
     },
     /// The handshake succeeded.
     Welcome {
@@ -75,6 +86,10 @@ pub enum Message {
         lineage: Lineage,
         /// The replier's wall clock (ms since the epoch): a clock-offset sample.
         wall_ms: u64,
+        /// The replier's fresh nonce for this connection.
+        nonce: Nonce,
+        /// The replier's node table: its later frames name a node by its index here.
+        nodes: Vec<NodeId>,
     },
     /// The handshake failed; the connection closes after this frame.
     Refuse {
@@ -224,10 +239,14 @@ mod tests {
                 from: id.clone(),
                 to: id,
                 lineage: Lineage::default(),
+                nonce: 0,
+                nodes: vec![],
             },
             Message::Welcome {
                 lineage: Lineage::default(),
                 wall_ms: 0,
+                nonce: 0,
+                nodes: vec![],
             },
             Message::Refuse {
                 reason: String::new(),
@@ -306,13 +325,16 @@ mod tests {
             wall_ms: 1_796_277_052_511,
             logical: 70_000,
         };
-        let in_sync = rmp_serde::to_vec(&Message::InSync { hlc }).unwrap().len();
-        let groups = rmp_serde::to_vec(&Message::SyncGroups {
+        let encode = |message: &Message| {
+            compact::encode(message, &mut compact::Direction::default())
+                .unwrap()
+                .len()
+        };
+        let in_sync = encode(&Message::InSync { hlc });
+        let groups = encode(&Message::SyncGroups {
             groups: vec![u64::MAX; 64],
             hlc,
-        })
-        .unwrap()
-        .len();
+        });
         let timestamp = rmp_serde::to_vec(&hlc).unwrap().len();
         println!("InSync: {in_sync} bytes, SyncGroups: {groups} bytes, the HLC: {timestamp} bytes");
         assert!(timestamp <= 15, "{timestamp}");

@@ -292,6 +292,9 @@ pub struct Plan {
     /// Per node: whether it keeps its journal on a simulated disk (else memory only,
     /// and a restart is empty).
     pub durable: Vec<bool>,
+    /// Whether the cluster has a secret, so every peer frame is tagged and bound to its
+    /// connection: odd seeds (not drawn, so the schedules stay those of their seeds).
+    pub secret: bool,
 }
 
 /// The largest clock offset the schedule may set, in ms (it bounds how long refused
@@ -423,12 +426,16 @@ impl Plan {
             clocks,
             events,
             durable,
+            secret: seed % 2 == 1,
         }
     }
 
     /// The cluster file of the run; `ip(i)` is the address of node `i`.
     pub fn cluster_file(&self, ip: impl Fn(usize) -> std::net::IpAddr) -> String {
         let mut text = String::from(TUNING);
+        if self.secret {
+            text.push_str(&format!("secret_file = {:?}\n", secret_file().display()));
+        }
         for node in 0..self.nodes {
             text.push_str(&format!(
                 "\n[[nodes]]\nid = \"n{n}\"\nhttp = \"{ip}:{HTTP_PORT}\"\npeer = \"{ip}:{PEER_PORT}\"\n",
@@ -493,17 +500,38 @@ impl Plan {
     }
 }
 
+/// A file holding the cluster secret of the seeds that have one (a real file: the
+/// node reads it at start, before the simulation's disk exists). Written once per
+/// process, whole (a rename), as shards start in parallel.
+fn secret_file() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("meshkv-sim-secret-{}", std::process::id()));
+        let partial = dir.join(format!("meshkv-sim-secret-{}.partial", std::process::id()));
+        std::fs::write(&partial, "a simulated cluster's secret\n").expect("secret written");
+        std::fs::rename(&partial, &path).expect("secret in place");
+        path
+    })
+    .clone()
+}
+
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "seed {}: {} nodes, {} clients, {} keys, heal at {} ms, {}",
+            "seed {}: {} nodes, {} clients, {} keys, heal at {} ms, {}{}",
             self.seed,
             self.nodes,
             self.clients,
             self.keys,
             self.heal_at.as_millis(),
             self.clocks.as_str(),
+            if self.secret {
+                ", a cluster secret"
+            } else {
+                ""
+            },
         )?;
         let durable: Group = (0..self.nodes).filter(|&node| self.durable[node]).collect();
         writeln!(
