@@ -3,8 +3,8 @@
 //! that client alone, peers whose certificate is not from the CA, names no member or
 //! names another node than its `Hello` are refused, logged and counted, replication
 //! works between TLS nodes and across a kill and restart, `meshkv demo --secure`
-//! prints a curl line that works, and the acceptance suites pass against a TLS
-//! cluster.
+//! prints curl and CLI lines that work (TLS, client tokens and the secret), and the
+//! acceptance suites pass against a cluster with TLS and client tokens on.
 
 mod common;
 
@@ -413,11 +413,18 @@ async fn control(cluster: Arc<Mutex<TestCluster>>) -> (Vec<String>, tokio::task:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_acceptance_suites_pass_against_a_tls_cluster() {
-    if !common::require_nft("the_acceptance_suites_pass_against_a_tls_cluster") {
+async fn the_acceptance_suites_pass_against_a_cluster_with_tls_and_client_tokens() {
+    if !common::require_nft(
+        "the_acceptance_suites_pass_against_a_cluster_with_tls_and_client_tokens",
+    ) {
         return;
     }
-    let cluster = TestCluster::start_tls_durable(4, "", "batch");
+    // The suites run with the admin token (they read /v1/cluster); the others exist so
+    // that the lookup has more than one digest to compare.
+    const ADMIN: &str = "admin-5e0c91d7a4b2f836";
+    let tokens =
+        format!("read read-1f2e3d4c5b6a7988\nwrite write-0a9b8c7d6e5f4031\nadmin {ADMIN}\n");
+    let cluster = TestCluster::start_secure_durable(4, "batch", &tokens, ADMIN);
     let cluster_file = cluster.cluster_file().to_owned();
     let json = cluster.dir().join("all.json");
     let cluster = Arc::new(Mutex::new(cluster));
@@ -441,6 +448,7 @@ async fn the_acceptance_suites_pass_against_a_tls_cluster() {
             "4",
         ])
         .args(&fault_args)
+        .env("MESHKV_TOKEN", ADMIN)
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(600), output)
@@ -451,12 +459,12 @@ async fn the_acceptance_suites_pass_against_a_tls_cluster() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     eprintln!(
-        "meshkv test all against a TLS cluster took {:.1} s",
+        "meshkv test all against a cluster with TLS and client tokens took {:.1} s",
         started.elapsed().as_secs_f64()
     );
     assert!(
         output.status.success(),
-        "meshkv test all failed against a TLS cluster:\n{stdout}\n{stderr}"
+        "meshkv test all failed against a cluster with TLS and client tokens:\n{stdout}\n{stderr}"
     );
 }
 

@@ -198,6 +198,20 @@ impl TestCluster {
         )
     }
 
+    /// [`TestCluster::start_tls_durable`] with client tokens on (as [`TestCluster::start_with_tokens`]: `admin` goes with
+    /// the harness's own requests).
+    pub fn start_secure_durable(n: usize, fsync: &str, tokens: &str, admin: &str) -> TestCluster {
+        let token = AccessToken::new(admin, "the test").expect("a well-formed admin token");
+        Self::start_inner(
+            n,
+            "client_tokens_file = \"tokens\"\n",
+            Some(fsync.to_owned()),
+            |_| Vec::new(),
+            Some(|_| NodeCert::Good),
+            Some((tokens, token)),
+        )
+    }
+
     /// [`TestCluster::start`] with durable nodes: node `i` keeps its data in
     /// [`TestCluster::data_dir`]`(i)` with `--fsync fsync`, and keeps it across
     /// [`TestCluster::restart`].
