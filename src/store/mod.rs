@@ -152,7 +152,7 @@ pub struct Summary {
 /// assert_eq!(a.summary(), b.summary());
 /// ```
 ///
-/// Each register is one [`Slot`](slot) (key, versions and value in one allocation),
+/// Each register is one slot (`store::slot`: key, versions and value in one allocation),
 /// held twice by reference: in key order for lookups and scans, and in its digest
 /// bucket's list for anti-entropy. See DESIGN.md §10 for what a key costs.
 #[derive(Debug, Default, Clone)]

@@ -230,7 +230,8 @@ pub struct FrameCodec {
 
 impl FrameCodec {
     /// A codec capping frames at `max_frame_bytes`, authenticating with `secret` if any.
-    /// Until [`FrameCodec::bind`], it reads and writes handshake frames (a `Hello`).
+    /// It binds itself to the connection as the `Hello` and `Welcome` pass through it
+    /// (their nonces); until then it reads and writes handshake frames.
     pub fn new(max_frame_bytes: usize, secret: Option<Arc<[u8]>>, metrics: Arc<Metrics>) -> Self {
         Self {
             frames: LengthDelimitedCodec::builder()
