@@ -677,6 +677,7 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 refuse("oversized_frame", &error)
             }
             WireError::Io(_) => {}
+            WireError::OldProtocol => refuse("protocol", &error),
             _ => refuse("bad_frame", &error),
         },
     };

@@ -49,6 +49,11 @@ pub const PREFIX_BYTES: usize = 4;
 pub const HANDSHAKE_MAX_FRAME_BYTES: usize = 4096;
 /// The MAC's domain: the protocol it belongs to (bumped with the tag's layout).
 const DOMAIN: &[u8] = b"meshkv/4";
+/// The protocol this codec's layout is, for the error naming an older one.
+const PROTOCOL: u16 = super::PROTOCOL_VERSION;
+/// How protocols 1 to 3 began a `Hello`: rmp-serde's externally tagged enum, a
+/// one-entry map from the variant's name.
+const OLD_HELLO: &[u8] = b"\x81\xa5Hello";
 /// How far around the expected position a failed tag is looked for, to name the
 /// rejection (a replay, a reordering, a reflection). Only rejected frames pay for it.
 const SEARCH_WINDOW: u64 = 16;
@@ -76,6 +81,11 @@ pub enum WireError {
     /// own frames sent back to us.
     #[error("frame authentication failed: our own frame reflected back")]
     Reflected,
+    /// The first frame is a `Hello` of protocol 3 or older (rmp-serde's variant-name
+    /// layout, tagged over the payload alone when there is a secret): an older meshkv,
+    /// which cannot read ours either.
+    #[error("the peer speaks protocol 3 or older (an older meshkv); this node speaks {PROTOCOL}: upgrade every node")]
+    OldProtocol,
     /// The frame is authentic (or unauthenticated) but not a message of this protocol.
     #[error("frame does not decode: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
@@ -394,6 +404,14 @@ impl Decoder for FrameCodec {
                     return Err(WireError::BadTag);
                 }
                 let (tag, payload) = frame.split_at(TAG_BYTES);
+                if self.binding.is_none() && payload.starts_with(OLD_HELLO) {
+                    // Protocol 3's tag was over the payload alone.
+                    let mut old = HmacSha256::new_from_slice(key).expect("HMAC takes any key");
+                    old.update(payload);
+                    if old.verify_slice(tag).is_ok() {
+                        return Err(WireError::OldProtocol);
+                    }
+                }
                 if let Err(error) = self.check_tag(key, tag, payload) {
                     if let Some(reason) = error.tag_rejection() {
                         self.metrics.reject(reason);
@@ -404,6 +422,9 @@ impl Decoder for FrameCodec {
             }
             None => &frame[..],
         };
+        if self.binding.is_none() && payload.starts_with(OLD_HELLO) {
+            return Err(WireError::OldProtocol);
+        }
         let message = compact::decode(payload, &mut self.receiving)?;
         match (&mut self.binding, &message) {
             (None, Message::Hello { nonce, .. }) => {
@@ -438,6 +459,38 @@ mod tests {
 
     fn codec(secret: Option<&[u8]>) -> FrameCodec {
         FrameCodec::new(1024, secret.map(Arc::from), Metrics::new())
+    }
+
+    #[test]
+    fn a_hello_of_protocol_3_is_named_as_such() {
+        // The start of a protocol 3 `Hello`: {"Hello": [3, "c", ...]}.
+        let payload = b"\x81\xa5Hello\x97\x03\xa1c";
+        let frame = |tag: Option<&[u8]>| {
+            let mut bytes = BytesMut::new();
+            let len = payload.len() + tag.map_or(0, <[u8]>::len);
+            bytes.extend_from_slice(&(len as u32).to_be_bytes());
+            bytes.extend_from_slice(tag.unwrap_or_default());
+            bytes.extend_from_slice(payload);
+            bytes
+        };
+        let old = |error: Result<Option<Message>, WireError>| {
+            matches!(error, Err(WireError::OldProtocol))
+        };
+        assert!(old(codec(None).decode(&mut frame(None))));
+        // With a secret: protocol 3 tagged the payload alone.
+        let secret = b"a cluster secret of 16+ bytes";
+        let mut mac = HmacSha256::new_from_slice(secret).unwrap();
+        mac.update(payload);
+        let v3_tag = mac.finalize().into_bytes();
+        assert!(old(codec(Some(secret)).decode(&mut frame(Some(&v3_tag)))));
+        // Another secret is no evidence of anything: a bad tag, as for any frame.
+        let mut other = HmacSha256::new_from_slice(b"another secret, 16+ bytes").unwrap();
+        other.update(payload);
+        let other_tag = other.finalize().into_bytes();
+        assert!(matches!(
+            codec(Some(secret)).decode(&mut frame(Some(&other_tag))),
+            Err(WireError::BadTag)
+        ));
     }
 
     fn push() -> Message {
