@@ -482,6 +482,21 @@ pub trait Responder: Send + Sync + 'static {
     }
 }
 
+/// With TLS, whether `from` (what the `Hello` claims) is one of the members the
+/// dialer's certificate names (`certified`); `Err` carries the refusal sentence.
+fn claimed_by_certificate(certified: Option<&[NodeId]>, from: &NodeId) -> Result<(), String> {
+    match certified {
+        Some(named) if !named.contains(from) => {
+            let named: Vec<&str> = named.iter().map(NodeId::as_str).collect();
+            Err(format!(
+                "the hello claims {from}, but the TLS certificate names {}",
+                named.join(", ")
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks a `Hello` against our identity; `Err` carries the refusal sentence.
 fn check_hello(
     identity: &Identity,
@@ -692,30 +707,25 @@ pub async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             return refuse("replay", &"a hello seen before (a recording played again)");
         }
     }
-    let checked = check_hello(identity, &hello).and_then(|(from, theirs)| {
-        match certified.filter(|named| !named.contains(&from)) {
-            Some(named) => {
-                let named: Vec<&str> = named.iter().map(NodeId::as_str).collect();
-                Err((
-                    "hello_mismatch",
-                    format!(
-                        "the hello claims {from}, but the TLS certificate names {}",
-                        named.join(", ")
-                    ),
-                ))
+    // A refusal is counted under its own family: the frame protocol's, or TLS's when
+    // the `Hello` claims another node than the certificate names.
+    let checked = match check_hello(identity, &hello) {
+        Ok((from, theirs)) => match claimed_by_certificate(certified, &from) {
+            Ok(()) => Ok((from, theirs)),
+            Err(sentence) => {
+                options.metrics.tls_refuse("hello_mismatch");
+                log("hello_mismatch", &sentence);
+                Err(sentence)
             }
-            None => Ok((from, theirs)),
+        },
+        Err((reason, sentence)) => {
+            refuse(reason, &sentence);
+            Err(sentence)
         }
-    });
+    };
     let (from, theirs) = match checked {
         Ok(checked) => checked,
-        Err((reason, sentence)) => {
-            if reason == "hello_mismatch" {
-                options.metrics.tls_refuse(reason);
-                log(reason, &sentence);
-            } else {
-                refuse(reason, &sentence);
-            }
+        Err(sentence) => {
             let refusal = Message::Refuse { reason: sentence };
             let _ = tokio::time::timeout(options.connect_timeout, frames.send(&refusal)).await;
             return;
