@@ -18,20 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The value of one sample of `/metrics` whose line starts with `prefix`, or 0.
-async fn metric(cluster: &TestCluster, i: usize, prefix: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", cluster.url(i)))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Runs the built `meshkv` binary; returns its exit code and stdout.
 fn meshkv(args: &[&str]) -> (i32, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshkv"))
@@ -285,12 +271,9 @@ async fn read_repair_fixes_a_stale_replica() {
         .unwrap();
     assert_eq!(local.value, "fresh");
     assert!(
-        metric(
-            &cluster,
-            3,
-            "meshkv_keys_repaired_total{reason=\"read_repair\"}"
-        )
-        .await
+        cluster
+            .metric(3, "meshkv_keys_repaired_total{reason=\"read_repair\"}")
+            .await
             >= 1.0
     );
 }
@@ -508,21 +491,18 @@ async fn frames_with_a_wrong_secret_or_from_a_non_member_are_refused_and_counted
     );
 
     assert!(
-        metric(
-            &cluster,
-            1,
-            "meshkv_peer_frames_rejected_total{reason=\"bad_tag\"}"
-        )
-        .await
+        cluster
+            .metric(1, "meshkv_peer_frames_rejected_total{reason=\"bad_tag\"}")
+            .await
             >= 1.0
     );
     assert!(
-        metric(
-            &cluster,
-            1,
-            "meshkv_peer_frames_rejected_total{reason=\"not_member\"}"
-        )
-        .await
+        cluster
+            .metric(
+                1,
+                "meshkv_peer_frames_rejected_total{reason=\"not_member\"}"
+            )
+            .await
             >= 1.0
     );
     target.put("still", "works", None).await.unwrap();
@@ -577,7 +557,7 @@ async fn garbage_on_the_peer_port_leaves_the_node_serving() {
             .value,
         "garbage"
     );
-    assert!(metric(&cluster, 1, "meshkv_peer_frames_rejected_total").await >= 2.0);
+    assert!(cluster.metric(1, "meshkv_peer_frames_rejected_total").await >= 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -690,12 +670,9 @@ async fn a_recorded_peer_connection_replayed_to_the_node_is_refused() {
 
     // The recording played to n1 on a new connection: refused at its Hello, nothing
     // answered, the connection closed.
-    let before = metric(
-        &cluster,
-        1,
-        "meshkv_peer_frames_rejected_total{reason=\"replay\"}",
-    )
-    .await;
+    let before = cluster
+        .metric(1, "meshkv_peer_frames_rejected_total{reason=\"replay\"}")
+        .await;
     let mut replay = tokio::net::TcpStream::connect(peer_address).await.unwrap();
     replay.write_all(&recorded).await.unwrap();
     let mut answer = Vec::new();
@@ -706,12 +683,9 @@ async fn a_recorded_peer_connection_replayed_to_the_node_is_refused() {
         answer.len()
     );
     eventually(WAIT, "the replay is counted", || async {
-        let now = metric(
-            &cluster,
-            1,
-            "meshkv_peer_frames_rejected_total{reason=\"replay\"}",
-        )
-        .await;
+        let now = cluster
+            .metric(1, "meshkv_peer_frames_rejected_total{reason=\"replay\"}")
+            .await;
         (now > before).then_some(())
     })
     .await;

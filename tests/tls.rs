@@ -17,19 +17,6 @@ use common::{eventually, NodeCert, TestCluster};
 
 const WAIT: Duration = Duration::from_secs(15);
 
-/// The sum of the series of node `i`'s `/metrics` that start with `prefix`.
-async fn metric(cluster: &TestCluster, i: usize, prefix: &str) -> f64 {
-    let text = cluster
-        .client(i)
-        .get_text("/metrics")
-        .await
-        .expect("metrics answer over HTTPS");
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Runs the built `meshkv` binary; returns its exit code, stdout and stderr.
 fn meshkv(args: &[&str]) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_meshkv"))
@@ -125,7 +112,7 @@ async fn https_with_the_ca_works_and_plain_http_fails_cleanly() {
     let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap());
     // The watch is open once the node counts it.
     eventually(WAIT, "n1 counts the open watch", || async {
-        (metric(&cluster, 1, "meshkv_watchers").await >= 1.0).then_some(())
+        (cluster.metric(1, "meshkv_watchers").await >= 1.0).then_some(())
     })
     .await;
     cluster.client(2).put("w/1", "seen", None).await.unwrap();
@@ -177,12 +164,9 @@ async fn https_with_the_ca_works_and_plain_http_fails_cleanly() {
     let read = cluster.client(1).get("rust", None).await.unwrap().unwrap();
     assert_eq!(read.text(), "client", "the node still serves HTTPS clients");
     assert!(
-        metric(
-            &cluster,
-            1,
-            "meshkv_http_tls_failures_total{reason=\"plaintext\"}"
-        )
-        .await
+        cluster
+            .metric(1, "meshkv_http_tls_failures_total{reason=\"plaintext\"}")
+            .await
             >= 3.0
     );
 }
@@ -200,12 +184,9 @@ async fn a_peer_with_a_certificate_of_another_ca_is_refused_logged_and_counted()
     // certificate n3 answers with. Either way the refusal is n1's, counted as
     // unknown_ca and logged.
     eventually(WAIT, "n1 counts n3's certificate as unknown_ca", || async {
-        let count = metric(
-            &cluster,
-            1,
-            "meshkv_peer_tls_refused_total{reason=\"unknown_ca\"}",
-        )
-        .await;
+        let count = cluster
+            .metric(1, "meshkv_peer_tls_refused_total{reason=\"unknown_ca\"}")
+            .await;
         (count >= 1.0).then_some(())
     })
     .await;
@@ -223,7 +204,13 @@ async fn a_peer_with_a_certificate_of_another_ca_is_refused_logged_and_counted()
         cluster.client(2).get("k", None).await.ok()?.map(|_| ())
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Not a pause but an event: n3 has dialed n1 again since the write, and was refused.
+    let unknown_ca = "meshkv_peer_tls_refused_total{reason=\"unknown_ca\"}";
+    let refused_before = cluster.metric(1, unknown_ca).await;
+    eventually(WAIT, "n3 dials n1 again and is refused", || async {
+        (cluster.metric(1, unknown_ca).await > refused_before).then_some(())
+    })
+    .await;
     let stranger = cluster
         .client_with_ca(3, &cluster.dir().join("tls").join("foreign-ca.pem"))
         .get("k", None)
@@ -254,7 +241,7 @@ async fn a_peer_whose_certificate_names_no_member_or_another_node_is_refused() {
     ] {
         eventually(WAIT, &format!("n1 counts {reason}: {what}"), || async {
             let series = format!("meshkv_peer_tls_refused_total{{reason=\"{reason}\"}}");
-            (metric(&cluster, 1, &series).await >= 1.0).then_some(())
+            (cluster.metric(1, &series).await >= 1.0).then_some(())
         })
         .await;
     }

@@ -14,20 +14,6 @@ const WAIT: Duration = Duration::from_secs(20);
 /// Short rounds, so that collection follows deletes quickly.
 const FAST: &str = "anti_entropy_interval_ms = 200\n";
 
-/// The value of one sample of `/metrics` whose line starts with `prefix`, or 0.
-async fn metric(cluster: &TestCluster, i: usize, prefix: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", cluster.url(i)))
-        .await
-        .expect("metrics answer")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .filter(|line| line.starts_with(prefix))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Tombstones node `i` holds (`/v1/convergence`).
 async fn tombstones(cluster: &TestCluster, i: usize) -> u64 {
     cluster.convergence(i).await["tombstones"]
@@ -97,7 +83,7 @@ async fn tombstones_are_collected_kept_while_a_node_is_down_and_collected_after_
     cluster.wait_converged(WAIT).await.unwrap();
     for i in 1..=3 {
         assert_eq!(
-            metric(&cluster, i, "meshkv_tombstones_collected_total").await,
+            cluster.metric(i, "meshkv_tombstones_collected_total").await,
             10.0,
             "n{i}"
         );
@@ -196,7 +182,7 @@ async fn a_node_cut_off_while_a_key_is_deleted_does_not_bring_it_back() {
     for i in 1..=3 {
         assert!(!present(&cluster, i, "k").await, "k came back on n{i}");
         assert_eq!(
-            metric(&cluster, i, "meshkv_tombstones_collected_total").await,
+            cluster.metric(i, "meshkv_tombstones_collected_total").await,
             1.0
         );
     }

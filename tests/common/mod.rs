@@ -720,6 +720,21 @@ impl TestCluster {
         }
     }
 
+    /// The sum of the samples of node `i`'s `/metrics` whose line starts with
+    /// `prefix` (0 if none), read with [`TestCluster::client`] (HTTPS and the token
+    /// when the cluster has them).
+    pub async fn metric(&self, i: usize, prefix: &str) -> f64 {
+        let text = self
+            .client(i)
+            .get_text("/metrics")
+            .await
+            .unwrap_or_else(|e| panic!("node {i}'s /metrics: {e}"));
+        text.lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// `GET /v1/convergence` of node `i`.
     pub async fn convergence(&self, i: usize) -> Value {
         self.client(i)
