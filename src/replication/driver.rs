@@ -362,15 +362,14 @@ async fn drive(
         }
 
         // 1. Pushes: they carry fresh writes that clients may be waiting on.
-        let batch = outbox.take(budget, |key| node.with_store(|store| store.entry(key)));
-        if let Some(batch) = batch {
-            let request = Message::Push {
-                entries: batch.entries.clone(),
-            };
+        // One lock of the store for the whole batch (the outbox's lock nests inside it).
+        let batch = node.with_store(|store| outbox.take(budget, |key| store.entry(key)));
+        if let Some(mut batch) = batch {
+            // The entries move into the frame: the batch keeps only its waiters.
+            let entries = std::mem::take(&mut batch.entries);
             node.metrics().push_batches.inc();
-            node.metrics()
-                .pushed_entries
-                .inc_by(batch.entries.len() as u64);
+            node.metrics().pushed_entries.inc_by(entries.len() as u64);
+            let request = Message::Push { entries };
             match exchange(node, peer_id, &mut link, &request, options).await {
                 Ok(Message::PushAck { refused, .. }) => outbox.acknowledge(batch, &refused),
                 Ok(other) => {

@@ -13,7 +13,7 @@
 //! When the queue is full, new keys are dropped and counted: anti-entropy repairs them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{oneshot, Notify};
 
@@ -45,9 +45,10 @@ pub enum Enqueued {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<String>,
+    /// Keys are shared: one allocation per write, whatever the number of peers.
+    queue: VecDeque<Arc<str>>,
     /// The waiters of every queued key: its keys are exactly those of `queue`.
-    waiters: HashMap<String, Vec<AckWaiter>>,
+    waiters: HashMap<Arc<str>, Vec<AckWaiter>>,
     in_flight: usize,
 }
 
@@ -56,7 +57,7 @@ struct State {
 pub struct Batch {
     /// The entries to push.
     pub entries: Vec<Entry>,
-    waiters: Vec<(String, Vec<AckWaiter>)>,
+    waiters: Vec<(Arc<str>, Vec<AckWaiter>)>,
 }
 
 /// The outbox of one peer.
@@ -81,10 +82,10 @@ impl Outbox {
     }
 
     /// Queues `key`, optionally with a waiter for the peer's ack.
-    pub fn enqueue(&self, key: &str, waiter: Option<AckWaiter>) -> Enqueued {
+    pub fn enqueue(&self, key: &Arc<str>, waiter: Option<AckWaiter>) -> Enqueued {
         let mut state = self.state();
         let full = state.queue.len() >= self.max_keys;
-        let outcome = match state.waiters.get_mut(key) {
+        let outcome = match state.waiters.get_mut(&**key) {
             Some(waiters) => {
                 waiters.extend(waiter);
                 Enqueued::Coalesced
@@ -93,8 +94,8 @@ impl Outbox {
             None => {
                 state
                     .waiters
-                    .insert(key.to_owned(), waiter.into_iter().collect());
-                state.queue.push_back(key.to_owned());
+                    .insert(Arc::clone(key), waiter.into_iter().collect());
+                state.queue.push_back(Arc::clone(key));
                 Enqueued::Queued
             }
         };
@@ -153,7 +154,7 @@ impl Outbox {
         self.state().in_flight -= batch.waiters.len();
         let refused: HashSet<&str> = refused.iter().map(String::as_str).collect();
         for (key, waiters) in batch.waiters {
-            let ack = if refused.contains(key.as_str()) {
+            let ack = if refused.contains(&*key) {
                 Ack::RefusedForSkew
             } else {
                 Ack::Applied
@@ -220,9 +221,9 @@ mod tests {
     #[test]
     fn repeated_writes_to_one_key_coalesce() {
         let outbox = Outbox::new(10);
-        assert_eq!(outbox.enqueue("a", None), Enqueued::Queued);
-        assert_eq!(outbox.enqueue("a", None), Enqueued::Coalesced);
-        assert_eq!(outbox.enqueue("b", None), Enqueued::Queued);
+        assert_eq!(outbox.enqueue(&"a".into(), None), Enqueued::Queued);
+        assert_eq!(outbox.enqueue(&"a".into(), None), Enqueued::Coalesced);
+        assert_eq!(outbox.enqueue(&"b".into(), None), Enqueued::Queued);
         let batch = outbox.take(1 << 20, read).unwrap();
         assert_eq!(batch.entries.len(), 2);
         assert_eq!(outbox.pending(), 2);
@@ -234,16 +235,16 @@ mod tests {
     #[test]
     fn a_full_outbox_drops_new_keys_but_coalesces_queued_ones() {
         let outbox = Outbox::new(1);
-        assert_eq!(outbox.enqueue("a", None), Enqueued::Queued);
-        assert_eq!(outbox.enqueue("b", None), Enqueued::Dropped);
-        assert_eq!(outbox.enqueue("a", None), Enqueued::Coalesced);
+        assert_eq!(outbox.enqueue(&"a".into(), None), Enqueued::Queued);
+        assert_eq!(outbox.enqueue(&"b".into(), None), Enqueued::Dropped);
+        assert_eq!(outbox.enqueue(&"a".into(), None), Enqueued::Coalesced);
     }
 
     #[test]
     fn batches_respect_the_budget_but_always_carry_one_entry() {
         let outbox = Outbox::new(100);
         for key in ["a", "b", "c"] {
-            outbox.enqueue(key, None);
+            outbox.enqueue(&key.into(), None);
         }
         let batch = outbox.take(1, read).unwrap();
         assert_eq!(batch.entries.len(), 1);
@@ -257,15 +258,15 @@ mod tests {
         let outbox = Outbox::new(10);
         let (acked_tx, mut acked_rx) = oneshot::channel();
         let (refused_tx, mut refused_rx) = oneshot::channel();
-        outbox.enqueue("a", Some(acked_tx));
-        outbox.enqueue("b", Some(refused_tx));
+        outbox.enqueue(&"a".into(), Some(acked_tx));
+        outbox.enqueue(&"b".into(), Some(refused_tx));
         let batch = outbox.take(1 << 20, read).unwrap();
         outbox.acknowledge(batch, &["b".to_owned()]);
         assert_eq!(acked_rx.try_recv(), Ok(Ack::Applied));
         assert_eq!(refused_rx.try_recv(), Ok(Ack::RefusedForSkew));
 
         let (lost_tx, mut lost_rx) = oneshot::channel();
-        outbox.enqueue("c", Some(lost_tx));
+        outbox.enqueue(&"c".into(), Some(lost_tx));
         let batch = outbox.take(1 << 20, read).unwrap();
         outbox.give_back(batch);
         assert!(matches!(
@@ -274,7 +275,7 @@ mod tests {
         ));
         assert_eq!(outbox.pending(), 1, "the key is queued again");
         let (waiting_tx, mut waiting_rx) = oneshot::channel();
-        outbox.enqueue("c", Some(waiting_tx));
+        outbox.enqueue(&"c".into(), Some(waiting_tx));
         outbox.fail_waiters();
         assert!(matches!(
             waiting_rx.try_recv(),

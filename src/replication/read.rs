@@ -115,7 +115,7 @@ pub(super) async fn read_entry(
             if entry.as_ref().map(|entry| &entry.version) < Some(&newest.version) {
                 let queued = peers
                     .get(peer_id)
-                    .map(|peer| peer.outbox().enqueue(key, None));
+                    .map(|peer| peer.outbox().enqueue(&key.into(), None));
                 if queued == Some(Enqueued::Dropped) {
                     node.outbox_full(peer_id);
                 }
