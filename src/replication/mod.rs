@@ -913,4 +913,58 @@ mod tests {
         assert!(third[0] > *second.iter().max().unwrap());
         assert_eq!(values, [Some(Bytes::from("3"))]);
     }
+
+    /// A write at `one` does not wait for acks, but an ack ends its commit-wait. With a
+    /// wall clock that never moves, the wait can only end by the peer taking the write:
+    /// without the ack the write fails for clock skew; with it, it succeeds.
+    #[tokio::test(start_paused = true)]
+    async fn an_ack_ends_the_commit_wait_of_a_write_at_one() {
+        let clock = Arc::new(ManualClock::new(HOUR_MS));
+        let n2 = NodeId::new("n2").unwrap();
+        let replica = Replica::new(
+            NodeId::new("n1").unwrap(),
+            vec![n2.clone()],
+            clock,
+            options(),
+            Metrics::new(),
+        );
+        let now = replica.node.now_ms();
+        replica.node.detector().link_up(&n2, now);
+        let wall = replica.node.wall_ms();
+        replica.node.clock_sample(&n2, wall, now, wall, Some(false));
+
+        let unacknowledged = replica
+            .write("a", Some(Bytes::from("1")), Consistency::One)
+            .await;
+        assert!(
+            matches!(unacknowledged, Err(ReplicationError::ClockSkew { .. })),
+            "{unacknowledged:?}"
+        );
+
+        let write = tokio::spawn({
+            let replica = replica.clone();
+            async move {
+                replica
+                    .write("b", Some(Bytes::from("2")), Consistency::One)
+                    .await
+            }
+        });
+        let outbox = replica.peers.get(&n2).unwrap().outbox();
+        let mut acknowledged = false;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            let batch = outbox.take(1 << 20, |key| replica.local_entry(key));
+            if let Some(batch) = batch {
+                let keys: Vec<&str> = batch.entries.iter().map(|e| e.key.as_str()).collect();
+                acknowledged = keys.contains(&"b");
+                outbox.acknowledge(batch, &[]);
+                if acknowledged {
+                    break;
+                }
+            }
+        }
+        assert!(acknowledged, "the write to b was never queued for n2");
+        let outcome = write.await.unwrap().expect("the ack ends the commit-wait");
+        assert_eq!(replica.local_entry("b").unwrap().version, outcome.version);
+    }
 }

@@ -9,8 +9,8 @@
 //!    the write waits for the lease and retries), the entry is appended to the
 //!    journal, the store merges it (a local stamp is larger than anything stored, so
 //!    it always applies) and yields the value held before ([`NodeState::apply_local`]).
-//! 2. The key is queued in every peer's outbox; for the levels that wait, with an ack
-//!    waiter.
+//! 2. The key is queued in every peer's outbox, with an ack waiter for each peer the
+//!    level may wait on (at `one`, the live peers: their acks only shorten step 5).
 //! 3. Each peer's driver pushes batches and releases the waiters on ack.
 //! 4. Every level waits for the local copy to be durable (the fsync policy says
 //!    when), together with the acks below; a peer acks only once durable there.
@@ -122,15 +122,19 @@ pub(super) async fn write(
             .collect()
     };
     let mut acks = FuturesUnordered::new();
+    let shared_key: std::sync::Arc<str> = key.into();
     for (index, (peer, (state, recently_heard))) in peers.iter().zip(states).enumerate() {
         // A peer that dialed us but that our own link has not reached yet (it just
         // restarted) is running: it counts as alive, and its driver is woken to link
         // now. If that fails the waiter is dropped at once, so the write never waits
         // long on it.
         let joining = state == PeerState::Down && recently_heard;
+        // At `one` the reply never waits for an ack, but asks for the live peers' all
+        // the same: each ack takes its peer out of the commit-wait (step 5), which
+        // otherwise sleeps out the peer's lag bound, rounded up to the timer's
+        // millisecond.
         let wants_ack = match level {
-            Consistency::One => false,
-            Consistency::Live => state == PeerState::Alive || joining,
+            Consistency::One | Consistency::Live => state == PeerState::Alive || joining,
             Consistency::Quorum | Consistency::All => state != PeerState::Down || joining,
         };
         if wants_ack && joining {
@@ -142,7 +146,7 @@ pub(super) async fn write(
         } else {
             (None, None)
         };
-        match peer.outbox().enqueue(key, waiter) {
+        match peer.outbox().enqueue(&shared_key, waiter) {
             Enqueued::Queued => {}
             Enqueued::Coalesced => {
                 node.metrics().pushes_coalesced.inc();
