@@ -13,6 +13,8 @@
 # Rows (servers on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, 100-byte values, keys k1..k1000):
 #   ceiling-get-1/2     bare axum GET at the start and the end (noise band)
 #   ceiling-put         bare axum PUT
+#   ceiling3-get/put    three bare axum processes on the server core, load spread over
+#                       them (wrk -t3 -c63, as the 3-node rows): the floor of their p99
 #   m1-put, m1-get      meshkv, one node
 #   m3-put-live         meshkv, 3 nodes on one core, writes spread over the 3 (default consistency)
 #   m3-put-one          same, ?consistency=one
@@ -86,6 +88,21 @@ SRV_PIDS=("$CEIL_PID")
 KV_OP="get" taskset -c "$CLIENT_CPU" timeout 20 wrk -t1 -c"$CONNS" -d2s -s "$LUA" "http://${NET}31:7990/" >/dev/null 2>&1
 run_wrk ceiling-get-1 get "http://${NET}31:7990/" 1 "$CONNS"
 run_wrk ceiling-put put "http://${NET}31:7990/" 1 "$CONNS"
+
+# The same three-process shape as the 3-node rows, with no store: three ceilings share
+# the server core and the load is spread over them. What this costs (the tail latency
+# of three busy processes taking turns on one core) bounds the 3-node rows too.
+CEIL3_PIDS=(); CEIL3_ADDRS=""
+for i in 2 3 4; do
+  start_bg "ceiling3-$i" "$SERVER_CPU" "$CEIL" "${NET}3$i:799$i"; CEIL3_PIDS+=("$LAST_PID")
+  CEIL3_ADDRS+="${CEIL3_ADDRS:+,}${NET}3$i:799$i"
+  wait_http "http://${NET}3$i:799$i/v1/kv/probe" || die "ceiling $i did not start"
+done
+SRV_PIDS=("${CEIL3_PIDS[@]}")
+run_wrk ceiling3-get get "http://${NET}32:7992/" 3 63 "$CEIL3_ADDRS"
+run_wrk ceiling3-put put "http://${NET}32:7992/" 3 63 "$CEIL3_ADDRS"
+for p in "${CEIL3_PIDS[@]}"; do stop_pid "$p"; done
+SRV_PIDS=("$CEIL_PID")
 
 cluster_file() {  # cluster_file N FILE
   local n=$1 f=$2 i; : >"$f"
