@@ -7,7 +7,7 @@
 #
 # NET=127.0.0.1 (default) puts the ceiling on ${NET}31:7990 and node i on ${NET}4i:740i
 # (peer port 750i); pick another NET if something else uses those addresses.
-# Needs: wrk, curl, taskset, bc (apt-get install -y wrk curl bc), cargo. About 2 minutes.
+# Needs: wrk, curl, taskset, bc (apt-get install -y wrk curl bc), cargo. About 3 minutes.
 # The host is noisy: read the ratio columns, not req/s, and take the median of 3 runs.
 #
 # Rows (servers on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU, 100-byte values, keys k1..k1000):
