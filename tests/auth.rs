@@ -466,31 +466,17 @@ async fn the_quick_test_suites_pass_with_an_admin_token() {
     }
     // --token-file works for the suites too; without any token they cannot run.
     let admin_file = admin_file.to_str().unwrap();
-    let output = run(
-        &[
-            "test",
-            "consistency",
-            "--cluster",
-            &cluster_file,
-            "--rounds",
-            "20",
-            "--token-file",
-            admin_file,
-        ],
-        None,
-    );
+    let suite = [
+        "test",
+        "consistency",
+        "--cluster",
+        &cluster_file,
+        "--rounds",
+        "20",
+    ];
+    let output = run(&[&suite[..], &["--token-file", admin_file]].concat(), None);
     assert!(output.status.success(), "{}", text(&output));
-    let output = run(
-        &[
-            "test",
-            "consistency",
-            "--cluster",
-            &cluster_file,
-            "--rounds",
-            "20",
-        ],
-        None,
-    );
+    let output = run(&suite, None);
     assert!(!output.status.success(), "{}", text(&output));
 }
 

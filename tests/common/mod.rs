@@ -170,12 +170,13 @@ impl TestCluster {
     /// Starts `n` nodes; `extra_toml` holds optional top-level keys of the cluster file
     /// (e.g. `"live_timeout_ms = 300\n"`). Returns once every node answers `/health`.
     pub fn start(n: usize, extra_toml: &str) -> TestCluster {
-        Self::start_with(
+        Self::start_inner(
             n,
             extra_toml,
             None,
             |_| Vec::new(),
             None::<fn(usize) -> NodeCert>,
+            None,
         )
     }
 
@@ -184,17 +185,18 @@ impl TestCluster {
     /// until every node answers `/health` over HTTPS (checked against the CA that
     /// issued its certificate).
     pub fn start_tls(n: usize, extra_toml: &str, cert: impl Fn(usize) -> NodeCert) -> TestCluster {
-        Self::start_with(n, extra_toml, None, |_| Vec::new(), Some(cert))
+        Self::start_inner(n, extra_toml, None, |_| Vec::new(), Some(cert), None)
     }
 
     /// [`TestCluster::start_tls`] with durable nodes (as [`TestCluster::start_durable`]).
     pub fn start_tls_durable(n: usize, extra_toml: &str, fsync: &str) -> TestCluster {
-        Self::start_with(
+        Self::start_inner(
             n,
             extra_toml,
             Some(fsync.to_owned()),
             |_| Vec::new(),
             Some(|_| NodeCert::Good),
+            None,
         )
     }
 
@@ -216,12 +218,13 @@ impl TestCluster {
     /// [`TestCluster::data_dir`]`(i)` with `--fsync fsync`, and keeps it across
     /// [`TestCluster::restart`].
     pub fn start_durable(n: usize, extra_toml: &str, fsync: &str) -> TestCluster {
-        Self::start_with(
+        Self::start_inner(
             n,
             extra_toml,
             Some(fsync.to_owned()),
             |_| Vec::new(),
             None::<fn(usize) -> NodeCert>,
+            None,
         )
     }
 
@@ -232,7 +235,14 @@ impl TestCluster {
         extra_toml: &str,
         env: impl Fn(usize) -> Vec<(String, String)>,
     ) -> TestCluster {
-        Self::start_with(n, extra_toml, None, env, None::<fn(usize) -> NodeCert>)
+        Self::start_inner(
+            n,
+            extra_toml,
+            None,
+            env,
+            None::<fn(usize) -> NodeCert>,
+            None,
+        )
     }
 
     /// [`TestCluster::start`] with client tokens on: `tokens` is written to the file
@@ -252,16 +262,9 @@ impl TestCluster {
         )
     }
 
-    fn start_with(
-        n: usize,
-        extra_toml: &str,
-        fsync: Option<String>,
-        env: impl Fn(usize) -> Vec<(String, String)>,
-        certs: Option<impl Fn(usize) -> NodeCert>,
-    ) -> TestCluster {
-        Self::start_inner(n, extra_toml, fsync, env, certs, None)
-    }
-
+    /// What every constructor above comes to: `fsync` (`Some`: durable nodes), `env`
+    /// per node, `certs` (`Some`: TLS) and `tokens` (`Some`: the tokens file's text and
+    /// the harness's own token).
     fn start_inner(
         n: usize,
         extra_toml: &str,
