@@ -37,19 +37,10 @@ WORK=$(mktemp -d /tmp/meshkv-perf.XXXXXX)
 LUA=$HERE/kv.lua
 RES=$WORK/results.tsv
 PIDS=()
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-start_bg() { local name=$1 cpu=$2; shift 2
-  taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 & LAST_PID=$!; PIDS+=("$LAST_PID"); }
-stop_pid() { local pid=$1 i; kill -0 "$pid" 2>/dev/null || return 0; kill -TERM "$pid" 2>/dev/null
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return 0; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 cleanup() { local p; for p in "${PIDS[@]}"; do stop_pid "$p"; done; PIDS=(); rm -rf "$WORK"/data-*; }
 trap cleanup EXIT; trap 'exit 130' INT TERM
-wait_http() { local i; for i in $(seq 150); do curl -fs -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
-CLK_TCK=$(getconf CLK_TCK); SRV_PIDS=()
-srv_ticks() { local pid t=0 v; for pid in "${SRV_PIDS[@]}"; do
-  v=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}'); t=$((t + ${v:-0})); done; echo "$t"; }
 peer_sent() { local a v; for a in "$@"; do   # bytes and frames sent to peers, summed over nodes
   v=$(curl -s "http://$a/metrics" | awk '/^meshkv_peer_(bytes|frames)_total\{/ && /direction="sent"/ {
       if ($1 ~ /bytes/) b += $2; else f += $2 } END { printf "%d %d", b, f }'); echo "$v"; done |

@@ -29,18 +29,10 @@ WORK=$(mktemp -d /tmp/meshkv-tls-bench.XXXXXX)
 LUA=$HERE/kv.lua
 RES=$WORK/results.tsv
 PIDS=()
-log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "FATAL: $*"; exit 1; }
-start_bg() { local name=$1 cpu=$2; shift 2
-  taskset -c "$cpu" "$@" >"$WORK/$name.log" 2>&1 & LAST_PID=$!; PIDS+=("$LAST_PID"); }
-stop_pid() { local pid=$1 i; kill -0 "$pid" 2>/dev/null || return 0; kill -TERM "$pid" 2>/dev/null
-  for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return 0; }
+# shellcheck source=bench/lib.sh
+. "$HERE/lib.sh"
 cleanup() { local p; for p in "${PIDS[@]}"; do stop_pid "$p"; done; PIDS=(); rm -rf "$WORK"; }
 trap cleanup EXIT; trap 'exit 130' INT TERM
-CLK_TCK=$(getconf CLK_TCK); SRV_PIDS=()
-srv_ticks() { local pid t=0 v; for pid in "${SRV_PIDS[@]}"; do
-  v=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null | awk '{print $12 + $13}'); t=$((t + ${v:-0})); done; echo "$t"; }
 
 # run_wrk ROUND MODE NAME OP URL THREADS CONNS ADDRS: one row, appended to $RES as
 # "round mode name rps us_per_req p99_us errors".
